@@ -1,0 +1,145 @@
+"""``longtail [--conf FILE] [--set KEY=VALUE ...] COMMAND [OPTIONS]``: parse, then call the package.
+
+The CLI only parses arguments, builds the config, the SparkSession and the warehouse, and
+calls one stage function. Errors a user can act on print one line on stderr (exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from typing import Callable, Sequence
+
+from longtail.errors import LongtailError
+
+COMMANDS = ("demo", "ingest", "sequences", "encode", "neighbors", "train", "evaluate", "score", "run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="longtail", description="Long-tail sequential recommendation (LLM-ESR) on Apache Spark."
+    )
+    parser.add_argument("--conf", help="YAML config (default: the embedded conf/local.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key by dotted path, e.g. --set train.epochs=5 (repeatable)",
+    )
+    # The same options after the command, so `spark-submit jobs/<command>.py --conf F` works.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--conf", dest="conf_after", help=argparse.SUPPRESS)
+    common.add_argument("--set", dest="overrides_after", action="append", default=[], help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)  # type: ignore[method-assign]
+    sub.add_parser("demo", help="write a synthetic long-tail catalogue, then run the pipeline")
+    p = sub.add_parser("ingest", help="load raw files into interactions, items (and users)")
+    p.add_argument("--format", required=True, choices=["amazon", "movielens", "files"])
+    p.add_argument("--interactions", required=True, help="interactions file or folder")
+    p.add_argument("--items", help="item metadata file")
+    p.add_argument("--users", help="user file")
+    sub.add_parser("sequences", help="filter, map ids, build sequences, split, segment")
+    sub.add_parser("encode", help="LLM text embeddings for items and users (incremental)")
+    sub.add_parser("neighbors", help="top-N similar users from the user embeddings")
+    p = sub.add_parser("train", help="train one model")
+    p.add_argument("--model", help="model name (default: train.model in the config)")
+    p = sub.add_parser("evaluate", help="test-split metrics overall and by segment")
+    p.add_argument("--model", help="trained model name, or a baseline: popularity, als")
+    p.add_argument("--model-version", help="version to evaluate (default: the latest)")
+    p = sub.add_parser("score", help="top-K recommendations for every user")
+    p.add_argument("--model", help="model name (default: train.model in the config)")
+    p.add_argument("--model-version", help="version to score with (default: the latest)")
+    p.add_argument("--run-date", type=_date, help="partition to write, YYYY-MM-DD (default: today)")
+    p.add_argument("--top-k", type=int, help="K (default: score.top_k in the config)")
+    sub.add_parser("run", help="sequences, encode, neighbors, train, evaluate, score in order")
+    return parser
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--run-date {text!r}: expected YYYY-MM-DD") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``longtail`` console script and of every ``jobs/*.py``."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        _run(args)
+    except LongtailError as exc:
+        print(f"longtail {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
+    from longtail.config import load_config
+    from longtail.session import build_spark
+    from longtail.tables import Warehouse
+
+    cfg = load_config(args.conf_after or args.conf, [*args.overrides, *args.overrides_after])
+    spark = build_spark(cfg.spark)
+    wh = Warehouse(spark, cfg.warehouse, engine=cfg.delta.engine)
+    started = time.perf_counter()
+    result = _dispatch(args)(spark, wh, cfg, args)
+    if result is not None:
+        print(result)
+    print(f"longtail {args.command}: done in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+
+
+def _dispatch(args: argparse.Namespace) -> Callable:
+    # Stage modules import lazily: `longtail --help` and config errors stay fast.
+    def ingest(spark, wh, cfg, a):
+        from longtail.ingest import run_ingest
+
+        return run_ingest(spark, wh, a.format, a.interactions, a.items, a.users, cfg.ingest)
+
+    def sequences(spark, wh, cfg, a):
+        from longtail.sequences import run_sequences
+
+        return run_sequences(wh, cfg.sequences)
+
+    def encode(spark, wh, cfg, a):
+        from longtail.encode import run_encode
+
+        return run_encode(wh, cfg.encode)
+
+    def neighbors(spark, wh, cfg, a):
+        from longtail.neighbors import run_neighbors
+
+        return run_neighbors(wh, cfg.neighbors)
+
+    def train(spark, wh, cfg, a):
+        from longtail.train import run_train
+
+        return run_train(wh, cfg.train.model if a.model is None else a.model, cfg.train)
+
+    def evaluate(spark, wh, cfg, a):
+        from longtail.evaluate import run_evaluate
+
+        return run_evaluate(wh, a.model or cfg.train.model, cfg.evaluate, version=a.model_version)
+
+    def score(spark, wh, cfg, a):
+        from longtail.score import run_score
+
+        return run_score(
+            wh, a.model or cfg.train.model, cfg.score, version=a.model_version,
+            run_date=a.run_date or dt.date.today(), top_k=a.top_k or cfg.score.top_k,
+        )
+
+    def run(spark, wh, cfg, a):
+        from longtail.pipeline import run_pipeline
+
+        return run_pipeline(wh, cfg)
+
+    def demo(spark, wh, cfg, a):
+        from longtail.pipeline import run_demo
+
+        return run_demo(wh, cfg)
+
+    return locals()[args.command]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
