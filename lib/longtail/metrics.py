@@ -1,0 +1,116 @@
+"""Ranking metrics, pure numpy: no Spark, no torch.
+
+Conventions: items are dense indexes ``1..n_items`` (0 is padding); a rank is 0-based
+(0 = the target is first). Ties between the target and other candidates count half,
+the expected rank under a random tie-break, so a model that scores everything equal
+gets chance-level figures rather than perfect ones.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def target_ranks(scores: np.ndarray, target_col: np.ndarray | int = 0) -> np.ndarray:
+    """0-based rank of each row's target among that row's candidates.
+
+    Args:
+        scores: ``[B, C]`` candidate scores; excluded candidates may be ``-inf``.
+        target_col: column of the target in each row (an int for all rows, or ``[B]``).
+
+    Returns:
+        ``[B]`` float ranks (``.5`` where the target ties with an odd number of others).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    rows = np.arange(scores.shape[0])
+    cols = np.broadcast_to(np.asarray(target_col), rows.shape)
+    target = scores[rows, cols][:, None]
+    greater = (scores > target).sum(axis=1)
+    ties = (scores == target).sum(axis=1) - 1
+    return greater + ties / 2.0
+
+
+def hit_rate(ranks: np.ndarray, k: int) -> float:
+    """Share of rows whose target is in the top ``k`` (HR@k; equals recall@k with one target)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return float((ranks < k).mean()) if ranks.size else 0.0
+
+
+def ndcg(ranks: np.ndarray, k: int) -> float:
+    """Mean NDCG@k with one relevant item: ``1 / log2(rank + 2)`` if rank < k, else 0."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if not ranks.size:
+        return 0.0
+    gains = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+    return float(gains.mean())
+
+
+def sample_negatives(
+    rng: np.random.Generator, n_items: int, seen: np.ndarray, n: int
+) -> np.ndarray:
+    """``n`` distinct items drawn uniformly from ``1..n_items`` minus ``seen``.
+
+    Raises:
+        ValueError: fewer than ``n`` unseen items exist.
+    """
+    seen_set = set(int(i) for i in np.asarray(seen).ravel())
+    unseen_count = n_items - len({i for i in seen_set if 1 <= i <= n_items})
+    if unseen_count < n:
+        raise ValueError(f"only {unseen_count} unseen items for {n} negatives")
+    out: list[int] = []
+    chosen: set[int] = set()
+    # Rejection sampling: fast when the history is a small share of the catalogue.
+    while len(out) < n:
+        for c in rng.integers(1, n_items + 1, size=2 * (n - len(out)) + 8):
+            c = int(c)
+            if c not in seen_set and c not in chosen:
+                chosen.add(c)
+                out.append(c)
+                if len(out) == n:
+                    break
+    return np.asarray(out, dtype=np.int64)
+
+
+def coverage(lists: np.ndarray, n_items: int) -> float:
+    """Share of the catalogue that appears in at least one list (``lists``: ``[U, K]`` item idxs)."""
+    items = np.unique(np.asarray(lists).ravel())
+    items = items[items > 0]
+    return float(items.size / n_items) if n_items else 0.0
+
+
+def tail_coverage(lists: np.ndarray, tail_items: np.ndarray) -> float:
+    """Share of the tail items that appear in at least one list."""
+    tail = np.unique(np.asarray(tail_items))
+    if not tail.size:
+        return 0.0
+    return float(np.isin(tail, np.asarray(lists).ravel()).mean())
+
+
+def tail_share(lists: np.ndarray, tail_items: np.ndarray) -> float:
+    """Share of recommended slots that hold a tail item."""
+    flat = np.asarray(lists).ravel()
+    flat = flat[flat > 0]
+    return float(np.isin(flat, tail_items).mean()) if flat.size else 0.0
+
+
+def intra_list_diversity(lists: np.ndarray, item_vectors: np.ndarray) -> float:
+    """Mean over lists of the mean pairwise ``1 - cosine`` of the items' vectors.
+
+    Args:
+        lists: ``[U, K]`` item idxs (K >= 2).
+        item_vectors: ``[n_items + 1, E]`` (row = item idx), e.g. semantic embeddings.
+    """
+    lists = np.asarray(lists)
+    if lists.ndim != 2 or lists.shape[1] < 2 or lists.shape[0] == 0:
+        return 0.0
+    v = np.asarray(item_vectors, dtype=np.float64)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    v = v / np.where(norms == 0, 1.0, norms)
+    total = 0.0
+    k = lists.shape[1]
+    pairs = k * (k - 1)
+    for start in range(0, lists.shape[0], 4096):
+        block = v[lists[start : start + 4096]]  # [b, K, E]
+        sims = np.einsum("bke,bje->bkj", block, block)
+        off_diag = (sims.sum(axis=(1, 2)) - np.einsum("bkk->b", sims)) / pairs
+        total += float((1.0 - off_diag).sum())
+    return total / lists.shape[0]
