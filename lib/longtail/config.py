@@ -166,6 +166,8 @@ class DemoConfig:
     users: int = 2000
     items: int = 800
     seed: int = 7
+    #: The demo caps training epochs so it finishes in a few minutes on a laptop.
+    train_epochs: int = 15
 
 
 @dataclass(frozen=True)

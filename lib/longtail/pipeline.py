@@ -1,0 +1,161 @@
+"""The whole pipeline in one call: ``longtail run`` and ``longtail demo``.
+
+Each stage prints one progress line (what it did, rows, elapsed); the end prints a summary
+(segments, metrics, where the tables are). A failing stage raises :class:`StageError`
+naming it, so the CLI exits non-zero with the stage in its one-line message.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from longtail.config import Config
+from longtail.errors import LongtailError
+from longtail.tables import Warehouse
+
+
+class StageError(LongtailError):
+    """A pipeline stage failed; the message names the stage and the cause."""
+
+
+@dataclass
+class PipelineResult:
+    """What ``run`` did: each stage's report and seconds, and where its outputs are."""
+
+    warehouse: str
+    model: str
+    stages: list[tuple[str, Any, float]] = field(default_factory=list)
+    reports: dict[str, dict] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = ["", "longtail pipeline summary", "=" * 25]
+        seq = self._report("sequences")
+        if seq is not None:
+            lines.append(str(seq))
+        lines.append("")
+        rows = []
+        for name, report in self.reports.items():
+            for protocol in ("sampled", "full"):
+                block = report.get("protocols", {}).get(protocol)
+                if not block:
+                    continue
+                cells = [name, protocol]
+                for segment in ("overall", "tail_item", "head_item", "tail_user", "head_user"):
+                    figures = block.get(segment) or {}
+                    cells.append(f"{figures.get('hr@10', float('nan')):.4f}/{figures.get('ndcg@10', float('nan')):.4f}")
+                rows.append(cells)
+        if rows:
+            header = ["model", "protocol", "overall", "tail item", "head item", "tail user", "head user"]
+            widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+            lines.append("HR@10/NDCG@10 on the test split")
+            for r in [header, *rows]:
+                lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+            lines.append("")
+        for name, report in self.reports.items():
+            cat = report.get("catalog")
+            if cat:
+                lines.append(
+                    f"{name}: coverage@10 {cat.get('coverage@10', 0):.3f}, tail coverage@10 "
+                    f"{cat.get('tail_coverage@10', 0):.3f}, diversity@10 {cat.get('diversity@10', 0):.3f}"
+                )
+        lines.append(f"tables: {self.warehouse}/<table> (Delta); reports: {self.warehouse}/_reports/")
+        lines.append("stage seconds: " + ", ".join(f"{n} {s:.1f}" for n, _, s in self.stages))
+        return "\n".join(lines)
+
+    def _report(self, stage: str) -> Any:
+        return next((r for n, r, _ in self.stages if n == stage), None)
+
+
+def run_pipeline(
+    wh: Warehouse,
+    cfg: Config,
+    run_date: dt.date | None = None,
+    baselines: tuple[str, ...] = ("popularity",),
+    out: TextIO = sys.stderr,
+) -> PipelineResult:
+    """Run sequences, encode, neighbors, train, evaluate, score on what ``ingest`` loaded.
+
+    Args:
+        wh: the warehouse (carries the SparkSession).
+        cfg: the whole config; each stage gets its own section.
+        run_date: partition of ``recommendations`` to write (default: today).
+        baselines: baselines evaluated beside the trained model, for the summary.
+        out: where progress lines go.
+
+    Returns:
+        The stage reports and a printable summary.
+
+    Raises:
+        StageError: naming the stage that failed; earlier stages' tables stay written.
+    """
+    from longtail.encode import run_encode
+    from longtail.evaluate import run_evaluate
+    from longtail.neighbors import run_neighbors
+    from longtail.score import run_score
+    from longtail.sequences import run_sequences
+    from longtail.train import run_train
+
+    model = cfg.train.model
+    result = PipelineResult(warehouse=wh.root, model=model)
+    llm_model = model.startswith("llmesr_")
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("sequences", lambda: run_sequences(wh, cfg.sequences)),
+        ("encode", lambda: run_encode(wh, cfg.encode)),
+        ("neighbors", lambda: run_neighbors(wh, cfg.neighbors)),
+        ("train", lambda: run_train(wh, model, cfg.train)),
+        ("evaluate", lambda: run_evaluate(wh, model, cfg.evaluate)),
+        *[(f"evaluate {b}", (lambda b=b: run_evaluate(wh, b, cfg.evaluate))) for b in baselines],
+        ("score", lambda: run_score(
+            wh, model, cfg.score, run_date=run_date or dt.date.today(), top_k=cfg.score.top_k)),
+    ]
+    if not llm_model:
+        # A plain backbone needs no neighbours; the encoder still feeds diversity figures.
+        steps = [s for s in steps if s[0] != "neighbors"]
+    for i, (name, step) in enumerate(steps, 1):
+        report, seconds = _stage(f"[{i}/{len(steps)}] {name}", step, out)
+        result.stages.append((name, report, seconds))
+        if name.startswith("evaluate"):
+            result.reports[name.removeprefix("evaluate").strip() or model] = _report_dict(wh, report)
+    return result
+
+
+def run_demo(wh: Warehouse, cfg: Config, out: TextIO = sys.stderr) -> PipelineResult:
+    """Write the synthetic long-tail catalogue (``demo`` section) into the warehouse, then ``run``."""
+    from longtail.synthetic import write_catalogue
+
+    _stage("[0] synthetic catalogue", lambda: write_catalogue(wh, cfg.demo), out)
+    demo_cfg = cfg.replace(**{"train.epochs": min(cfg.train.epochs, cfg.demo.train_epochs)})
+    return run_pipeline(wh, demo_cfg, out=out)
+
+
+def _stage(label: str, step: Callable[[], Any], out: TextIO) -> tuple[Any, float]:
+    name = label.split("] ", 1)[-1]
+    print(f"{label}: running", file=out, flush=True)
+    started = time.perf_counter()
+    try:
+        report = step()
+    except LongtailError as exc:
+        raise StageError(f"stage {name} failed: {exc}") from exc
+    except Exception as exc:  # a bug, not bad input: keep the trace for whoever debugs it
+        traceback.print_exc(file=out)
+        raise StageError(f"stage {name} failed: {type(exc).__name__}: {exc}") from exc
+    seconds = time.perf_counter() - started
+    first = str(report).strip().splitlines()[0] if report is not None and str(report).strip() else "done"
+    print(f"{label}: {first} ({seconds:.1f}s)", file=out, flush=True)
+    return report, seconds
+
+
+def _report_dict(wh: Warehouse, report: Any) -> dict:
+    as_dict = getattr(report, "as_dict", None)
+    if callable(as_dict):
+        return as_dict()
+    path = getattr(report, "path", None)
+    if path and Path(path).is_file():
+        return json.loads(Path(path).read_text())
+    return {}
