@@ -1,0 +1,83 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # longtail quickstart
+# MAGIC Runs the whole pipeline (on a synthetic long-tail catalogue when the warehouse holds no data yet), then
+# MAGIC queries the `recommendations` table the way a warehouse consumer would.
+# MAGIC
+# MAGIC Parameters (Databricks widgets, or environment variables when run as a plain script):
+# MAGIC `LONGTAIL_CONF` (config file, default: the embedded `conf/local.yaml`), `LONGTAIL_WAREHOUSE`.
+
+# COMMAND ----------
+
+import os
+
+from longtail.config import load_config
+from longtail.session import build_spark
+from longtail.tables import Warehouse
+
+
+def parameter(name: str, default: str | None) -> str | None:
+    """A Databricks widget value when there is one, else the environment variable, else the default."""
+    try:
+        dbutils.widgets.text(name, default or "")  # noqa: F821 - defined on Databricks
+        return dbutils.widgets.get(name) or default  # noqa: F821
+    except NameError:
+        return os.environ.get(name, default)
+
+
+conf_file = parameter("LONGTAIL_CONF", None)
+overrides = [f"warehouse={w}"] if (w := parameter("LONGTAIL_WAREHOUSE", None)) else []
+cfg = load_config(conf_file, overrides)
+spark = build_spark(cfg.spark)
+wh = Warehouse(spark, cfg.warehouse, engine=cfg.delta.engine)
+print(f"warehouse: {wh.root} ({wh.engine})")
+
+# COMMAND ----------
+
+# MAGIC %md ## Run the pipeline
+# MAGIC `demo` writes the synthetic catalogue first; on real data, `ingest` then `run` do the same.
+
+# COMMAND ----------
+
+from longtail.pipeline import run_demo, run_pipeline
+
+if wh.exists("recommendations"):
+    print("recommendations already written: skipping the pipeline run")
+elif wh.exists("interactions"):
+    print(run_pipeline(wh, cfg))
+else:
+    print(run_demo(wh, cfg))
+
+# COMMAND ----------
+
+# MAGIC %md ## Query the recommendations
+# MAGIC One partition per `run_date`, exactly K rows per user, ranks 1..K, never an item the user already has.
+
+# COMMAND ----------
+
+from pyspark.sql import functions as F
+
+recs = wh.read("recommendations")
+latest = recs.agg(F.max("run_date")).first()[0]
+today = recs.where(F.col("run_date") == latest)
+print(f"run_date {latest}: {today.select('user_id').distinct().count()} users")
+today.groupBy("rank").count().orderBy("rank").show()
+
+# COMMAND ----------
+
+user = today.select("user_id").orderBy("user_id").first()["user_id"]
+items = wh.read("items").select("item_id", "title")
+history = (
+    wh.read("interactions").where(F.col("user_id") == user).join(items, "item_id")
+    .orderBy(F.col("ts").desc()).select("ts", "title")
+)
+print(f"user {user}, most recent first:")
+history.show(10, truncate=60)
+print("recommended:")
+today.where(F.col("user_id") == user).join(items, "item_id").join(
+    wh.read("item_stats").select("item_id", "segment"), "item_id", "left"
+).orderBy("rank").select("rank", "title", "segment", "score").show(truncate=60)
+
+# COMMAND ----------
+
+wh.read("recommendation_runs").orderBy(F.col("started_at").desc()).show(5, truncate=False)
