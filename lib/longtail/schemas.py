@@ -57,7 +57,11 @@ ITEMS_SCHEMA = _s(
     ("attributes", T.MapType(T.StringType(), T.StringType(), True)),
 )
 
-USERS_SCHEMA = _s(("user_id", T.StringType()))
+USERS_SCHEMA = _s(
+    ("user_id", T.StringType()),
+    # Further columns of the raw user file (e.g. MovieLens gender, age), kept as strings.
+    ("attributes", T.MapType(T.StringType(), T.StringType(), True)),
+)
 
 USER_SEQUENCES_SCHEMA = _s(
     ("user_id", T.StringType()),

@@ -81,7 +81,26 @@ def build_spark(cfg: SparkConfig, extra_conf: dict[str, str] | None = None) -> S
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    _quiet_task_failures(spark)
     return spark
+
+
+def _quiet_task_failures(spark: SparkSession) -> None:
+    # A task that fails on purpose (bad input found on an executor) would otherwise print its
+    # whole Python trace at ERROR before our one-line message; the error still propagates.
+    try:
+        log4j = spark.sparkContext._jvm.org.apache.logging.log4j  # type: ignore[union-attr]
+        configurator = log4j.core.config.Configurator
+        off = log4j.Level.OFF
+        for name in (
+            "org.apache.spark.executor.Executor",
+            "org.apache.spark.scheduler.TaskSetManager",
+            "org.apache.spark.sql.execution.datasources.v2",
+            "org.apache.spark.sql.execution.python",
+        ):
+            configurator.setLevel(name, off)
+    except Exception:  # noqa: BLE001 - logging tweaks must never stop a job
+        pass
 
 
 def _try_set(spark: SparkSession, key: str, value: str) -> None:
