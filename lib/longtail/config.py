@@ -55,8 +55,11 @@ class SegmentConfig:
     method: Literal["pareto", "threshold", "share"] = "pareto"
     head_item_share: float = 0.2
     head_user_share: float = 0.2
+    #: ``threshold`` rule: an item is tail if its training popularity < item_threshold.
     item_threshold: int = 4
-    user_threshold: int = 9
+    #: ``threshold`` rule: a user is tail if their whole filtered history is shorter. LLM-ESR
+    #: counts train + valid (one fewer), so its ``ts_user = 9`` is ``user_threshold: 10`` here.
+    user_threshold: int = 10
     head_interaction_share: float = 0.8
 
 

@@ -1,0 +1,284 @@
+"""A synthetic long-tail catalogue for ``longtail demo`` and the tests.
+
+Items are product-like ("Hydrating rose face serum 50ml") with a brand and categories;
+popularity is Zipf-like (a few head items, a long tail); every user prefers one to three
+categories and mostly picks items of those, with a popularity bias. So an item's text
+(its category words, its brand) says something about who interacts with it, which is the
+signal LLM-ESR exploits for tail items. Everything is drawn from one seeded generator:
+the same arguments give identical frames.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from longtail import schemas
+from longtail.config import DemoConfig
+
+# category -> (sub-category, product nouns, descriptive words, sizes)
+_VOCAB: dict[str, tuple[str, list[str], list[str], list[str]]] = {
+    "Skin Care": (
+        "Face",
+        ["face serum", "day cream", "night cream", "cleansing gel", "toner", "eye cream", "face mask"],
+        ["hydrating", "brightening", "anti-ageing", "soothing", "firming", "rose", "vitamin C",
+         "hyaluronic", "niacinamide", "aloe"],
+        ["30ml", "50ml", "100ml", "150ml"],
+    ),
+    "Hair Care": (
+        "Hair",
+        ["shampoo", "conditioner", "hair oil", "hair mask", "styling gel", "dry shampoo", "leave-in spray"],
+        ["argan", "keratin", "volumising", "curl-defining", "anti-frizz", "coconut", "tea tree",
+         "colour-protect", "biotin", "repairing"],
+        ["200ml", "250ml", "300ml", "500ml"],
+    ),
+    "Makeup": (
+        "Face & Eyes",
+        ["lipstick", "mascara", "foundation", "eyeliner", "blush", "concealer", "eyeshadow palette"],
+        ["matte", "long-wear", "waterproof", "satin", "nude", "ruby red", "volumising", "dewy",
+         "full-coverage", "shimmer"],
+        ["3g", "5ml", "10ml", "30ml"],
+    ),
+    "Fragrance": (
+        "Perfume",
+        ["eau de parfum", "eau de toilette", "body mist", "cologne", "perfume oil"],
+        ["oud", "citrus", "vanilla", "jasmine", "sandalwood", "fresh aquatic", "amber", "lavender",
+         "bergamot", "musk"],
+        ["15ml", "30ml", "50ml", "100ml"],
+    ),
+    "Bath & Body": (
+        "Body",
+        ["body lotion", "shower gel", "body scrub", "bath bomb", "hand cream", "body butter"],
+        ["shea", "cocoa", "eucalyptus", "oatmeal", "honey", "sea salt", "almond", "mango",
+         "unscented", "calming"],
+        ["100ml", "250ml", "400ml", "500ml"],
+    ),
+    "Nails": (
+        "Nail Polish",
+        ["nail polish", "top coat", "base coat", "cuticle oil", "nail file set", "gel polish"],
+        ["quick-dry", "glossy", "chip-resistant", "pastel", "glitter", "coral", "midnight blue",
+         "strengthening", "neon", "classic red"],
+        ["8ml", "10ml", "12ml", "15ml"],
+    ),
+    "Men's Grooming": (
+        "Shaving",
+        ["shaving cream", "beard oil", "aftershave balm", "razor", "beard trimmer", "face wash"],
+        ["sandalwood", "cedar", "sensitive-skin", "menthol", "charcoal", "precision", "classic",
+         "cooling", "five-blade", "cordless"],
+        ["75ml", "100ml", "150ml", "1 pack"],
+    ),
+    "Sun Care": (
+        "Sunscreen",
+        ["sunscreen lotion", "sun spray", "after-sun gel", "SPF lip balm", "tinted sunscreen"],
+        ["SPF 30", "SPF 50", "water-resistant", "mineral", "sport", "kids", "oil-free",
+         "reef-safe", "broad-spectrum", "cooling"],
+        ["50ml", "100ml", "200ml", "250ml"],
+    ),
+    "Oral Care": (
+        "Teeth",
+        ["toothpaste", "mouthwash", "electric toothbrush", "whitening strips", "dental floss"],
+        ["whitening", "mint", "sensitive", "charcoal", "herbal", "enamel-care", "fluoride-free",
+         "fresh breath", "extra soft", "travel"],
+        ["75ml", "100ml", "500ml", "1 pack"],
+    ),
+    "Tools & Accessories": (
+        "Tools",
+        ["makeup brush set", "hair dryer", "curling iron", "facial roller", "tweezers", "makeup sponge"],
+        ["professional", "ionic", "jade", "rose quartz", "ceramic", "vegan", "travel-size",
+         "slanted", "ergonomic", "rose gold"],
+        ["1 pack", "2 pack", "5 pieces", "12 pieces"],
+    ),
+}
+_CATEGORIES = list(_VOCAB)
+_BRAND_HEADS = ["Lumi", "Vera", "Nord", "Solis", "Maison", "Aqua", "Petal", "Orion", "Kora", "Zen",
+                "Belle", "Arbor", "Nova", "Sage", "Ivy", "Opal"]
+_BRAND_TAILS = ["Labs", "Botanics", "& Co", "Beauty", "Naturals", "Studio", "Paris", "Organics"]
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """A synthetic catalogue as pandas frames.
+
+    Attributes:
+        interactions: ``user_id``, ``item_id``, ``timestamp`` (int64 unix seconds, day
+            granularity like Amazon's ``unixReviewTime``, so ties occur), ``rating`` (float 1-5).
+        items: ``item_id``, ``title``, ``description``, ``categories`` (list of str), ``brand``.
+        users: ``user_id`` and ``preferred_categories`` (list of str; ground truth for tests).
+    """
+
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame
+
+
+def generate_catalogue(
+    users: int,
+    items: int,
+    seed: int,
+    *,
+    zipf_exponent: float = 1.0,
+    preference_strength: float = 0.85,
+    min_history: int = 5,
+    max_history: int = 60,
+) -> Catalogue:
+    """Draw a deterministic long-tail catalogue.
+
+    Args:
+        users, items: how many of each (both >= 1; ``items >= min_history``).
+        seed: the only source of randomness; same arguments -> identical frames.
+        zipf_exponent: popularity of the item at popularity rank r is ~ 1 / (r + 2) ** exponent.
+        preference_strength: probability that an interaction is drawn from the user's
+            preferred categories rather than from the whole catalogue.
+        min_history, max_history: bounds of the (long-tailed) per-user history length.
+
+    Returns:
+        A :class:`Catalogue`. No user interacts with the same item twice.
+
+    Raises:
+        ValueError: sizes out of range.
+    """
+    if users < 1 or items < 1:
+        raise ValueError(f"synthetic catalogue: users and items must be >= 1, got {users}, {items}")
+    if items < min_history:
+        raise ValueError(f"synthetic catalogue: items ({items}) must be >= min_history ({min_history})")
+    rng = np.random.default_rng(seed)
+    n_cat = len(_CATEGORIES)
+
+    # --- items: category, words, brand, popularity
+    cat_of_item = rng.integers(0, n_cat, size=items)
+    brands = [f"{h} {t}" for h in _BRAND_HEADS for t in _BRAND_TAILS]
+    # Each brand sells in one home category, so the brand is a text cue for the category too.
+    brand_home = rng.integers(0, n_cat, size=len(brands))
+    brands_by_cat = [np.flatnonzero(brand_home == c) for c in range(n_cat)]
+    pop_rank = rng.permutation(items)  # popularity independent of the id
+    weight = 1.0 / (pop_rank + 2.0) ** zipf_exponent
+    width = len(str(items))
+    item_ids = [f"I{i + 1:0{width}d}" for i in range(items)]
+    word_draws = rng.random((items, 5))
+    titles, descriptions, categories, item_brands = [], [], [], []
+    for i in range(items):
+        cat = _CATEGORIES[cat_of_item[i]]
+        sub, nouns, words, sizes = _VOCAB[cat]
+        noun = nouns[int(word_draws[i, 0] * len(nouns))]
+        w1 = int(word_draws[i, 1] * len(words))
+        # A second, different word half of the time: "Hydrating rose face serum 50ml".
+        w2 = (w1 + 1 + int(word_draws[i, 4] * (len(words) - 1))) % len(words)
+        word = words[w1] if word_draws[i, 4] < 0.5 else f"{words[w1]} {words[w2]}"
+        size = sizes[int(word_draws[i, 2] * len(sizes))]
+        pool = brands_by_cat[cat_of_item[i]]
+        brand = brands[pool[int(word_draws[i, 3] * len(pool))]] if len(pool) else brands[i % len(brands)]
+        title = f"{word[0].upper()}{word[1:]} {noun} {size}"
+        titles.append(title)
+        article = "An" if word[0].lower() in "aeiou" else "A"
+        descriptions.append(f"{article} {word} {noun} by {brand} for your {cat.lower()} routine.")
+        categories.append(["Beauty", cat, sub])
+        item_brands.append(brand)
+    items_df = pd.DataFrame(
+        {"item_id": item_ids, "title": titles, "description": descriptions,
+         "categories": categories, "brand": item_brands}
+    )
+
+    # --- users: 1-3 preferred categories with weights, long-tailed history length
+    n_pref = rng.choice([1, 2, 3], size=users, p=[0.4, 0.4, 0.2])
+    pref = np.zeros((users, n_cat))
+    pref_cats = []
+    for u in range(users):
+        cats = rng.choice(n_cat, size=n_pref[u], replace=False)
+        pref[u, cats] = rng.dirichlet(np.full(n_pref[u], 2.0))
+        pref_cats.append([_CATEGORIES[c] for c in sorted(cats)])
+    cap = min(max_history, items)
+    lengths = np.minimum(min_history + np.floor(rng.pareto(1.5, size=users) * 4.0).astype(int), cap)
+
+    # P(item | user) = strength * sum_c pref(c) * P(item | c) + (1 - strength) * P(item)
+    onehot = np.zeros((n_cat, items))
+    onehot[cat_of_item, np.arange(items)] = 1.0
+    in_cat = onehot * weight
+    cat_mass = in_cat.sum(axis=1, keepdims=True)
+    p_item_given_cat = np.divide(in_cat, cat_mass, out=np.zeros_like(in_cat), where=cat_mass > 0)
+    # A preferred category with no items would leave its mass unspent: renormalise the rest.
+    pref_eff = pref * (cat_mass.ravel() > 0)
+    pref_sum = pref_eff.sum(axis=1, keepdims=True)
+    pref_eff = np.divide(pref_eff, pref_sum, out=np.zeros_like(pref_eff), where=pref_sum > 0)
+    strength = np.where(pref_sum.ravel() > 0, preference_strength, 0.0)[:, None]
+    global_p = weight / weight.sum()
+
+    # Sampling without replacement by Gumbel-top-k, in user chunks to bound memory.
+    chosen: list[np.ndarray] = []
+    chunk = max(1, 4_000_000 // items)
+    for start in range(0, users, chunk):
+        stop = min(users, start + chunk)
+        p = strength[start:stop] * (pref_eff[start:stop] @ p_item_given_cat) + (1 - strength[start:stop]) * global_p
+        keys = np.log(p) + rng.gumbel(size=p.shape)
+        order = np.argsort(-keys, axis=1, kind="stable")
+        for row, u in enumerate(range(start, stop)):
+            # Random order in time: the draw order would put favourite items first.
+            chosen.append(rng.permutation(order[row, : lengths[u]]))
+
+    # --- timestamps: each user starts somewhere in 2012-2013 and returns every few days
+    uwidth = len(str(users))
+    user_ids = np.array([f"U{u + 1:0{uwidth}d}" for u in range(users)])
+    day = 86_400
+    t0 = 1_325_376_000  # 2012-01-01 UTC
+    start_day = rng.integers(0, 730, size=users)
+    total = int(lengths.sum())
+    gaps = np.floor(rng.exponential(6.0, size=total)).astype(np.int64)  # 0-day gaps make ties
+    owner = np.repeat(np.arange(users), lengths)
+    first = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    cum = np.cumsum(gaps)
+    within = cum - np.repeat(cum[first], lengths)  # days since the user's first interaction
+    timestamps = t0 + (start_day[owner] + within) * day
+    item_idx = np.concatenate(chosen)
+    preferred = pref[owner, cat_of_item[item_idx]] > 0
+    # Ratings: mostly 4-5, better for the user's own categories.
+    r = rng.random(total)
+    rating = np.where(preferred, np.where(r < 0.6, 5.0, np.where(r < 0.9, 4.0, 3.0)),
+                      np.where(r < 0.3, 5.0, np.where(r < 0.6, 4.0, np.where(r < 0.85, 3.0, 2.0))))
+    interactions = pd.DataFrame(
+        {"user_id": user_ids[owner], "item_id": np.array(item_ids)[item_idx],
+         "timestamp": timestamps.astype(np.int64), "rating": rating}
+    )
+    users_df = pd.DataFrame({"user_id": user_ids, "preferred_categories": pref_cats})
+    return Catalogue(interactions=interactions, items=items_df, users=users_df)
+
+
+def write_catalogue(wh, cfg: DemoConfig) -> Catalogue:
+    """Generate the catalogue of ``cfg`` and write tables ``interactions``, ``items`` and ``users``.
+
+    Args:
+        wh: the :class:`~longtail.tables.Warehouse`.
+        cfg: the ``demo`` config section (users, items, seed).
+
+    Returns:
+        The generated :class:`Catalogue` (pandas frames).
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    cat = generate_catalogue(cfg.users, cfg.items, cfg.seed)
+    spark = wh.spark
+    inter = spark.createDataFrame(
+        cat.interactions,
+        T.StructType([
+            T.StructField("user_id", T.StringType()), T.StructField("item_id", T.StringType()),
+            T.StructField("timestamp", T.LongType()), T.StructField("rating", T.DoubleType()),
+        ]),
+    ).withColumn("ts", F.timestamp_seconds("timestamp"))
+    items = spark.createDataFrame(
+        cat.items,
+        T.StructType([
+            T.StructField("item_id", T.StringType()), T.StructField("title", T.StringType()),
+            T.StructField("description", T.StringType()),
+            T.StructField("categories", T.ArrayType(T.StringType())),
+            T.StructField("brand", T.StringType()),
+        ]),
+    ).withColumn("attributes", F.lit(None).cast(T.MapType(T.StringType(), T.StringType())))
+    # Preferred categories stay out of the table: they are the ground truth the models should find.
+    users = spark.createDataFrame(
+        cat.users[["user_id"]], T.StructType([T.StructField("user_id", T.StringType())])
+    ).withColumn("attributes", F.lit(None).cast(T.MapType(T.StringType(), T.StringType())))
+    with wh.job():
+        wh.write(schemas.conform(inter, schemas.INTERACTIONS), schemas.INTERACTIONS, mode="overwrite")
+        wh.write(schemas.conform(items, schemas.ITEMS), schemas.ITEMS, mode="overwrite")
+        wh.write(schemas.conform(users, schemas.USERS), schemas.USERS, mode="overwrite")
+    return cat

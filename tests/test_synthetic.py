@@ -1,0 +1,85 @@
+"""synthetic: deterministic, long-tailed, category-driven behaviour, written as contract tables."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from longtail import schemas
+from longtail.config import DemoConfig, SequencesConfig
+from longtail.synthetic import generate_catalogue, write_catalogue
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    return generate_catalogue(2000, 800, seed=7)
+
+
+def test_same_seed_gives_identical_frames_and_another_seed_does_not():
+    a, b, c = generate_catalogue(300, 120, 3), generate_catalogue(300, 120, 3), generate_catalogue(300, 120, 4)
+    for name in ("interactions", "items", "users"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
+    assert not a.interactions.equals(c.interactions)
+
+
+def test_frames_have_the_documented_columns_and_no_repeated_user_item_pairs(catalogue):
+    assert list(catalogue.interactions.columns) == ["user_id", "item_id", "timestamp", "rating"]
+    assert list(catalogue.items.columns) == ["item_id", "title", "description", "categories", "brand"]
+    assert catalogue.interactions["timestamp"].dtype == "int64"
+    assert catalogue.interactions["rating"].between(1, 5).all()
+    assert not catalogue.interactions.duplicated(["user_id", "item_id"]).any()
+    assert catalogue.items["item_id"].is_unique and catalogue.users["user_id"].is_unique
+    assert set(catalogue.interactions["user_id"]) == set(catalogue.users["user_id"])
+
+
+def test_popularity_is_long_tailed_and_histories_are_long_tailed_with_at_least_five(catalogue):
+    inter = catalogue.interactions
+    pop = inter["item_id"].value_counts()
+    top = pop.iloc[: len(catalogue.items) // 5].sum() / len(inter)
+    assert top > 0.5  # the 20% most popular items hold most interactions
+    assert pop.iloc[0] > 10 * pop.median()
+    lengths = inter.groupby("user_id").size()
+    assert lengths.min() >= 5
+    assert lengths.max() >= 4 * lengths.median()
+
+
+def test_users_mostly_pick_items_of_their_preferred_categories(catalogue):
+    items = catalogue.items.assign(category=catalogue.items["categories"].str[1])[["item_id", "category"]]
+    joined = catalogue.interactions.merge(items, on="item_id").merge(catalogue.users, on="user_id")
+    inside = [c in pref for c, pref in zip(joined["category"], joined["preferred_categories"])]
+    per_user = joined.assign(inside=inside).groupby("user_id")["inside"].mean()
+    assert sum(inside) / len(inside) > 0.7
+    assert (per_user > 0.5).mean() > 0.8
+    # Ten categories: by chance a user with 1-3 of them would be near 20%.
+    assert 1 <= catalogue.users["preferred_categories"].str.len().min()
+    assert catalogue.users["preferred_categories"].str.len().max() <= 3
+
+
+def test_item_text_names_the_category_and_brand(catalogue):
+    for row in catalogue.items.head(50).itertuples():
+        category = row.categories[1]
+        assert category.lower() in row.description.lower()
+        assert row.brand in row.description
+        assert row.title[0].isupper() and len(row.title.split()) >= 3
+    # Brands are specialised: most brands sell in a single category.
+    per_brand = catalogue.items.assign(category=catalogue.items["categories"].str[1]).groupby("brand")["category"]
+    assert (per_brand.nunique() == 1).mean() > 0.9
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_write_catalogue_writes_contract_tables_that_a_5_core_mostly_keeps(warehouse):
+    from longtail.sequences import run_sequences
+
+    cat = write_catalogue(warehouse, DemoConfig(users=300, items=100, seed=1))
+    inter = warehouse.read(schemas.INTERACTIONS)
+    schemas.require_columns(inter, schemas.INTERACTIONS_SCHEMA, schemas.INTERACTIONS)
+    schemas.require_columns(warehouse.read(schemas.ITEMS), schemas.ITEMS_SCHEMA, schemas.ITEMS)
+    assert warehouse.read(schemas.USERS).count() == 300
+    assert warehouse.read(schemas.ITEMS).count() == 100
+    first = inter.orderBy("user_id", "ts", "item_id").first()
+    expected = cat.interactions.sort_values(["user_id", "timestamp", "item_id"]).iloc[0]
+    assert (first.user_id, first.item_id, int(first.ts.timestamp())) == (
+        expected.user_id, expected.item_id, expected.timestamp)
+    summary = run_sequences(warehouse, SequencesConfig())
+    assert summary.users >= 0.9 * 300
+    assert summary.interactions >= 0.9 * len(cat.interactions)
