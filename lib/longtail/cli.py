@@ -118,14 +118,16 @@ def _dispatch(args: argparse.Namespace) -> Callable:
     def evaluate(spark, wh, cfg, a):
         from longtail.evaluate import run_evaluate
 
-        return run_evaluate(wh, a.model or cfg.train.model, cfg.evaluate, version=a.model_version)
+        return run_evaluate(
+            wh, a.model or cfg.train.model, cfg.evaluate, version=a.model_version, hybrid=cfg.score.hybrid
+        )
 
     def score(spark, wh, cfg, a):
         from longtail.score import run_score
 
         return run_score(
             wh, a.model or cfg.train.model, cfg.score, version=a.model_version,
-            run_date=a.run_date or dt.date.today(), top_k=a.top_k or cfg.score.top_k,
+            run_date=a.run_date or dt.date.today(), top_k=a.top_k or cfg.score.top_k, als_cfg=cfg.evaluate,
         )
 
     def run(spark, wh, cfg, a):

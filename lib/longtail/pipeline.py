@@ -109,10 +109,11 @@ def run_pipeline(
         ("encode", lambda: run_encode(wh, cfg.encode)),
         ("neighbors", lambda: run_neighbors(wh, cfg.neighbors)),
         ("train", lambda: run_train(wh, model, cfg.train)),
-        ("evaluate", lambda: run_evaluate(wh, model, cfg.evaluate)),
+        ("evaluate", lambda: run_evaluate(wh, model, cfg.evaluate, hybrid=cfg.score.hybrid)),
         *[(f"evaluate {b}", (lambda b=b: run_evaluate(wh, b, cfg.evaluate))) for b in baselines],
         ("score", lambda: run_score(
-            wh, model, cfg.score, run_date=run_date or dt.date.today(), top_k=cfg.score.top_k)),
+            wh, model, cfg.score, run_date=run_date or dt.date.today(), top_k=cfg.score.top_k,
+            als_cfg=cfg.evaluate)),
     ]
     if not llm_model:
         # A plain backbone needs no neighbours; the encoder still feeds diversity figures.
