@@ -1,0 +1,227 @@
+"""Time the encoding UDF against naive encoding baselines in one process, and ``longtail encode`` on Beauty.
+
+1. Ratio (same texts, same model, same machine, measured back to back): a random sample of
+   Beauty's item texts (``encode.item_template`` over ``items.jsonl.gz``) is encoded
+   - by the UDF path: the Spark iterator pandas UDF of ``longtail.encoders`` over a DataFrame
+     of the texts (2 task slots locally; run twice: cold = worker start + model load, then warm);
+   - by naive baselines on the driver (torch using all cores): one text at a time, and batches
+     padded to ``max_tokens``; plus the UDF's own batching without Spark, for reference.
+   Baselines run before and after the UDF and are averaged (load drifts on a shared machine).
+   Prints items/second of each and the ratio UDF path / baseline (target >= 3 on CPU).
+2. ``--full``: the whole stage on Beauty: ``ingest --format files`` + ``sequences`` into a fresh
+   warehouse (or ``--warehouse DIR`` that has the inputs), ``run_encode`` (all 12,101 items and
+   22,363 users, PCA), a rerun with nothing changed, a rerun after changing ``--changed`` titles.
+
+    python benchmarks/encode.py [--sample N] [--full] [--keep DIR] [--set encode.KEY=VALUE ...]
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon_beauty_2014"
+
+
+def prepare_inputs(spark, wh, data: Path, cfg) -> str:
+    """Beauty's items, user_sequences and item_stats through the real ingest and sequences stages."""
+    from longtail.ingest import run_ingest
+    from longtail.sequences import run_sequences
+
+    run_ingest(spark, wh, "files", str(data / "interactions.csv.gz"), str(data / "items.jsonl.gz"), None, cfg.ingest)
+    summary = run_sequences(wh, cfg.sequences)
+    return str(summary).splitlines()[0]
+
+
+def sample_texts(spark, data: Path, template: str, n: int) -> list[str]:
+    """``n`` random non-empty item texts of Beauty, built by the stage's own template code."""
+    from longtail import schemas
+    from longtail.encode import item_texts
+
+    rows = []
+    with gzip.open(data / "items.jsonl.gz", "rt", encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            rows.append((d["item_id"], d.get("title"), d.get("description"), d.get("categories"), d.get("brand"), None))
+    df = spark.createDataFrame(rows, schemas.ITEMS_SCHEMA)
+    texts = [r["text"] for r in item_texts(df, template).collect() if r["text"]]
+    random.Random(0).shuffle(texts)
+    return texts[:n]
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds used so far by this process's descendants (the JVM, the Python workers)."""
+    me, parents, cpu = os.getpid(), {}, {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(pid)] = int(fields[1])
+        cpu[int(pid)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, changed = {me}, True
+    while changed:
+        changed = False
+        for pid, ppid in parents.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                changed = True
+    return sum(cpu[p] for p in tree - {me})
+
+
+def udf_run(spark, texts: list[str], enc_cfg) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of JVM + Python workers) for the Spark UDF to embed ``texts``."""
+    from pyspark.sql import functions as F
+
+    from longtail import encoders
+
+    info = encoders.read_model_info(encoders.resolve_model_path(enc_cfg.model), enc_cfg.pooling)
+    spec = encoders.EncodeSpec(path=info.path, pooling=info.pooling, normalize=enc_cfg.normalize,
+                               batch_size=enc_cfg.batch_size, max_tokens=enc_cfg.max_tokens, device=enc_cfg.device)
+    slots = spark.sparkContext.defaultParallelism
+    df = spark.createDataFrame([(t,) for t in texts], "text string").repartition(slots).localCheckpoint()
+    out = df.sortWithinPartitions(F.length("text")).select(encoders.embed_texts_udf(spec)("text").alias("e"))
+    cpu, start = tree_cpu_seconds(), time.perf_counter()
+    out.write.format("noop").mode("overwrite").save()
+    return time.perf_counter() - start, tree_cpu_seconds() - cpu
+
+
+def baselines(texts: list[str], enc_cfg, one_by_one: int) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) items/second on the driver with one torch thread: one text at a time (first
+    ``one_by_one`` texts), batches padded to max_tokens, and the UDF's batching without Spark."""
+    import torch
+
+    from longtail import encoders
+
+    # One thread, like each Spark task (spark.task.cpus = 1): per-core figures, and no OpenMP
+    # barrier stalls when other work shares the cores.
+    torch.set_num_threads(1)
+    path = encoders.resolve_model_path(enc_cfg.model)
+    enc = encoders.get_encoder(path, "cpu")
+    tok, model = enc.tokenizer, enc.model
+
+    def timed(name, count, fn):
+        cpu, wall = time.process_time(), time.perf_counter()
+        fn()
+        rates[name] = (count / (time.perf_counter() - wall), count / (time.process_time() - cpu))
+
+    def one_at_a_time():
+        for t in texts[:one_by_one]:
+            model(**tok([t], return_tensors="pt", truncation=True, max_length=enc_cfg.max_tokens))
+
+    def padded():
+        for i in range(0, len(texts), enc_cfg.batch_size):
+            model(**tok(texts[i : i + enc_cfg.batch_size], return_tensors="pt", truncation=True,
+                        max_length=enc_cfg.max_tokens, padding="max_length"))
+
+    rates: dict[str, tuple[float, float]] = {}
+    with torch.inference_mode():
+        timed("one text at a time", min(one_by_one, len(texts)), one_at_a_time)
+        timed("batches padded to max_tokens", len(texts), padded)
+    timed("sorted batches, no Spark (reference)", len(texts),
+          lambda: enc.encode(texts, batch_size=enc_cfg.batch_size, max_tokens=enc_cfg.max_tokens))
+    return rates
+
+
+def ratio(spark, cfg, data: Path, n: int, one_by_one: int) -> None:
+    from longtail import encoders
+
+    texts = sample_texts(spark, data, cfg.encode.item_template, n)
+    enc = encoders.get_encoder(encoders.resolve_model_path(cfg.encode.model), "cpu")
+    tokens = [len(x) for x in enc.tokenize(texts, cfg.encode.max_tokens)]
+    print(f"{len(texts)} item texts, tokens per text: mean {sum(tokens) / len(tokens):.1f}, max {max(tokens)} "
+          f"(max_tokens {cfg.encode.max_tokens}, batch_size {cfg.encode.batch_size})")
+    slots = spark.sparkContext.defaultParallelism
+    before = baselines(texts, cfg.encode, one_by_one)
+    cold_wall, cold_cpu = udf_run(spark, texts, cfg.encode)
+    warm_wall, warm_cpu = udf_run(spark, texts, cfg.encode)
+    after = baselines(texts, cfg.encode, one_by_one)
+    n = len(texts)
+    udf_wall, udf_cpu = n / warm_wall, n / warm_cpu
+    print(f"UDF path (Spark, {slots} task slots x 1 torch thread): warm {udf_wall:.1f} items/s wall, "
+          f"{udf_cpu:.1f} items per CPU-second (JVM + Python workers); cold (worker start + model load) "
+          f"{n / cold_wall:.1f} items/s wall, {n / cold_cpu:.1f} per CPU-second")
+    print("Ratios: per CPU-second (robust to other load on the machine), and wall-clock against the")
+    print(f"baseline run on {slots} cores with perfect scaling (wall rate of one thread x {slots}).")
+    for name in before:
+        wall = (before[name][0] + after[name][0]) / 2
+        cpu = (before[name][1] + after[name][1]) / 2
+        print(f"baseline {name:38s} {cpu:7.1f} items/CPU-s ({wall:6.1f} items/s wall, 1 thread)"
+              f"   UDF / baseline: {udf_cpu / cpu:5.2f}x per CPU-second, {udf_wall / (wall * slots):5.2f}x wall")
+
+
+def full_run(spark, wh, cfg, args) -> None:
+    from pyspark.sql import functions as F
+
+    from longtail import schemas
+    from longtail.encode import run_encode
+
+    if args.warehouse is None:
+        start = time.perf_counter()
+        what = prepare_inputs(spark, wh, args.data, cfg)
+        print(f"inputs (ingest + sequences): {time.perf_counter() - start:.1f}s  {what}")
+    first = run_encode(wh, cfg.encode)
+    print(f"first run : {first}")
+    again = run_encode(wh, cfg.encode)
+    print(f"rerun     : {again}")
+    items = wh.read(schemas.ITEMS)
+    ids = [r["item_id"] for r in items.where(F.col("title").isNotNull()).select("item_id")
+           .orderBy("item_id").limit(args.changed).collect()]
+    changed = items.withColumn(
+        "title", F.when(F.col("item_id").isin(ids), F.concat("title", F.lit(" (new formula)"))).otherwise(F.col("title"))
+    ).localCheckpoint()
+    wh.write(changed, schemas.ITEMS)
+    third = run_encode(wh, cfg.encode)
+    print(f"{args.changed} titles changed: {third}")
+    print(f"stage on Beauty: items {first.items.encoded / first.items.seconds:.1f}/s, users "
+          f"{first.users.encoded / first.users.seconds:.1f}/s (incl. reads, worker start, model load, writes); "
+          f"rerun with nothing changed {again.seconds:.1f}s; {args.changed} changed titles: "
+          f"{third.items.encoded} items, {third.users.encoded} users re-encoded in {third.seconds:.1f}s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--sample", type=int, default=2000, help="item texts for the ratio")
+    parser.add_argument("--one-by-one", type=int, default=300, help="texts for the one-at-a-time baseline")
+    parser.add_argument("--full", action="store_true", help="also run the whole stage on Beauty")
+    parser.add_argument("--warehouse", help="(--full) use this prepared warehouse instead of a temporary one")
+    parser.add_argument("--keep", help="(--full) copy the temporary warehouse here (for benchmarks/neighbors.py)")
+    parser.add_argument("--changed", type=int, default=10, help="(--full) titles changed before the last rerun")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+
+    from longtail.config import load_config
+    from longtail.session import build_spark
+    from longtail.tables import Warehouse
+
+    tmp = None
+    root = args.warehouse
+    if root is None:
+        tmp = tempfile.mkdtemp(prefix="bench-encode-")
+        root = os.path.join(tmp, "warehouse")
+    cfg = load_config(None, [f"warehouse={root}", *args.overrides])
+    spark = build_spark(cfg.spark)
+    try:
+        ratio(spark, cfg, args.data, args.sample, args.one_by_one)
+        if args.full:
+            full_run(spark, Warehouse(spark, cfg.warehouse, engine=cfg.delta.engine), cfg, args)
+            if args.keep and args.warehouse is None:
+                shutil.copytree(root, args.keep, dirs_exist_ok=True)
+                print(f"warehouse kept at {args.keep}")
+    finally:
+        spark.stop()
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
