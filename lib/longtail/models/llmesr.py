@@ -1,0 +1,122 @@
+"""LLM-ESR (Liu et al., NeurIPS 2024): dual-view sequential recommendation around a backbone.
+
+- semantic view: frozen LLM item embeddings through a trainable adapter (E -> E/2 -> hidden);
+- collaborative view: trainable item embeddings initialised from the PCA-reduced LLM
+  embeddings (the ``item_embeddings_pca`` table);
+- optional cross-attention between the two views, ONE encoder shared by both views;
+- user vector = concatenation of both views' outputs; items scored against the
+  concatenated item views;
+- self-distillation: ``alpha * MSE(user rep, mean of the similar users' detached reps)``.
+
+The backbone (SASRec, GRU4Rec, Bert4Rec) contributes its encoder and objective only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from longtail.models import bert4rec, gru4rec, sasrec
+from longtail.models.layers import (
+    CrossViewAttention,
+    IdView,
+    SemanticView,
+    SequentialRecommender,
+    xavier_init,
+)
+
+BACKBONES = {"sasrec": sasrec, "gru4rec": gru4rec, "bert4rec": bert4rec}
+
+
+@dataclass
+class TextTables:
+    """The item tables an LLM-ESR model is built from (row = item idx, row 0 zeros).
+
+    Attributes:
+        llm: ``[n_items + 1, E]`` LLM item embeddings (frozen in the model).
+        pca: ``[n_items + 1, hidden]`` their PCA reduction (initial collaborative view).
+        pca_mean, pca_components, pca_offset: ``[E]``, ``[hidden, E]``, ``[hidden]``: the
+            linear map ``pca ~= (llm - mean) @ components.T + offset`` for new items.
+    """
+
+    llm: Tensor
+    pca: Tensor
+    pca_mean: Tensor
+    pca_components: Tensor
+    pca_offset: Tensor
+
+    @classmethod
+    def zeros(cls, n_items: int, llm_dim: int, hidden: int) -> "TextTables":
+        """Placeholder tables of the right shapes, to load saved weights into."""
+        return cls(
+            torch.zeros(n_items + 1, llm_dim), torch.zeros(n_items + 1, hidden),
+            torch.zeros(llm_dim), torch.zeros(hidden, llm_dim), torch.zeros(hidden),
+        )
+
+    @classmethod
+    def from_arrays(cls, llm: np.ndarray, pca: np.ndarray) -> "TextTables":
+        """Tables from ``[n_items + 1, E]`` and ``[n_items + 1, hidden]`` arrays (row 0 padding)."""
+        mean, components, offset = fit_projection(llm[1:], pca[1:])
+        t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+        return cls(t(llm), t(pca), t(mean), t(components), t(offset))
+
+
+def fit_projection(llm: np.ndarray, pca: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares linear map from LLM embeddings to their PCA reduction.
+
+    When ``pca`` is a plain PCA of ``llm`` this recovers its mean and components exactly;
+    whatever reduction the encode stage used, it is the best linear stand-in.
+
+    Args:
+        llm: ``[N, E]``; pca: ``[N, H]`` (same rows).
+
+    Returns:
+        ``(mean [E], components [H, E], offset [H])``.
+    """
+    x = np.asarray(llm, dtype=np.float64)
+    z = np.asarray(pca, dtype=np.float64)
+    mean = x.mean(axis=0)
+    design = np.hstack([x - mean, np.ones((x.shape[0], 1))])
+    coef, *_ = np.linalg.lstsq(design, z, rcond=None)
+    return mean, coef[:-1].T, coef[-1]
+
+
+def build(backbone: str, n_items: int, hp: Mapping[str, Any], text: TextTables) -> SequentialRecommender:
+    """The LLM-ESR version of ``backbone`` (``sasrec``, ``gru4rec``, ``bert4rec``).
+
+    Args:
+        backbone: encoder and objective to use.
+        n_items: catalogue size.
+        hp: hyperparameters (``hidden``, ``layers``, ``heads``, ``dropout``, ``max_len``,
+            ``alpha``, ``cross_attention``).
+        text: the LLM and PCA item tables.
+
+    Raises:
+        ValueError: the PCA width differs from ``hidden`` or a table has the wrong rows.
+    """
+    part = BACKBONES[backbone]
+    hidden = hp["hidden"]
+    if text.pca.shape != (n_items + 1, hidden):
+        raise ValueError(
+            f"PCA item table is {tuple(text.pca.shape)}, expected ({n_items + 1}, {hidden})"
+        )
+    if text.llm.shape[0] != n_items + 1:
+        raise ValueError(f"LLM item table has {text.llm.shape[0]} rows, expected {n_items + 1}")
+    llm, pca = text.llm.float(), text.pca.float()
+    if part.OBJECTIVE == "cloze":  # a mask-token row, zero like the reference's
+        llm = torch.cat([llm, torch.zeros_like(llm[:1])])
+        pca = torch.cat([pca, torch.zeros_like(pca[:1])])
+    collaborative = IdView(
+        pca.shape[0], hidden, init=pca, projection=(text.pca_mean, text.pca_components, text.pca_offset)
+    )
+    semantic = SemanticView(llm, hidden)
+    cross = CrossViewAttention(hidden, causal=part.CAUSAL) if hp["cross_attention"] else None
+    model = SequentialRecommender(
+        n_items, part.encoder(hp), [collaborative, semantic], hp["max_len"], part.OBJECTIVE,
+        cross=cross, alpha=hp["alpha"],
+    )
+    xavier_init(model, skip=[collaborative.embedding.weight])
+    return model

@@ -1,0 +1,127 @@
+"""LLM-ESR: dual views, the frozen semantic table, cross-attention, self-distillation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import HIDDEN, LLM_DIM, N_ITEMS, assert_all_parameters_get_gradients
+
+from longtail.models import build_model
+from longtail.models.llmesr import fit_projection
+
+BACKBONES = ["llmesr_sasrec", "llmesr_gru4rec", "llmesr_bert4rec"]
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_shapes_and_backward(name, hp, seqs, batch, text):
+    torch.manual_seed(0)
+    model = build_model(name, N_ITEMS, hp, text)
+    assert model.user_vectors(seqs).shape == (3, 2 * HIDDEN)
+    items = model.item_vectors()
+    assert items.shape == (N_ITEMS + 1, 2 * HIDDEN) and torch.all(items[0] == 0)
+    loss = model.loss(batch)
+    loss.backward()
+    assert_all_parameters_get_gradients(model)
+    # The LLM table is frozen: a buffer, not a parameter.
+    assert "views.1.llm" in dict(model.named_buffers())
+    assert all("llm" not in n for n, _ in model.named_parameters())
+
+
+def test_collaborative_view_starts_from_pca_and_new_items_use_the_projection(hp, text):
+    torch.manual_seed(0)
+    model = build_model("llmesr_sasrec", N_ITEMS, hp, text)
+    assert torch.allclose(model.views[0].table()[1:], text.pca[1:])
+    # Before training, an item placed from its text alone lands where the model has it.
+    from_text = model.item_vectors_from_text(text.llm[1:6])
+    assert from_text.shape == (5, 2 * HIDDEN)
+    assert torch.allclose(from_text, model.item_vectors()[1:6], atol=1e-4)
+
+
+def test_plain_backbone_cannot_place_items_from_text(hp):
+    model = build_model("sasrec", N_ITEMS, hp)
+    assert not model.supports_text
+    with pytest.raises(TypeError):
+        model.item_vectors_from_text(torch.zeros(1, LLM_DIM))
+
+
+def test_fit_projection_recovers_pca():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 6)) + 3.0
+    _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    z = (x - x.mean(0)) @ vt[:3].T
+    mean, components, offset = fit_projection(x, z)
+    assert np.allclose(mean, x.mean(0)) and np.allclose(components, vt[:3]) and np.allclose(offset, 0, atol=1e-9)
+
+
+def test_cross_attention_is_switchable(hp, seqs, text):
+    torch.manual_seed(0)
+    on = build_model("llmesr_sasrec", N_ITEMS, hp, text)
+    off = build_model("llmesr_sasrec", N_ITEMS, {**hp, "cross_attention": False}, text)
+    assert on.cross is not None and off.cross is None
+    assert sum(p.numel() for p in on.parameters()) > sum(p.numel() for p in off.parameters())
+
+
+def test_cross_attention_keeps_sasrec_causal(hp, text):
+    torch.manual_seed(0)
+    model = build_model("llmesr_sasrec", N_ITEMS, hp, text).eval()
+    fa = model.features(torch.tensor([[1, 2, 3, 4]]))
+    fb = model.features(torch.tensor([[1, 2, 3, 9]]))
+    assert torch.allclose(fa[:, :3], fb[:, :3])
+
+
+def _with_neighbors(batch):
+    # Users 0 and 1 have similar users; user 2 has none. Items 20-25 appear only in the
+    # neighbours' sequences (not in any input, target or negative of the batch).
+    out = dict(batch)
+    out["neighbor_seqs"] = torch.tensor([[0, 20, 21, 22], [23, 24, 25, 3], [0, 0, 21, 24]])
+    out["neighbor_index"] = torch.tensor([[0, 1], [2, -1], [-1, -1]])
+    return out
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_distillation_moves_only_the_student(name, hp, batch, text):
+    torch.manual_seed(0)
+    model = build_model(name, N_ITEMS, hp, text)  # dropout 0: forward passes are repeatable
+    full = _with_neighbors(batch)
+
+    model.zero_grad()
+    model.loss(full).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    # Reference: the same loss with the teachers' mean as a constant.
+    model.zero_grad()
+    with torch.no_grad():
+        teacher = model.features(full["neighbor_seqs"])[:, -1]
+        target = torch.stack([teacher[[0, 1]].mean(0), teacher[[2]].mean(0)])
+    student = model.features(batch["seqs"])[:, -1][:2]
+    reference = model.loss(batch) + hp["alpha"] * F.mse_loss(student, target)
+    reference.backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(grads[n], p.grad, rtol=1e-4, atol=1e-5), (n, (grads[n] - p.grad).abs().max())
+
+    # Items seen only by the teachers get no gradient at all.
+    collaborative = dict(model.named_parameters())["views.0.embedding.weight"]
+    model.zero_grad()
+    model.loss(full).backward()
+    assert torch.all(collaborative.grad[20:26] == 0)
+    assert torch.any(collaborative.grad[3:7] != 0)
+
+
+def test_distillation_term_changes_the_loss_by_alpha_times_mse(hp, batch, text):
+    torch.manual_seed(0)
+    model = build_model("llmesr_sasrec", N_ITEMS, hp, text)
+    full = _with_neighbors(batch)
+    plain, with_kd = model.loss(batch), model.loss(full)
+    assert with_kd > plain
+    model.alpha = 0.0
+    assert torch.allclose(model.loss(full), plain)
+
+
+def test_semantic_table_is_the_two_layer_adapter(hp, text):
+    torch.manual_seed(0)
+    model = build_model("llmesr_sasrec", N_ITEMS, hp, text)
+    semantic = model.views[1]
+    stepwise = semantic.adapter(text.llm[1:])
+    assert torch.allclose(semantic.table()[1:], stepwise, atol=1e-5)
+    assert semantic.adapter[0].out_features == LLM_DIM // 2
