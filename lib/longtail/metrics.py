@@ -92,6 +92,36 @@ def tail_share(lists: np.ndarray, tail_items: np.ndarray) -> float:
     return float(np.isin(flat, tail_items).mean()) if flat.size else 0.0
 
 
+def list_diversities(lists: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
+    """Per list, the mean pairwise ``1 - cosine`` of its items' vectors.
+
+    Args:
+        lists: ``[U, K]`` item idxs (K >= 2; a list with K < 2 has diversity 0).
+        item_vectors: ``[n_items + 1, E]`` (row = item idx), e.g. semantic embeddings; a zero
+            row (no embedding) has cosine 0 with everything.
+
+    Returns:
+        ``[U]`` float64.
+    """
+    lists = np.asarray(lists)
+    if lists.ndim != 2 or lists.shape[0] == 0:
+        return np.zeros(0 if lists.ndim != 2 else lists.shape[0])
+    k = lists.shape[1]
+    if k < 2:
+        return np.zeros(lists.shape[0])
+    v = np.asarray(item_vectors, dtype=np.float64)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    v = v / np.where(norms == 0, 1.0, norms)
+    pairs = k * (k - 1)
+    out = np.empty(lists.shape[0])
+    for start in range(0, lists.shape[0], 4096):
+        block = v[lists[start : start + 4096]]  # [b, K, E]
+        sims = np.einsum("bke,bje->bkj", block, block)
+        off_diag = (sims.sum(axis=(1, 2)) - np.einsum("bkk->b", sims)) / pairs
+        out[start : start + 4096] = 1.0 - off_diag
+    return out
+
+
 def intra_list_diversity(lists: np.ndarray, item_vectors: np.ndarray) -> float:
     """Mean over lists of the mean pairwise ``1 - cosine`` of the items' vectors.
 
@@ -99,18 +129,5 @@ def intra_list_diversity(lists: np.ndarray, item_vectors: np.ndarray) -> float:
         lists: ``[U, K]`` item idxs (K >= 2).
         item_vectors: ``[n_items + 1, E]`` (row = item idx), e.g. semantic embeddings.
     """
-    lists = np.asarray(lists)
-    if lists.ndim != 2 or lists.shape[1] < 2 or lists.shape[0] == 0:
-        return 0.0
-    v = np.asarray(item_vectors, dtype=np.float64)
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    v = v / np.where(norms == 0, 1.0, norms)
-    total = 0.0
-    k = lists.shape[1]
-    pairs = k * (k - 1)
-    for start in range(0, lists.shape[0], 4096):
-        block = v[lists[start : start + 4096]]  # [b, K, E]
-        sims = np.einsum("bke,bje->bkj", block, block)
-        off_diag = (sims.sum(axis=(1, 2)) - np.einsum("bkk->b", sims)) / pairs
-        total += float((1.0 - off_diag).sum())
-    return total / lists.shape[0]
+    values = list_diversities(lists, item_vectors)
+    return float(values.mean()) if values.size else 0.0
