@@ -8,7 +8,7 @@
 # COMMAND ----------
 
 import os
-from pathlib import Path
+from io import BytesIO
 
 import matplotlib
 
@@ -17,6 +17,7 @@ if "DATABRICKS_RUNTIME_VERSION" not in os.environ:
 import matplotlib.pyplot as plt
 import numpy as np
 
+from longtail import files
 from longtail.config import load_config
 from longtail.session import build_spark
 from longtail.tables import Warehouse
@@ -34,8 +35,14 @@ def parameter(name: str, default: str | None) -> str | None:
 overrides = [f"warehouse={w}"] if (w := parameter("LONGTAIL_WAREHOUSE", None)) else []
 cfg = load_config(parameter("LONGTAIL_CONF", None), overrides)
 wh = Warehouse(build_spark(cfg.spark), cfg.warehouse, engine=cfg.delta.engine)
-plots = Path(wh.root) / "_reports" / "plots"
-plots.mkdir(parents=True, exist_ok=True)
+plots = f"{wh.root}/_reports/plots"
+
+
+def save_png(fig, name: str) -> None:
+    """Save a figure next to the tables (a local folder or object store alike)."""
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    files.write_bytes(f"{plots}/{name}", buffer.getvalue())
 
 # COMMAND ----------
 
@@ -63,7 +70,7 @@ axes[1].plot([0, 1], [0, 1], color="grey", linestyle=":")
 axes[1].set(xlabel="share of items (most popular first)", ylabel="share of interactions",
             title="Cumulative share of interactions")
 fig.tight_layout()
-fig.savefig(plots / "popularity_curve.png", dpi=110)
+save_png(fig, "popularity_curve.png")
 plt.show()
 
 # COMMAND ----------
@@ -98,5 +105,5 @@ axes[0].legend()
 axes[1].hist(lengths, bins=min(50, max(5, len(np.unique(lengths)))), log=True)
 axes[1].set(xlabel="history length", ylabel="users (log)", title="User history lengths")
 fig.tight_layout()
-fig.savefig(plots / "head_tail_shares.png", dpi=110)
+save_png(fig, "head_tail_shares.png")
 plt.show()

@@ -7,7 +7,7 @@
 # COMMAND ----------
 
 import os
-from pathlib import Path
+from io import BytesIO
 
 import matplotlib
 
@@ -18,6 +18,7 @@ import numpy as np
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
+from longtail import files
 from longtail.config import load_config
 from longtail.session import build_spark
 from longtail.tables import Warehouse
@@ -35,8 +36,14 @@ def parameter(name: str, default: str | None) -> str | None:
 overrides = [f"warehouse={w}"] if (w := parameter("LONGTAIL_WAREHOUSE", None)) else []
 cfg = load_config(parameter("LONGTAIL_CONF", None), overrides)
 wh = Warehouse(build_spark(cfg.spark), cfg.warehouse, engine=cfg.delta.engine)
-plots = Path(wh.root) / "_reports" / "plots"
-plots.mkdir(parents=True, exist_ok=True)
+plots = f"{wh.root}/_reports/plots"
+
+
+def save_png(fig, name: str) -> None:
+    """Save a figure next to the tables (a local folder or object store alike)."""
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    files.write_bytes(f"{plots}/{name}", buffer.getvalue())
 
 # COMMAND ----------
 
@@ -75,7 +82,7 @@ for protocol in ["sampled", "full"]:
         ax.set(title=f"{metric.upper()} ({protocol})")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(plots / f"segments_{protocol}.png", dpi=110)
+    save_png(fig, f"segments_{protocol}.png")
     plt.show()
 
 # COMMAND ----------
@@ -90,5 +97,5 @@ if not catalog.empty:
     print(table.round(4).to_string())
     ax = table.plot.bar(figsize=(8, 4), rot=0, title="Catalogue figures of the full top-10 lists")
     ax.figure.tight_layout()
-    ax.figure.savefig(plots / "catalog.png", dpi=110)
+    save_png(ax.figure, "catalog.png")
     plt.show()

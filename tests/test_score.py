@@ -199,6 +199,27 @@ def test_failed_runs_leave_the_tables_as_they_were(wh):
     assert len(d1) == 6 * 2 and (d1["model_version"] == "v1").all()
 
 
+def test_items_touched_beyond_the_sequence_are_never_recommended(wh):
+    # u1 also bought i6 (older than what user_sequences keeps) and the text-only new_face:
+    # without them in the exclusion both would lead u1's list (see the test above).
+    extra = [("u1", "i6", dt.datetime(2023, 1, 1), None), ("u1", "new_face", dt.datetime(2023, 1, 2), None)]
+    wh.write(wh.spark.createDataFrame(extra, schemas.INTERACTIONS_SCHEMA), schemas.INTERACTIONS, mode="append")
+    run_score(wh, "llmesr_fake", ScoreConfig(), run_date=D1, top_k=3, model_loader=LOADER)
+    lists = _lists(_recs(wh))
+    assert len(lists["u1"]) == 3 and not {"i6", "new_face"} & set(lists["u1"])
+
+
+def test_user_who_has_seen_every_item_is_refused_before_anything_is_written(wh):
+    # The plain backbone knows 12 items; a user who bought all of them has no candidate left.
+    everything = list(range(1, 13))
+    row = [("u_all", 99, everything, everything[:-2], everything[-2], everything[-1])]
+    wh.write(wh.spark.createDataFrame(row, schemas.USER_SEQUENCES_SCHEMA), schemas.USER_SEQUENCES, mode="append")
+    with pytest.raises(InputError, match=r"larger than the unseen catalogue"):
+        run_score(wh, "plain_fake", ScoreConfig(), run_date=D1, top_k=1, model_loader=LOADER)
+    assert not wh.exists(schemas.RECOMMENDATIONS)
+    assert not wh.exists(schemas.RECOMMENDATION_RUNS)
+
+
 def test_unknown_model_or_version(wh):
     with pytest.raises(ModelNotFoundError):
         run_score(wh, "llmesr_fake", ScoreConfig(), version="v9", run_date=D1, model_loader=LOADER)

@@ -194,6 +194,7 @@ def test_llmesr_run_saves_the_pca_map(data_wh):
     result = run_train(data_wh, "llmesr_bert4rec", dataclasses.replace(TINY, epochs=1))
     assert os.path.isfile(os.path.join(result.path, "pca.npz"))
     model = load_model(data_wh, "llmesr_bert4rec")
+    assert model.config["encoder"] == "m"  # which text encoder new items must go through
     assert model.item_vectors().shape == (N_ITEMS + 1, 2 * HIDDEN)
     assert model.item_vectors_from_text(np.zeros((2, LLM_DIM), dtype=np.float32)).shape == (2, 2 * HIDDEN)
 

@@ -13,10 +13,10 @@ from typing import Callable, Sequence
 
 from longtail.errors import LongtailError
 
-COMMANDS = ("demo", "ingest", "sequences", "encode", "neighbors", "train", "evaluate", "score", "run")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``longtail`` argument parser: global ``--conf``/``--set``, one subcommand per stage."""
     parser = argparse.ArgumentParser(
         prog="longtail", description="Long-tail sequential recommendation (LLM-ESR) on Apache Spark."
     )
@@ -30,28 +30,30 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--conf", dest="conf_after", help=argparse.SUPPRESS)
     common.add_argument("--set", dest="overrides_after", action="append", default=[], help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add = sub.add_parser
-    sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)  # type: ignore[method-assign]
-    sub.add_parser("demo", help="write a synthetic long-tail catalogue, then run the pipeline")
-    p = sub.add_parser("ingest", help="load raw files into interactions, items (and users)")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    add("demo", "write a synthetic long-tail catalogue, then run the pipeline")
+    p = add("ingest", "load raw files into interactions, items (and users)")
     p.add_argument("--format", required=True, choices=["amazon", "movielens", "files"])
     p.add_argument("--interactions", required=True, help="interactions file or folder")
     p.add_argument("--items", help="item metadata file")
     p.add_argument("--users", help="user file")
-    sub.add_parser("sequences", help="filter, map ids, build sequences, split, segment")
-    sub.add_parser("encode", help="LLM text embeddings for items and users (incremental)")
-    sub.add_parser("neighbors", help="top-N similar users from the user embeddings")
-    p = sub.add_parser("train", help="train one model")
+    add("sequences", "filter, map ids, build sequences, split, segment")
+    add("encode", "LLM text embeddings for items and users (incremental)")
+    add("neighbors", "top-N similar users from the user embeddings")
+    p = add("train", "train one model")
     p.add_argument("--model", help="model name (default: train.model in the config)")
-    p = sub.add_parser("evaluate", help="test-split metrics overall and by segment")
+    p = add("evaluate", "test-split metrics overall and by segment")
     p.add_argument("--model", help="trained model name, or a baseline: popularity, als")
     p.add_argument("--model-version", help="version to evaluate (default: the latest)")
-    p = sub.add_parser("score", help="top-K recommendations for every user")
+    p = add("score", "top-K recommendations for every user")
     p.add_argument("--model", help="model name (default: train.model in the config)")
     p.add_argument("--model-version", help="version to score with (default: the latest)")
-    p.add_argument("--run-date", type=_date, help="partition to write, YYYY-MM-DD (default: today)")
+    p.add_argument("--run-date", type=_date, help="partition to write, YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--top-k", type=int, help="K (default: score.top_k in the config)")
-    sub.add_parser("run", help="sequences, encode, neighbors, train, evaluate, score in order")
+    add("run", "sequences, encode, neighbors, train, evaluate, score in order")
     return parser
 
 
@@ -82,65 +84,79 @@ def _run(args: argparse.Namespace) -> None:
     spark = build_spark(cfg.spark)
     wh = Warehouse(spark, cfg.warehouse, engine=cfg.delta.engine)
     started = time.perf_counter()
-    result = _dispatch(args)(spark, wh, cfg, args)
+    result = _STAGES[args.command](spark, wh, cfg, args)
     if result is not None:
         print(result)
     print(f"longtail {args.command}: done in {time.perf_counter() - started:.1f}s", file=sys.stderr)
 
 
-def _dispatch(args: argparse.Namespace) -> Callable:
-    # Stage modules import lazily: `longtail --help` and config errors stay fast.
-    def ingest(spark, wh, cfg, a):
-        from longtail.ingest import run_ingest
+# Stage modules import lazily: `longtail --help` and config errors stay fast.
 
-        return run_ingest(spark, wh, a.format, a.interactions, a.items, a.users, cfg.ingest)
 
-    def sequences(spark, wh, cfg, a):
-        from longtail.sequences import run_sequences
+def _ingest(spark, wh, cfg, a):
+    from longtail.ingest import run_ingest
 
-        return run_sequences(wh, cfg.sequences)
+    return run_ingest(spark, wh, a.format, a.interactions, a.items, a.users, cfg.ingest)
 
-    def encode(spark, wh, cfg, a):
-        from longtail.encode import run_encode
 
-        return run_encode(wh, cfg.encode)
+def _sequences(spark, wh, cfg, a):
+    from longtail.sequences import run_sequences
 
-    def neighbors(spark, wh, cfg, a):
-        from longtail.neighbors import run_neighbors
+    return run_sequences(wh, cfg.sequences)
 
-        return run_neighbors(wh, cfg.neighbors)
 
-    def train(spark, wh, cfg, a):
-        from longtail.train import run_train
+def _encode(spark, wh, cfg, a):
+    from longtail.encode import run_encode
 
-        return run_train(wh, cfg.train.model if a.model is None else a.model, cfg.train)
+    return run_encode(wh, cfg.encode)
 
-    def evaluate(spark, wh, cfg, a):
-        from longtail.evaluate import run_evaluate
 
-        return run_evaluate(
-            wh, a.model or cfg.train.model, cfg.evaluate, version=a.model_version, hybrid=cfg.score.hybrid
-        )
+def _neighbors(spark, wh, cfg, a):
+    from longtail.neighbors import run_neighbors
 
-    def score(spark, wh, cfg, a):
-        from longtail.score import run_score
+    return run_neighbors(wh, cfg.neighbors)
 
-        return run_score(
-            wh, a.model or cfg.train.model, cfg.score, version=a.model_version,
-            run_date=a.run_date or dt.date.today(), top_k=a.top_k or cfg.score.top_k, als_cfg=cfg.evaluate,
-        )
 
-    def run(spark, wh, cfg, a):
-        from longtail.pipeline import run_pipeline
+def _train(spark, wh, cfg, a):
+    from longtail.train import run_train
 
-        return run_pipeline(wh, cfg)
+    return run_train(wh, cfg.train.model if a.model is None else a.model, cfg.train)
 
-    def demo(spark, wh, cfg, a):
-        from longtail.pipeline import run_demo
 
-        return run_demo(wh, cfg)
+def _evaluate(spark, wh, cfg, a):
+    from longtail.evaluate import run_evaluate
 
-    return locals()[args.command]
+    return run_evaluate(
+        wh, a.model or cfg.train.model, cfg.evaluate, version=a.model_version, hybrid=cfg.score.hybrid
+    )
+
+
+def _score(spark, wh, cfg, a):
+    from longtail.score import run_score
+
+    # run_date None: run_score's default (today, UTC); top_k None: score.top_k.
+    return run_score(
+        wh, a.model or cfg.train.model, cfg.score, version=a.model_version,
+        run_date=a.run_date, top_k=a.top_k, als_cfg=cfg.evaluate,
+    )
+
+
+def _pipeline(spark, wh, cfg, a):
+    from longtail.pipeline import run_pipeline
+
+    return run_pipeline(wh, cfg)
+
+
+def _demo(spark, wh, cfg, a):
+    from longtail.pipeline import run_demo
+
+    return run_demo(wh, cfg)
+
+
+_STAGES: dict[str, Callable] = {
+    "demo": _demo, "ingest": _ingest, "sequences": _sequences, "encode": _encode, "neighbors": _neighbors,
+    "train": _train, "evaluate": _evaluate, "score": _score, "run": _pipeline,
+}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -140,6 +140,9 @@ class EvaluateConfig:
     als_rank: int = 64
     als_max_iter: int = 10
     als_reg: float = 0.1
+    #: Users per batch and items per matrix product in each task (bounds memory).
+    user_batch: int = 1024
+    item_chunk: int = 8192
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from pyspark.sql.datasource import (
 from pyspark.sql.types import ArrayType, DataType, MapType, StructField, StructType
 
 from longtail.errors import EnvironmentProblem
+from longtail.files import filesystem
 
 NAME = "delta_rs"
 #: Raised inside a write task when a row lies outside the partition being replaced; the driver
@@ -56,15 +57,6 @@ class UnsupportedDeltaTable(EnvironmentProblem):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def filesystem(uri: str):
-    """(pyarrow FileSystem, path inside it) for a local path, ``file:`` URI or object-store URI."""
-    from pyarrow import fs
-
-    if "://" in uri or uri.startswith("file:"):
-        return fs.FileSystem.from_uri(uri)
-    return fs.LocalFileSystem(), os.path.abspath(uri)
 
 
 def spark_schema(table) -> StructType:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import string
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from pyspark.sql import types as T
 from longtail import encoders, schemas
 from longtail.config import EncodeConfig
 from longtail.errors import ConfigError, ModelNotFoundError, SchemaError
+from longtail.files import read_bytes, write_bytes
 
 #: Separator between titles in the user text.
 TITLE_SEPARATOR = "; "
@@ -240,7 +240,7 @@ def item_texts(items: DataFrame, template: str) -> DataFrame:
             fields[name] = _clean(F.element_at(F.col("attributes"), F.lit(name)))
         else:
             raise ConfigError(
-                f"encode.item_template: field {{{name}}} is not a column of table items "
+                f"encode.item_template: field {{{name}}} is not a column of table {schemas.ITEMS} "
                 f"({', '.join(types)}) and the table has no attributes map"
             )
     return items.select("item_id", render_template(template, fields, "encode.item_template").alias("text"))
@@ -385,7 +385,7 @@ def load_pca(warehouse_root: str, model: str) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         ModelNotFoundError: no projection saved for this model (run ``longtail encode``).
     """
-    data = _read_bytes(pca_path(warehouse_root, model))
+    data = read_bytes(pca_path(warehouse_root, model), missing_ok=True)
     if data is None:
         raise ModelNotFoundError(
             f"no PCA projection for encode.model {model!r} at {pca_path(warehouse_root, model)}: run `longtail encode`"
@@ -399,7 +399,7 @@ def _refresh_pca(wh, cfg: EncodeConfig, name: str, dim: int, force: bool) -> tup
     target = pca_path(wh.root, cfg.model)
     version = wh.version(schemas.ITEM_EMBEDDINGS)
     if not force and wh.exists(schemas.ITEM_EMBEDDINGS_PCA):
-        data = _read_bytes(target)
+        data = read_bytes(target, missing_ok=True)
         if data is not None:
             with np.load(io.BytesIO(data)) as npz:
                 same = (
@@ -418,7 +418,7 @@ def _refresh_pca(wh, cfg: EncodeConfig, name: str, dim: int, force: bool) -> tup
         buf, mean=mean, components=components, explained_variance_ratio=np.float64(explained),
         model=np.str_(name), item_embeddings_version=np.int64(version),
     )
-    _write_bytes_atomic(target, buf.getvalue())
+    write_bytes(target, buf.getvalue())
     return explained, True
 
 
@@ -462,7 +462,7 @@ def fit_pca(embeddings: DataFrame, dim: int, k: int) -> tuple[np.ndarray, np.nda
         parts = embeddings.select("embedding").mapInArrow(partial_sums, "n long, s binary, g binary").collect()
     except Exception as exc:  # noqa: BLE001 - surface the data problem, not the Py4J trace
         if "embedding length differs" in str(exc):
-            raise SchemaError(f"table item_embeddings: column 'embedding' has null or non-{dim}-long rows") from None
+            raise SchemaError(f"table {schemas.ITEM_EMBEDDINGS}: column 'embedding' has null or non-{dim}-long rows") from None
         raise
     n = sum(int(r["n"]) for r in parts)
     if n < 2:
@@ -503,34 +503,3 @@ def project(embeddings: DataFrame, mean: np.ndarray, components: np.ndarray) -> 
             )
 
     return embeddings.select("item_id", "embedding").mapInArrow(apply, "item_id string, embedding array<float>")
-
-
-# --------------------------------------------------------------------------- files next to the tables
-
-
-def _filesystem(path: str):
-    import pyarrow.fs as pafs
-
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(path)
-
-
-def _read_bytes(path: str) -> bytes | None:
-    import pyarrow.fs as pafs
-
-    fs, p = _filesystem(path)
-    if fs.get_file_info(p).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(p) as f:
-        return f.read()
-
-
-def _write_bytes_atomic(path: str, data: bytes) -> None:
-    # Write then rename: a reader never sees half a file (rename is atomic on local disks).
-    fs, p = _filesystem(path)
-    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-    tmp = f"{p}.tmp-{os.getpid()}-{time.time_ns()}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, p)

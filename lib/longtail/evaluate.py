@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -45,6 +44,7 @@ from pyspark.sql import types as T
 from longtail import schemas
 from longtail.config import EvaluateConfig, HybridConfig
 from longtail.errors import InputError
+from longtail.files import write_bytes
 from longtail.metrics import coverage, hit_rate, list_diversities, ndcg, sample_negatives, tail_coverage, target_ranks
 from longtail.score import (
     ModelLoader,
@@ -143,7 +143,10 @@ def _variant_ranks(
     """Sampled ranks, full ranks and full top-k lists of one batch for one bundle."""
     t = bundle.tensors()
     users = bundle.scorer.user_vectors(histories).to(torch.float32)
+    # Padding and items this scorer cannot rank score -inf in both protocols alike.
     padding = candidates == 0
+    if t["excluded"] is not None and len(t["excluded"]):
+        padding = padding | torch.isin(candidates, t["excluded"])
     if bundle.mmr_lambda is None or "unit" not in t:
         sampled = target_ranks(candidate_scores(users, t["items"], candidates).masked_fill(padding, float("-inf")).numpy(), 0)
         full, top = full_ranks(users, t["items"], targets, seen=histories, excluded=t["excluded"], k=k, item_chunk=item_chunk)
@@ -280,24 +283,9 @@ def write_report(wh: Warehouse, report: dict[str, Any]) -> str:
     Readers never see a half-written report. Works for local warehouses and object-store
     URIs (through ``pyarrow.fs``; there the rename is the store's copy-and-delete).
     """
-    from pyarrow import fs as pafs
-
     root = wh.root
-    filesystem, base = (pafs.FileSystem.from_uri(root) if "://" in root else (pafs.LocalFileSystem(), root))
-    folder = f"{base.rstrip('/')}/_reports"
-    filesystem.create_dir(folder, recursive=True)
     name = f"evaluation-{report['model']}.json"
-    tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with filesystem.open_output_stream(tmp) as out:
-            out.write(json.dumps(report, indent=2).encode("utf-8"))
-        filesystem.move(tmp, f"{folder}/{name}")
-    except BaseException:
-        try:
-            filesystem.delete_file(tmp)
-        except Exception:  # noqa: BLE001 - the original error matters, not the cleanup's
-            pass
-        raise
+    write_bytes(f"{root.rstrip('/')}/_reports/{name}", json.dumps(report, indent=2).encode("utf-8"))
     return f"{root.rstrip('/')}/_reports/{name}"
 
 
@@ -324,8 +312,8 @@ def run_evaluate(
     version: str | None = None,
     hybrid: HybridConfig | None = None,
     *,
-    user_batch: int = 1024,
-    item_chunk: int = 8192,
+    user_batch: int | None = None,
+    item_chunk: int | None = None,
     model_loader: ModelLoader | None = None,
 ) -> EvaluationReport:
     """Evaluate a trained model or a baseline on the test split; write the report and table rows.
@@ -338,7 +326,8 @@ def run_evaluate(
         version: model version (default: the latest).
         hybrid: ``score.hybrid``; when it blends or re-ranks, that variant is evaluated too
             and written as ``<model>+hybrid``.
-        user_batch, item_chunk: users per batch and items per matrix product in each task.
+        user_batch, item_chunk: users per batch and items per matrix product in each task
+            (default: ``cfg.user_batch``, ``cfg.item_chunk``).
         model_loader: ``load_model`` replacement (tests).
 
     Returns:
@@ -355,6 +344,11 @@ def run_evaluate(
         raise InputError(f"config key evaluate.protocols: unknown protocol {unknown[0]!r} (known: sampled, full)")
     if cfg.negatives < 1:
         raise InputError(f"config key evaluate.negatives: {cfg.negatives}; must be at least 1")
+    user_batch = cfg.user_batch if user_batch is None else user_batch
+    item_chunk = cfg.item_chunk if item_chunk is None else item_chunk
+    for key, value in (("user_batch", user_batch), ("item_chunk", item_chunk)):
+        if value < 1:
+            raise InputError(f"config key evaluate.{key}: {value}; must be at least 1")
     seqs = read_user_sequences(wh)
     user_stats = wh.read(schemas.USER_STATS)
     schemas.require_columns(user_stats, schemas.USER_STATS_SCHEMA, schemas.USER_STATS)
@@ -381,7 +375,7 @@ def run_evaluate(
     ).collect()[0]
     n_users = int(summary["users"] or 0)
     if n_users == 0:
-        raise InputError("table user_sequences: no user has a test item to evaluate")
+        raise InputError(f"table {schemas.USER_SEQUENCES}: no user has a test item to evaluate")
     token, bc = broadcast_bundles(wh, bundles)
     ranks_df = _ranks_frame(users, token, bc, len(bundles), cfg.k, cfg.negatives, cfg.seed, max_idx, holes,
                             user_batch, item_chunk).persist()

@@ -1,7 +1,7 @@
 """``longtail ingest``: raw interaction, item and user files -> the ``interactions``, ``items``
 and ``users`` tables.
 
-Formats (see ``shared/contracts.md``):
+Formats (see ``docs/contracts.md``):
 
 - ``amazon``: McAuley review files (2014 and 2018), JSON lines, gzipped or not; metadata as
   JSON lines (2018) or Python-literal lines (2014). Every line may be either.
@@ -775,7 +775,7 @@ _DIALECTS: dict[tuple[str, str], Callable[[dict], dict]] = {
 
 
 def _clip(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else repr(value)
+    text = repr(value)
     text = text.replace("\n", " ").replace("\r", " ")
     return text if len(text) <= 60 else text[:57] + "..."
 

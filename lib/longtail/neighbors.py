@@ -27,7 +27,6 @@ counts); its recall@N against the exact method is measured by ``benchmarks/neigh
 from __future__ import annotations
 
 import io
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from pyspark.sql import types as T
 from longtail import schemas
 from longtail.config import NeighborsConfig
 from longtail.errors import ConfigError, EnvironmentProblem, SchemaError
+from longtail.files import absolute, read_bytes, remove_tree, write_bytes
 
 _NO_IDX = np.iinfo(np.int64).max
 
@@ -267,9 +267,9 @@ def run_neighbors(wh, cfg: NeighborsConfig) -> NeighborsReport:
     users = emb.select("user_id", "embedding").join(seq.select("user_id", "user_idx"), "user_id")
     with wh.job():
         if cfg.method == "faiss":
-            result, count, blocks, dim = _faiss_neighbors(wh, users, cfg.top_n)
+            _, count, blocks, dim = _faiss_neighbors(wh, users, cfg.top_n)
         else:
-            result, count, blocks, dim = _exact_neighbors(wh, users, cfg.top_n, cfg.block_size)
+            _, count, blocks, dim = _exact_neighbors(wh, users, cfg.top_n, cfg.block_size)
     return NeighborsReport(count, cfg.top_n, cfg.method, cfg.block_size, blocks, dim, time.perf_counter() - started)
 
 
@@ -277,7 +277,7 @@ _RESULT_SCHEMA = "user_id string, neighbors array<string>, similarities array<fl
 
 
 def _exact_neighbors(wh, users: DataFrame, n: int, block_size: int):
-    tmp = f"{_abs_root(wh.root)}/_tmp/neighbors-{uuid.uuid4().hex}"
+    tmp = f"{absolute(wh.root)}/_tmp/neighbors-{uuid.uuid4().hex}"
     try:
         staged = _stage_blocks(users, tmp, block_size)
         if not staged:
@@ -285,7 +285,7 @@ def _exact_neighbors(wh, users: DataFrame, n: int, block_size: int):
             return None, 0, 0, 0
         dims = {d for _, _, d in staged}
         if len(dims) != 1:
-            raise SchemaError(f"table user_embeddings: embeddings have different lengths {sorted(dims)}")
+            raise SchemaError(f"table {schemas.USER_EMBEDDINGS}: embeddings have different lengths {sorted(dims)}")
         block_ids = [b for b, _, _ in staged]
         count = sum(r for _, r, _ in staged)
 
@@ -300,7 +300,7 @@ def _exact_neighbors(wh, users: DataFrame, n: int, block_size: int):
         _write(wh, result)
         return result, count, len(block_ids), dims.pop()
     finally:
-        _remove_tree(tmp)
+        _discard(tmp)
 
 
 def _stage_blocks(users: DataFrame, tmp: str, block_size: int) -> list[tuple[int, int, int]]:
@@ -319,8 +319,8 @@ def _stage_blocks(users: DataFrame, tmp: str, block_size: int) -> list[tuple[int
     try:
         rows = blocks.collect()
     except Exception as exc:  # noqa: BLE001 - turn a data problem into one line
-        if "user_embeddings:" in str(exc):
-            msg = str(exc)[str(exc).index("user_embeddings:"):].splitlines()[0]
+        if f"{schemas.USER_EMBEDDINGS}:" in str(exc):
+            msg = str(exc)[str(exc).index(f"{schemas.USER_EMBEDDINGS}:"):].splitlines()[0]
             raise SchemaError(f"table {msg}") from None
         raise
     return sorted((int(r["block"]), int(r["rows"]), int(r["dim"])) for r in rows)
@@ -331,22 +331,22 @@ def write_block(tmp: str, frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.sort_values("user_idx", kind="stable")
     if frame["embedding"].isna().any() or frame["user_idx"].isna().any():
         bad = frame.loc[frame["embedding"].isna() | frame["user_idx"].isna(), "user_id"].iloc[0]
-        raise ValueError(f"user_embeddings: user {bad!r} has no embedding or no user_idx")
+        raise ValueError(f"{schemas.USER_EMBEDDINGS}: user {bad!r} has no embedding or no user_idx")
     lengths = {len(e) for e in frame["embedding"]}
     if len(lengths) != 1:
-        raise ValueError(f"user_embeddings: embeddings have different lengths {sorted(lengths)}")
+        raise ValueError(f"{schemas.USER_EMBEDDINGS}: embeddings have different lengths {sorted(lengths)}")
     x = normalize_rows(np.stack(frame["embedding"].to_numpy()))
     block = int(frame["block"].iloc[0])
     buf = io.BytesIO()
     np.savez(buf, emb=x, idx=frame["user_idx"].to_numpy(np.int64), ids=np.array(frame["user_id"].tolist(), dtype=str),
              dup=duplicate_of(x))
-    _write_bytes(f"{tmp}/block-{block}.npz", buf.getvalue())
+    write_bytes(f"{tmp}/block-{block}.npz", buf.getvalue(), atomic=False)
     return pd.DataFrame({"block": [block], "rows": [len(frame)], "dim": [x.shape[1]]})
 
 
 def read_block(tmp: str, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A staged block: (unit rows float32, user_idx int64 ascending, user ids, duplicate_of)."""
-    with np.load(io.BytesIO(_read_bytes(f"{tmp}/block-{block}.npz"))) as z:
+    with np.load(io.BytesIO(read_bytes(f"{tmp}/block-{block}.npz"))) as z:
         return z["emb"], z["idx"], z["ids"].astype(object), z["dup"]
 
 
@@ -448,37 +448,8 @@ def _write(wh, df: DataFrame) -> None:
 # --------------------------------------------------------------------------- staging files
 
 
-def _abs_root(root: str) -> str:
-    return root if "://" in root else os.path.abspath(root)
-
-
-def _fs(path: str):
-    import pyarrow.fs as pafs
-
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), path
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    fs, p = _fs(path)
-    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(p) as f:
-        f.write(data)
-
-
-def _read_bytes(path: str) -> bytes:
-    fs, p = _fs(path)
-    with fs.open_input_stream(p) as f:
-        return f.read()
-
-
-def _remove_tree(path: str) -> None:
-    import pyarrow.fs as pafs
-
-    fs, p = _fs(path)
+def _discard(path: str) -> None:
     try:
-        if fs.get_file_info(p).type == pafs.FileType.Directory:
-            fs.delete_dir(p)
-    except OSError:  # pragma: no cover - best effort: a leftover temp folder is harmless
+        remove_tree(path)
+    except OSError:  # pragma: no cover - best effort: a leftover scratch folder is harmless
         pass

@@ -12,11 +12,11 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from longtail.config import Config
 from longtail.errors import LongtailError
+from longtail.files import read_bytes
 from longtail.tables import Warehouse
 
 
@@ -157,6 +157,5 @@ def _report_dict(wh: Warehouse, report: Any) -> dict:
     if callable(as_dict):
         return as_dict()
     path = getattr(report, "path", None)
-    if path and Path(path).is_file():
-        return json.loads(Path(path).read_text())
-    return {}
+    data = read_bytes(path, missing_ok=True) if path else None
+    return json.loads(data) if data else {}

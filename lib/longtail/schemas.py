@@ -1,4 +1,4 @@
-"""Table names, column names and schemas of the contract (``shared/contracts.md``), in one place.
+"""Table names, column names and schemas of the contract (``docs/contracts.md``), in one place.
 
 Schemas are checked at the edges: when a table is read as a stage's input and before a
 stage writes its output. Checks look at columns and types only, never at the data.

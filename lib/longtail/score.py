@@ -100,10 +100,6 @@ class Catalogue:
     def size(self) -> int:
         return len(self.item_ids)
 
-    @property
-    def has_text_items(self) -> bool:
-        return self.size > self.n_known
-
     def unit_embeddings(self) -> np.ndarray | None:
         """L2-normalised semantic embeddings, or None when no item has one."""
         if not self.has_embedding.any():
@@ -173,7 +169,7 @@ def load_catalogue(wh: Warehouse, include_new_items: bool = True, embedding_mode
             for i, e in rows:
                 if len(e) != dim:
                     raise InputError(
-                        f"table item_embeddings: item {item_ids[i]!r} has a {len(e)}-d embedding, others {dim}-d"
+                        f"table {schemas.ITEM_EMBEDDINGS}: item {item_ids[i]!r} has a {len(e)}-d embedding, others {dim}-d"
                     )
                 embeddings[i] = np.asarray(e, dtype=np.float32)
                 has_embedding[i] = True
@@ -246,7 +242,7 @@ class ModelScorer:
         llm_dim = (getattr(self.trained, "config", None) or {}).get("llm_dim")
         if llm_dim is not None and cat.has_embedding.any() and int(llm_dim) != cat.embeddings.shape[1]:
             self.text_items_skipped = (
-                f"item_embeddings are {cat.embeddings.shape[1]}-d, the model reads {llm_dim}-d: new items not placed"
+                f"{schemas.ITEM_EMBEDDINGS} are {cat.embeddings.shape[1]}-d, the model reads {llm_dim}-d: new items not placed"
             )
         elif self._text_items and callable(from_text) and getattr(module, "supports_text", True):
             need = np.nonzero(~in_model & cat.has_embedding)[0]
@@ -374,7 +370,7 @@ class ScorerFactory:
         cat = self.catalogue
         if name == "content":
             if not cat.has_embedding.any():
-                raise InputError("table item_embeddings: no embeddings; the content baseline needs `longtail encode`")
+                raise InputError(f"table {schemas.ITEM_EMBEDDINGS}: no embeddings; the content baseline needs `longtail encode`")
             return ContentScorer(cat.embeddings, cat.has_embedding, version=cat.embedding_model or "1")
         seqs = read_user_sequences(self.wh)
         if name == "popularity":
@@ -425,14 +421,17 @@ class ScoringBundle:
                 self._torch["unit"] = torch.from_numpy(np.ascontiguousarray(self.unit_embeddings))
         return self._torch
 
-    def top_k(self, histories: torch.Tensor, k: int, item_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-``k`` unseen items for whole histories; MMR re-rank when configured."""
+    def top_k(
+        self, histories: torch.Tensor, k: int, item_chunk: int, seen: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` items per user, excluding ``seen`` (default: the histories); MMR when configured."""
         t = self.tensors()
+        seen = histories if seen is None else seen
         users = self.scorer.user_vectors(histories).to(torch.float32)
         if self.mmr_lambda is None or "unit" not in t:
-            return chunked_topk(users, t["items"], k, seen=histories, excluded=t["excluded"], item_chunk=item_chunk)
+            return chunked_topk(users, t["items"], k, seen=seen, excluded=t["excluded"], item_chunk=item_chunk)
         c = max(self.mmr_candidates, k)
-        scores, items = chunked_topk(users, t["items"], c, seen=histories, excluded=t["excluded"], item_chunk=item_chunk)
+        scores, items = chunked_topk(users, t["items"], c, seen=seen, excluded=t["excluded"], item_chunk=item_chunk)
         picked, picked_scores = self.rerank(items, scores, k)
         return picked_scores, picked
 
@@ -558,10 +557,12 @@ _SCORED_SCHEMA = T.StructType(
 
 def _list_rows(user_ids: list[str], items: np.ndarray, scores: np.ndarray, bundle: ScoringBundle, fallback: bool) -> pd.DataFrame:
     # Item 0 marks "no candidate left" (unseen catalogue exhausted): dropped here, and the
-    # list length lets the driver refuse the run before anything is written.
+    # list length lets the driver refuse the run before anything is written. A user with no
+    # candidate at all keeps one placeholder row (list_length 0) so that the check sees them.
     k = items.shape[1]
     valid = items > 0
     lengths = valid.sum(axis=1)
+    valid[:, 0] |= lengths == 0
     div = (
         list_diversities(items, bundle.unit_embeddings) if bundle.unit_embeddings is not None
         else np.full(len(user_ids), np.nan)
@@ -586,7 +587,11 @@ def _list_rows(user_ids: list[str], items: np.ndarray, scores: np.ndarray, bundl
 def score_users_frame(
     users: DataFrame, token: str, broadcast: Any, k: int, user_batch: int, item_chunk: int
 ) -> DataFrame:
-    """Top-``k`` rows for every ``(user_id, item_idxs)`` row of ``users`` (a lazy DataFrame)."""
+    """Top-``k`` rows for every ``(user_id, item_idxs, seen_idxs)`` row of ``users`` (lazy).
+
+    ``item_idxs`` feeds the model; the list excludes those and ``seen_idxs`` (every catalogue
+    item the user ever touched, beyond the ``max_len`` kept in ``user_sequences``; may be null).
+    """
 
     def score_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         bundle = worker_bundles(token, broadcast)[0]
@@ -594,10 +599,38 @@ def score_users_frame(
             for start in range(0, len(frame), user_batch):
                 part = frame.iloc[start : start + user_batch]
                 histories = pad_histories(list(part["item_idxs"]))
-                scores, items = bundle.top_k(histories, k, item_chunk)
+                seen = pad_histories([
+                    np.concatenate([np.asarray(h, dtype=np.int64), np.asarray([] if s is None else s, dtype=np.int64)])
+                    for h, s in zip(part["item_idxs"], part["seen_idxs"])
+                ])
+                scores, items = bundle.top_k(histories, k, item_chunk, seen=seen)
                 yield _list_rows(list(part["user_id"]), items.numpy(), scores.numpy(), bundle, False)
 
-    return _spread(users.select("user_id", "item_idxs")).mapInPandas(score_partition, _SCORED_SCHEMA)
+    if "seen_idxs" not in users.columns:
+        users = users.withColumn("seen_idxs", F.lit(None).cast("array<int>"))
+    return _spread(users.select("user_id", "item_idxs", "seen_idxs")).mapInPandas(score_partition, _SCORED_SCHEMA)
+
+
+def seen_items(wh: Warehouse, seqs: DataFrame, catalogue: Catalogue) -> DataFrame:
+    """``seqs`` plus ``seen_idxs``: every catalogue item of the user's ``interactions``.
+
+    ``user_sequences`` keeps only the latest ``max_len`` items, and items dropped by the
+    k-core can come back as text-only items; neither may be recommended to someone who has
+    them. Without an ``interactions`` table ``seen_idxs`` is null (histories only).
+    """
+    if not wh.exists(schemas.INTERACTIONS):
+        return seqs.withColumn("seen_idxs", F.lit(None).cast("array<int>"))
+    interactions = wh.read(schemas.INTERACTIONS)
+    schemas.require_columns(interactions, schemas.INTERACTIONS_SCHEMA, schemas.INTERACTIONS)
+    ids = pd.DataFrame({"item_id": catalogue.item_ids, "item_idx": np.arange(catalogue.size, dtype=np.int32)})
+    ids = wh.spark.createDataFrame(ids[ids["item_id"] != ""], "item_id string, item_idx int")
+    seen = (
+        interactions.select("user_id", "item_id")
+        .join(ids, "item_id")
+        .groupBy("user_id")
+        .agg(F.collect_set("item_idx").alias("seen_idxs"))
+    )
+    return seqs.join(seen, "user_id", "left")
 
 
 def _fallback_frame(
@@ -719,18 +752,18 @@ def run_score(
     started_at = dt.datetime.now(dt.timezone.utc)
     run_date = run_date or started_at.date()
     k = int(top_k if top_k is not None else cfg.top_k)
+    if k < 1:
+        raise InputError(f"--top-k {k}: must be at least 1")
     seqs = read_user_sequences(wh)
     catalogue = load_catalogue(wh, include_new_items=True)
     factory = ScorerFactory(wh, catalogue, "all", als_cfg or EvaluateConfig(), model_loader)
     hybrid = cfg.hybrid if hybrid_on(cfg.hybrid) else None
     scorer = factory.hybrid(model_name, version, hybrid) if hybrid is not None else factory.scorer(model_name, version)
     model_version = scorer.version
-    if k < 1:
-        raise InputError(f"--top-k {k}: must be at least 1")
     bundle = make_bundle(scorer, catalogue, hybrid)
     token, bc = broadcast_bundles(wh, [bundle])
 
-    scored = score_users_frame(seqs, token, bc, k, cfg.user_batch, cfg.item_chunk)
+    scored = score_users_frame(seen_items(wh, seqs, catalogue), token, bc, k, cfg.user_batch, cfg.item_chunk)
     # Fallback lists rank by item_stats popularity (training part): already loaded, no extra pass.
     fallback = _fallback_frame(wh, seqs, catalogue, catalogue.popularity, k, token, bc)
     if fallback is not None:

@@ -1,6 +1,7 @@
 """The SparkSession, built once per job from :class:`~longtail.config.SparkConfig`."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -13,6 +14,9 @@ from longtail.errors import EnvironmentProblem
 
 class JavaNotFoundError(EnvironmentProblem):
     """No usable Java runtime for local Spark."""
+
+
+log = logging.getLogger(__name__)
 
 
 def check_java() -> None:
@@ -64,9 +68,10 @@ def build_spark(cfg: SparkConfig, extra_conf: dict[str, str] | None = None) -> S
         if cfg.master is None and active is None:
             builder = builder.appName(cfg.app_name)
         spark = builder.getOrCreate()
-        for key, value in cfg.conf.items():
+        # An existing session (spark-submit, Databricks, a notebook) keeps its static settings;
+        # the runtime ones from the config (shuffle partitions, Arrow batch size, UTC) apply.
+        for key, value in conf.items():
             _try_set(spark, key, value)
-        _try_set(spark, "spark.sql.session.timeZone", "UTC")
         return spark
     check_java()
     builder = (
@@ -107,5 +112,5 @@ def _try_set(spark: SparkSession, key: str, value: str) -> None:
     # Static properties of an existing session cannot change; runtime ones can.
     try:
         spark.conf.set(key, value)
-    except Exception:  # noqa: BLE001 - a static conf on a running cluster is not our error
-        pass
+    except Exception as exc:  # noqa: BLE001 - a static conf on a running cluster is not our error
+        log.debug("spark conf %s cannot change on a running session: %s", key, exc)

@@ -40,6 +40,7 @@ import numpy as np
 
 from longtail.config import TrainConfig
 from longtail.errors import ConfigError, EnvironmentProblem, InputError, ModelNotFoundError
+from longtail.files import absolute, filesystem, read_bytes, remove_tree, write_bytes
 from longtail.models import check_model_name, needs_text, objective
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def run_train(wh, model_name: str, cfg: TrainConfig, threads: int | None = None)
     if cfg.mode == "cluster":
         check_task_slots(wh.spark, world)
     version = new_version(model_name, cfg)
-    root = _resolve(wh.root)
+    root = absolute(wh.root)
     run_dir = f"{root}/_train/{version}"
     model_dir = f"{root}/_models/{model_name}/{version}"
     try:
@@ -188,14 +189,14 @@ def run_train(wh, model_name: str, cfg: TrainConfig, threads: int | None = None)
         path = launch(wh.spark, cfg, params)
         if path != model_dir:  # pragma: no cover - a broken worker
             raise RuntimeError(f"training returned {path!r}, expected {model_dir!r}")
-        metrics = json.loads(_read_bytes(f"{model_dir}/metrics.json"))
+        metrics = json.loads(read_bytes(f"{model_dir}/metrics.json"))
         try:
             register_model(wh, model_name, version, model_dir, metrics)
         except BaseException:
-            _delete_dir(model_dir)
+            remove_tree(model_dir)
             raise
     finally:
-        _delete_dir(run_dir)
+        remove_tree(run_dir)
     return TrainResult(
         model=model_name,
         version=version,
@@ -265,7 +266,12 @@ def launch(spark, cfg: TrainConfig, params: dict) -> str:
 
 
 def register_model(wh, model_name: str, version: str, path: str, metrics: dict) -> None:
-    """Append one row for the saved model to the ``models`` table."""
+    """Append one row for the saved model to the ``models`` table.
+
+    Args:
+        wh: the warehouse; model_name, version, path: the saved model folder;
+        metrics: the saved ``metrics.json`` (best epoch, validation figures, timing, seed).
+    """
     from longtail.schemas import MODELS, MODELS_SCHEMA, conform
 
     row = (
@@ -295,7 +301,7 @@ def prepare_training_data(
 
     Returns:
         ``n_items``, ``n_shards``, ``train_users``, ``objective``, ``text`` (bool),
-        ``llm_dim``.
+        ``llm_dim``, ``encoder``.
 
     Raises:
         as :func:`run_train`.
@@ -312,7 +318,7 @@ def prepare_training_data(
     S.require_columns(stats, _subset(S.ITEM_STATS_SCHEMA, "item_id", "item_idx"), S.ITEM_STATS)
     item_ids = _item_ids(stats)
     n_items = len(item_ids) - 1
-    _write_bytes(f"{run_dir}/item_ids.json", json.dumps(item_ids).encode())
+    write_bytes(f"{run_dir}/item_ids.json", json.dumps(item_ids).encode(), atomic=False)
 
     keep = cfg.max_len + 1
     users = seqs.select(
@@ -326,9 +332,9 @@ def prepare_training_data(
         F.coalesce("item_idxs", F.array().cast("array<int>")).alias("item_idxs"),
     ).filter(F.col("user_idx").isNotNull())
 
-    llm_dim = 0
+    llm_dim, encoder = 0, None
     if text:
-        llm_dim = _write_text_tables(wh, stats, n_items, cfg.hidden, f"{run_dir}/text.npz")
+        llm_dim, encoder = _write_text_tables(wh, stats, n_items, cfg.hidden, f"{run_dir}/text.npz")
         users = _with_neighbors(wh, seqs, users, cfg.distill_neighbors)
     else:
         users = users.withColumn("neighbor_idxs", F.lit(None).cast("array<int>"))
@@ -377,6 +383,7 @@ def prepare_training_data(
         "objective": obj,
         "text": text,
         "llm_dim": llm_dim,
+        "encoder": encoder,
     }
 
 
@@ -428,14 +435,23 @@ def _with_neighbors(wh, seqs, users, k: int):
     )
 
 
-def _write_text_tables(wh, stats, n_items: int, hidden: int, path: str) -> int:
-    """Collect the LLM and PCA item embeddings into ``[n_items + 1, .]`` arrays; return E."""
+def _write_text_tables(wh, stats, n_items: int, hidden: int, path: str) -> tuple[int, str | None]:
+    """Collect the LLM and PCA item embeddings into ``[n_items + 1, .]`` arrays.
+
+    Returns ``(E, encoder)``: the LLM dimension and the text encoder's name (``model``
+    column of ``item_embeddings``; several names joined by ``,``), kept in the model's
+    config so that serving can tell which encoder a new item's text must go through.
+    """
     from pyspark.sql import functions as F
 
     from longtail import schemas as S
 
     emb = wh.read(S.ITEM_EMBEDDINGS)
     S.require_columns(emb, _subset(S.ITEM_EMBEDDINGS_SCHEMA, "item_id", "embedding"), S.ITEM_EMBEDDINGS)
+    encoder = None
+    if "model" in emb.columns:
+        names = sorted(r[0] for r in emb.select("model").distinct().collect() if r[0])
+        encoder = ",".join(names) or None
     pca = wh.read(S.ITEM_EMBEDDINGS_PCA)
     S.require_columns(pca, _subset(S.ITEM_EMBEDDINGS_PCA_SCHEMA, "item_id", "embedding"), S.ITEM_EMBEDDINGS_PCA)
     tbl = (
@@ -464,8 +480,8 @@ def _write_text_tables(wh, stats, n_items: int, hidden: int, path: str) -> int:
     pca_full[idx] = reduced
     buf = io.BytesIO()
     np.savez(buf, llm=llm_full, pca=pca_full)
-    _write_bytes(path, buf.getvalue())
-    return int(llm.shape[1])
+    write_bytes(path, buf.getvalue(), atomic=False)
+    return int(llm.shape[1]), encoder
 
 
 def _embedding_matrix(tbl, column: str, table: str) -> np.ndarray:
@@ -569,8 +585,8 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
     )
     text = None
     if params["text"]:
-        arrays = np.load(io.BytesIO(_read_bytes(f"{run_dir}/text.npz")))
-        text = TextTables.from_arrays(arrays["llm"], arrays["pca"])
+        with np.load(io.BytesIO(read_bytes(f"{run_dir}/text.npz"))) as arrays:
+            text = TextTables.from_arrays(arrays["llm"], arrays["pca"])
 
     torch.manual_seed(seed)
     module = build_model(params["model"], n_items, hp, text).to(device)
@@ -941,7 +957,13 @@ class ValidationSet:
 
 
 def save_model_dir(params: dict, module, metrics: dict) -> None:
-    """Write weights, config, item ids, PCA map (LLM-ESR) and metrics; the folder appears whole."""
+    """Write the model folder ``params["model_dir"]``; it appears whole or not at all.
+
+    Files: ``weights.pt`` (state dict), ``config.json`` (model name, version, sizes, text
+    encoder, hyperparameters), ``item_ids.json`` (item_id of each idx), ``metrics.json``
+    (validation figures and per-epoch history) and, for LLM-ESR, ``pca.npz`` (the map that
+    places new items from their LLM embedding).
+    """
     import torch
 
     run_dir, model_dir = params["run_dir"], params["model_dir"]
@@ -951,6 +973,7 @@ def save_model_dir(params: dict, module, metrics: dict) -> None:
         "version": params["version"],
         "n_items": int(params["n_items"]),
         "llm_dim": int(params.get("llm_dim") or 0),
+        "encoder": params.get("encoder"),
         "objective": params["objective"],
         "max_len": int(params["hp"]["max_len"]),
         "hyperparameters": params["hp"],
@@ -960,7 +983,7 @@ def save_model_dir(params: dict, module, metrics: dict) -> None:
     files = {
         "weights.pt": buf.getvalue(),
         "config.json": json.dumps(config, indent=2).encode(),
-        "item_ids.json": _read_bytes(f"{run_dir}/item_ids.json"),
+        "item_ids.json": read_bytes(f"{run_dir}/item_ids.json"),
         "metrics.json": json.dumps(metrics, indent=2).encode(),
     }
     if params.get("text"):
@@ -971,28 +994,37 @@ def save_model_dir(params: dict, module, metrics: dict) -> None:
             offset=view.pca_offset.cpu().numpy(),
         )
         files["pca.npz"] = pca.getvalue()
-    fs, final = _fs(model_dir)
+    fs, final = filesystem(model_dir)
     tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
     fs.create_dir(tmp, recursive=True)
-    for name, data in files.items():
-        with fs.open_output_stream(f"{tmp}/{name}") as out:
-            out.write(data)
-    fs.move(tmp, final)
+    try:
+        for name, data in files.items():
+            with fs.open_output_stream(f"{tmp}/{name}") as out:
+                out.write(data)
+        fs.move(tmp, final)
+    except BaseException:
+        remove_tree(f"{model_dir}.tmp-{tmp.rsplit('.tmp-', 1)[1]}")
+        raise
 
 
 def load_model_dir(path: str) -> TrainedModel:
-    """Load the model saved in ``path`` (eval mode, CPU)."""
+    """Load the model saved in ``path`` (eval mode, CPU).
+
+    Returns:
+        :class:`TrainedModel`. Raises ``FileNotFoundError`` naming the file when the folder
+        is incomplete.
+    """
     import torch
 
     from longtail.models import TextTables, build_model
 
-    config = json.loads(_read_bytes(f"{path}/config.json"))
-    item_ids = json.loads(_read_bytes(f"{path}/item_ids.json"))
+    config = json.loads(read_bytes(f"{path}/config.json"))
+    item_ids = json.loads(read_bytes(f"{path}/item_ids.json"))
     hp = config["hyperparameters"]
     name, n_items = config["model"], int(config["n_items"])
     text = TextTables.zeros(n_items, int(config["llm_dim"]), int(hp["hidden"])) if needs_text(name) else None
     module = build_model(name, n_items, hp, text)
-    state = torch.load(io.BytesIO(_read_bytes(f"{path}/weights.pt")), map_location="cpu", weights_only=True)
+    state = torch.load(io.BytesIO(read_bytes(f"{path}/weights.pt")), map_location="cpu", weights_only=True)
     module.load_state_dict(state)
     module.eval()
     return TrainedModel(
@@ -1035,39 +1067,6 @@ def load_model(wh, name: str, version: str | None = None) -> TrainedModel:
 # =========================================================================== files
 
 
-def _resolve(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
-
-
-def _fs(path: str):
-    import pyarrow.fs as pafs
-
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(path)
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    fs, p = _fs(path)
-    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(p) as out:
-        out.write(data)
-
-
-def _read_bytes(path: str) -> bytes:
-    fs, p = _fs(path)
-    with fs.open_input_stream(p) as handle:
-        return handle.readall()
-
-
-def _delete_dir(path: str) -> None:
-    import pyarrow.fs as pafs
-
-    fs, p = _fs(path)
-    if fs.get_file_info(p).type != pafs.FileType.NotFound:
-        fs.delete_dir(p)
-
-
 def _parquet_files(fs, directory: str) -> list[str]:
     import pyarrow.fs as pafs
 
@@ -1079,7 +1078,7 @@ def _parquet_files(fs, directory: str) -> list[str]:
 
 
 def _shard_files(shards_dir: str, shard: int, with_fs: bool = False):
-    fs, p = _fs(shards_dir)
+    fs, p = filesystem(shards_dir)
     files = _parquet_files(fs, f"{p}/shard={shard}")
     return [(fs, f) for f in files] if with_fs else [_join_uri(shards_dir, p, f) for f in files]
 
@@ -1092,7 +1091,7 @@ def _join_uri(original: str, fs_path: str, file_path: str) -> str:
 def _parquet_rows(path: str) -> int:
     import pyarrow.parquet as pq
 
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     with fs.open_input_file(p) as handle:
         return pq.ParquetFile(handle).metadata.num_rows
 
@@ -1100,7 +1099,7 @@ def _parquet_rows(path: str) -> int:
 def _read_parquet_dir(directory: str, columns: list[str]):
     import pyarrow.parquet as pq
 
-    fs, p = _fs(directory)
+    fs, p = filesystem(directory)
     for f in _parquet_files(fs, p):
         with fs.open_input_file(f) as handle:
             yield pq.ParquetFile(handle).read(columns=columns)

@@ -28,7 +28,6 @@ from longtail.models.layers import (
     xavier_init,
 )
 
-BACKBONES = {"sasrec": sasrec, "gru4rec": gru4rec, "bert4rec": bert4rec}
 
 
 @dataclass
@@ -97,7 +96,7 @@ def build(backbone: str, n_items: int, hp: Mapping[str, Any], text: TextTables) 
     Raises:
         ValueError: the PCA width differs from ``hidden`` or a table has the wrong rows.
     """
-    part = BACKBONES[backbone]
+    part = {"sasrec": sasrec, "gru4rec": gru4rec, "bert4rec": bert4rec}[backbone]
     hidden = hp["hidden"]
     if text.pca.shape != (n_items + 1, hidden):
         raise ValueError(

@@ -1,7 +1,7 @@
 """SASRec: a causal self-attention encoder over trainable item embeddings (Kang & McAuley, 2018).
 
-Causal on purpose: position t sees items 1..t only (the LLM-ESR reference code drops the
-causal mask; see shared/paper-results.md).
+Causal on purpose: position t sees items 1..t only. (The LLM-ESR reference code drops the
+causal mask, which lets a training position see the items it is asked to predict.)
 """
 from __future__ import annotations
 

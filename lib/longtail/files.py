@@ -1,0 +1,71 @@
+"""Plain files next to the tables (models, reports, PCA maps, scratch blocks), local or object store.
+
+Every path may be a local path, a ``file:`` URI or an object-store URI (``s3a://``, ``abfss://``,
+...); pyarrow's filesystems do the I/O so that driver and executors use the same code.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+
+def filesystem(path: str):
+    """``(pyarrow FileSystem, path inside it)`` for a local path or a URI."""
+    from pyarrow import fs
+
+    if "://" in path or path.startswith("file:"):
+        return fs.FileSystem.from_uri(path)
+    return fs.LocalFileSystem(), os.path.abspath(path)
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (processes may run elsewhere); URIs unchanged."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def read_bytes(path: str, missing_ok: bool = False) -> bytes | None:
+    """The file's bytes; ``None`` if it does not exist and ``missing_ok``.
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (unless ``missing_ok``).
+    """
+    from pyarrow import fs as pafs
+
+    fs, p = filesystem(path)
+    if missing_ok and fs.get_file_info(p).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(p) as handle:
+        return handle.readall()
+
+
+def write_bytes(path: str, data: bytes, atomic: bool = True) -> None:
+    """Write ``data`` to ``path``, creating folders.
+
+    With ``atomic`` the bytes go to a temporary file that is then renamed, so a reader never
+    sees half a file (rename is atomic on local disks; object stores copy and delete).
+    """
+    fs, p = filesystem(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    target = f"{p}.tmp-{uuid.uuid4().hex[:12]}" if atomic else p
+    try:
+        with fs.open_output_stream(target) as out:
+            out.write(data)
+        if atomic:
+            fs.move(target, p)
+    except BaseException:
+        if atomic:
+            try:
+                fs.delete_file(target)
+            except Exception:  # noqa: BLE001 - the original error matters, not the cleanup's
+                pass
+        raise
+
+
+def remove_tree(path: str, missing_ok: bool = True) -> None:
+    """Delete a folder and everything in it (no error if it is absent and ``missing_ok``)."""
+    from pyarrow import fs as pafs
+
+    fs, p = filesystem(path)
+    if missing_ok and fs.get_file_info(p).type == pafs.FileType.NotFound:
+        return
+    fs.delete_dir(p)
