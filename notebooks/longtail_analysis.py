@@ -8,7 +8,6 @@
 # COMMAND ----------
 
 import os
-from io import BytesIO
 
 import matplotlib
 
@@ -17,32 +16,12 @@ if "DATABRICKS_RUNTIME_VERSION" not in os.environ:
 import matplotlib.pyplot as plt
 import numpy as np
 
-from longtail import files
-from longtail.config import load_config
-from longtail.session import build_spark
-from longtail.tables import Warehouse
+from longtail.notebook import open_warehouse, plots_folder, save_png
 
 
-def parameter(name: str, default: str | None) -> str | None:
-    """A Databricks widget value when there is one, else the environment variable, else the default."""
-    try:
-        dbutils.widgets.text(name, default or "")  # noqa: F821 - defined on Databricks
-        return dbutils.widgets.get(name) or default  # noqa: F821
-    except NameError:
-        return os.environ.get(name, default)
-
-
-overrides = [f"warehouse={w}"] if (w := parameter("LONGTAIL_WAREHOUSE", None)) else []
-cfg = load_config(parameter("LONGTAIL_CONF", None), overrides)
-wh = Warehouse(build_spark(cfg.spark), cfg.warehouse, engine=cfg.delta.engine)
-plots = f"{wh.root}/_reports/plots"
-
-
-def save_png(fig, name: str) -> None:
-    """Save a figure next to the tables (a local folder or object store alike)."""
-    buffer = BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    files.write_bytes(f"{plots}/{name}", buffer.getvalue())
+# Widgets on Databricks (dbutils is defined there), environment variables as a plain script.
+cfg, wh = open_warehouse(globals().get("dbutils"), os.environ)
+plots = plots_folder(wh)
 
 # COMMAND ----------
 
@@ -70,7 +49,7 @@ axes[1].plot([0, 1], [0, 1], color="grey", linestyle=":")
 axes[1].set(xlabel="share of items (most popular first)", ylabel="share of interactions",
             title="Cumulative share of interactions")
 fig.tight_layout()
-save_png(fig, "popularity_curve.png")
+save_png(fig, f"{plots}/popularity_curve.png")
 plt.show()
 
 # COMMAND ----------
@@ -105,5 +84,5 @@ axes[0].legend()
 axes[1].hist(lengths, bins=min(50, max(5, len(np.unique(lengths)))), log=True)
 axes[1].set(xlabel="history length", ylabel="users (log)", title="User history lengths")
 fig.tight_layout()
-save_png(fig, "head_tail_shares.png")
+save_png(fig, f"{plots}/head_tail_shares.png")
 plt.show()

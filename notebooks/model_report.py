@@ -7,7 +7,6 @@
 # COMMAND ----------
 
 import os
-from io import BytesIO
 
 import matplotlib
 
@@ -18,32 +17,12 @@ import numpy as np
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from longtail import files
-from longtail.config import load_config
-from longtail.session import build_spark
-from longtail.tables import Warehouse
+from longtail.notebook import open_warehouse, plots_folder, save_png
 
 
-def parameter(name: str, default: str | None) -> str | None:
-    """A Databricks widget value when there is one, else the environment variable, else the default."""
-    try:
-        dbutils.widgets.text(name, default or "")  # noqa: F821 - defined on Databricks
-        return dbutils.widgets.get(name) or default  # noqa: F821
-    except NameError:
-        return os.environ.get(name, default)
-
-
-overrides = [f"warehouse={w}"] if (w := parameter("LONGTAIL_WAREHOUSE", None)) else []
-cfg = load_config(parameter("LONGTAIL_CONF", None), overrides)
-wh = Warehouse(build_spark(cfg.spark), cfg.warehouse, engine=cfg.delta.engine)
-plots = f"{wh.root}/_reports/plots"
-
-
-def save_png(fig, name: str) -> None:
-    """Save a figure next to the tables (a local folder or object store alike)."""
-    buffer = BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    files.write_bytes(f"{plots}/{name}", buffer.getvalue())
+# Widgets on Databricks (dbutils is defined there), environment variables as a plain script.
+cfg, wh = open_warehouse(globals().get("dbutils"), os.environ)
+plots = plots_folder(wh)
 
 # COMMAND ----------
 
@@ -82,7 +61,7 @@ for protocol in ["sampled", "full"]:
         ax.set(title=f"{metric.upper()} ({protocol})")
     axes[0].legend()
     fig.tight_layout()
-    save_png(fig, f"segments_{protocol}.png")
+    save_png(fig, f"{plots}/segments_{protocol}.png")
     plt.show()
 
 # COMMAND ----------
@@ -97,5 +76,5 @@ if not catalog.empty:
     print(table.round(4).to_string())
     ax = table.plot.bar(figsize=(8, 4), rot=0, title="Catalogue figures of the full top-10 lists")
     ax.figure.tight_layout()
-    save_png(ax.figure, "catalog.png")
+    save_png(ax.figure, f"{plots}/catalog.png")
     plt.show()

@@ -11,25 +11,12 @@
 
 import os
 
-from longtail.config import load_config
-from longtail.session import build_spark
-from longtail.tables import Warehouse
+from longtail.notebook import open_warehouse
 
 
-def parameter(name: str, default: str | None) -> str | None:
-    """A Databricks widget value when there is one, else the environment variable, else the default."""
-    try:
-        dbutils.widgets.text(name, default or "")  # noqa: F821 - defined on Databricks
-        return dbutils.widgets.get(name) or default  # noqa: F821
-    except NameError:
-        return os.environ.get(name, default)
-
-
-conf_file = parameter("LONGTAIL_CONF", None)
-overrides = [f"warehouse={w}"] if (w := parameter("LONGTAIL_WAREHOUSE", None)) else []
-cfg = load_config(conf_file, overrides)
-spark = build_spark(cfg.spark)
-wh = Warehouse(spark, cfg.warehouse, engine=cfg.delta.engine)
+# Widgets on Databricks (dbutils is defined there), environment variables as a plain script.
+cfg, wh = open_warehouse(globals().get("dbutils"), os.environ)
+spark = wh.spark
 print(f"warehouse: {wh.root} ({wh.engine})")
 
 # COMMAND ----------
