@@ -132,14 +132,20 @@ def chunked_topk(
         block = item_vectors[start : start + item_chunk]
         scores = user_vectors @ block.T
         _mask_chunk(scores, start, seen_at, excluded)
-        kk = min(k, scores.shape[1])
-        top_scores, top_cols = torch.topk(scores, kk, dim=1)
-        merged_scores = torch.cat([best_scores, top_scores], dim=1)
-        merged_items = torch.cat([best_items, top_cols + start], dim=1)
-        best_scores, pos = torch.topk(merged_scores, k, dim=1)
-        best_items = torch.gather(merged_items, 1, pos)
+        best_scores, best_items = _merge_top(best_scores, best_items, scores, start, k)
     best_items = torch.where(torch.isneginf(best_scores), torch.zeros_like(best_items), best_items)
     return best_scores, best_items
+
+
+def _merge_top(
+    best_scores: torch.Tensor, best_items: torch.Tensor, scores: torch.Tensor, start: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge one chunk's scores (columns = items ``start..``) into the running top-``k``."""
+    top_scores, top_cols = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+    merged_scores = torch.cat([best_scores, top_scores], dim=1)
+    merged_items = torch.cat([best_items, top_cols + start], dim=1)
+    best_scores, pos = torch.topk(merged_scores, k, dim=1)
+    return best_scores, torch.gather(merged_items, 1, pos)
 
 
 def full_ranks(
@@ -185,12 +191,7 @@ def full_ranks(
         t = target_scores[:, None]
         greater += (scores > t).sum(dim=1).to(torch.float64)
         equal += (scores == t).sum(dim=1).to(torch.float64)
-        kk = min(k, scores.shape[1])
-        top_scores, top_cols = torch.topk(scores, kk, dim=1)
-        merged_scores = torch.cat([best_scores, top_scores], dim=1)
-        merged_items = torch.cat([best_items, top_cols + start], dim=1)
-        best_scores, pos = torch.topk(merged_scores, k, dim=1)
-        best_items = torch.gather(merged_items, 1, pos)
+        best_scores, best_items = _merge_top(best_scores, best_items, scores, start, k)
     merged_scores = torch.cat([best_scores, target_scores[:, None]], dim=1)
     merged_items = torch.cat([best_items, targets[:, None]], dim=1)
     best_scores, pos = torch.topk(merged_scores, k, dim=1)
