@@ -20,7 +20,7 @@ CAUSAL = False
 def encoder(hp: Mapping[str, Any]) -> TransformerEncoder:
     """The bidirectional Transformer encoder."""
     return TransformerEncoder(
-        hp["hidden"], hp["layers"], hp["heads"], hp["dropout"], hp["max_len"], causal=False
+        hp["hidden"], hp["layers"], hp["heads"], hp["dropout"], hp["max_len"], causal=CAUSAL
     )
 
 

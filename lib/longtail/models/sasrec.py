@@ -16,7 +16,7 @@ CAUSAL = True
 def encoder(hp: Mapping[str, Any]) -> TransformerEncoder:
     """The causal Transformer encoder (``hidden``, ``layers``, ``heads``, ``dropout``, ``max_len``)."""
     return TransformerEncoder(
-        hp["hidden"], hp["layers"], hp["heads"], hp["dropout"], hp["max_len"], causal=True
+        hp["hidden"], hp["layers"], hp["heads"], hp["dropout"], hp["max_len"], causal=CAUSAL
     )
 
 
