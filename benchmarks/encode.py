@@ -31,8 +31,8 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon
 
 def prepare_inputs(spark, wh, data: Path, cfg) -> str:
     """Beauty's items, user_sequences and item_stats through the real ingest and sequences stages."""
-    from longtail.ingest import run_ingest
-    from longtail.sequences import run_sequences
+    from longtail.stages.ingest import run_ingest
+    from longtail.stages.sequences import run_sequences
 
     run_ingest(spark, wh, "files", str(data / "interactions.csv.gz"), str(data / "items.jsonl.gz"), None, cfg.ingest)
     summary = run_sequences(wh, cfg.sequences)
@@ -41,8 +41,8 @@ def prepare_inputs(spark, wh, data: Path, cfg) -> str:
 
 def sample_texts(spark, data: Path, template: str, n: int) -> list[str]:
     """``n`` random non-empty item texts of Beauty, built by the stage's own template code."""
-    from longtail import schemas
-    from longtail.encode import item_texts
+    from longtail.core import schemas
+    from longtail.stages.encode import item_texts
 
     rows = []
     with gzip.open(data / "items.jsonl.gz", "rt", encoding="utf-8") as f:
@@ -81,7 +81,7 @@ def udf_run(spark, texts: list[str], enc_cfg) -> tuple[float, float]:
     """(wall seconds, CPU seconds of JVM + Python workers) for the Spark UDF to embed ``texts``."""
     from pyspark.sql import functions as F
 
-    from longtail import encoders
+    from longtail.encoders import text as encoders
 
     info = encoders.read_model_info(encoders.resolve_model_path(enc_cfg.model), enc_cfg.pooling)
     spec = encoders.EncodeSpec(path=info.path, pooling=info.pooling, normalize=enc_cfg.normalize,
@@ -99,7 +99,7 @@ def baselines(texts: list[str], enc_cfg, one_by_one: int) -> dict[str, tuple[flo
     ``one_by_one`` texts), batches padded to max_tokens, and the UDF's batching without Spark."""
     import torch
 
-    from longtail import encoders
+    from longtail.encoders import text as encoders
 
     # One thread, like each Spark task (spark.task.cpus = 1): per-core figures, and no OpenMP
     # barrier stalls when other work shares the cores.
@@ -132,7 +132,7 @@ def baselines(texts: list[str], enc_cfg, one_by_one: int) -> dict[str, tuple[flo
 
 
 def ratio(spark, cfg, data: Path, n: int, one_by_one: int) -> None:
-    from longtail import encoders
+    from longtail.encoders import text as encoders
 
     texts = sample_texts(spark, data, cfg.encode.item_template, n)
     enc = encoders.get_encoder(encoders.resolve_model_path(cfg.encode.model), "cpu")
@@ -161,8 +161,8 @@ def ratio(spark, cfg, data: Path, n: int, one_by_one: int) -> None:
 def full_run(spark, wh, cfg, args) -> None:
     from pyspark.sql import functions as F
 
-    from longtail import schemas
-    from longtail.encode import run_encode
+    from longtail.core import schemas
+    from longtail.stages.encode import run_encode
 
     if args.warehouse is None:
         start = time.perf_counter()
@@ -199,9 +199,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
-    from longtail.config import load_config
-    from longtail.session import build_spark
-    from longtail.tables import Warehouse
+    from longtail.core.config import load_config
+    from longtail.core.session import build_spark
+    from longtail.core.tables import Warehouse
 
     tmp = None
     root = args.warehouse

@@ -79,11 +79,11 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
-    from longtail.config import load_config
-    from longtail.ingest import run_ingest
-    from longtail.sequences import run_sequences
-    from longtail.session import build_spark
-    from longtail.tables import Warehouse
+    from longtail.core.config import load_config
+    from longtail.stages.ingest import run_ingest
+    from longtail.stages.sequences import run_sequences
+    from longtail.core.session import build_spark
+    from longtail.core.tables import Warehouse
 
     cfg = load_config(None, args.overrides)
     spark = build_spark(cfg.spark)

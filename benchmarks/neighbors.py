@@ -106,11 +106,11 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
-    from longtail import schemas
-    from longtail.config import load_config
-    from longtail.neighbors import normalize_rows, recall_at_n, run_neighbors
-    from longtail.session import build_spark
-    from longtail.tables import Warehouse
+    from longtail.core import schemas
+    from longtail.core.config import load_config
+    from longtail.stages.neighbors import normalize_rows, recall_at_n, run_neighbors
+    from longtail.core.session import build_spark
+    from longtail.core.tables import Warehouse
 
     tmp = None
     root = args.warehouse

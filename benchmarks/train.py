@@ -31,7 +31,7 @@ BEAUTY_USERS, BEAUTY_ITEMS, BEAUTY_MEAN_LENGTH, BEAUTY_MAX_LENGTH = 22_363, 12_1
 
 def synthetic_warehouse(wh, users: int, items: int, llm_dim: int, hidden: int, seed: int = 0) -> None:
     """Write Beauty-shaped tables: lengths >= 5 with Beauty's mean, Zipf-like item popularity."""
-    from longtail import schemas as S
+    from longtail.core import schemas as S
 
     spark = wh.spark
     rng = np.random.default_rng(seed)
@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads of the 1-process run (default: torch's)")
     args = parser.parse_args(argv)
 
-    from longtail.config import SparkConfig, TrainConfig
-    from longtail.session import build_spark
-    from longtail.tables import Warehouse
-    from longtail.train import run_train
+    from longtail.core.config import SparkConfig, TrainConfig
+    from longtail.core.session import build_spark
+    from longtail.core.tables import Warehouse
+    from longtail.stages.train import run_train
 
     spark = build_spark(SparkConfig(master=f"local[{max(2, args.processes)}]", shuffle_partitions=4))
     cfg = TrainConfig(epochs=args.epochs, eval_every=args.epochs, patience=args.epochs)

@@ -12,8 +12,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def spark():
-    from longtail.config import SparkConfig
-    from longtail.session import build_spark
+    from longtail.core.config import SparkConfig
+    from longtail.core.session import build_spark
 
     session = build_spark(
         SparkConfig(master="local[2]", app_name="longtail-tests", driver_memory="2g", shuffle_partitions=2)
@@ -25,7 +25,7 @@ def spark():
 @pytest.fixture()
 def warehouse(spark, tmp_path):
     """An empty warehouse folder with the embedded default engine."""
-    from longtail.tables import Warehouse
+    from longtail.core.tables import Warehouse
 
     return Warehouse(spark, str(tmp_path / "warehouse"))
 
@@ -52,9 +52,9 @@ def demo_warehouse(spark, tmp_path_factory):
     """A warehouse on which `longtail demo` ran once (synthetic catalogue, every stage)."""
     import io
 
-    from longtail.config import Config
+    from longtail.core.config import Config
     from longtail.pipeline import run_demo
-    from longtail.tables import Warehouse
+    from longtail.core.tables import Warehouse
 
     root = tmp_path_factory.mktemp("demo") / "warehouse"
     cfg = Config().replace(warehouse=str(root), **DEMO_OVERRIDES)

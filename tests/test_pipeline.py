@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from longtail.cli import main
-from longtail.config import Config
+from longtail.core.config import Config
 from longtail.pipeline import StageError, run_pipeline
 
 pytestmark = pytest.mark.spark

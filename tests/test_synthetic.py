@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from longtail import schemas
-from longtail.config import DemoConfig, SequencesConfig
+from longtail.core import schemas
+from longtail.core.config import DemoConfig, SequencesConfig
 from longtail.synthetic import generate_catalogue, write_catalogue
 
 
@@ -68,7 +68,7 @@ def test_item_text_names_the_category_and_brand(catalogue):
 @pytest.mark.spark
 @pytest.mark.slow
 def test_write_catalogue_writes_contract_tables_that_a_5_core_mostly_keeps(warehouse):
-    from longtail.sequences import run_sequences
+    from longtail.stages.sequences import run_sequences
 
     cat = write_catalogue(warehouse, DemoConfig(users=300, items=100, seed=1))
     inter = warehouse.read(schemas.INTERACTIONS)

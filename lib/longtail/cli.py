@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from longtail.errors import LongtailError
+from longtail.core.errors import LongtailError
 
 
 
@@ -76,9 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from longtail.config import load_config
-    from longtail.session import build_spark
-    from longtail.tables import Warehouse
+    from longtail.core.config import load_config
+    from longtail.core.session import build_spark
+    from longtail.core.tables import Warehouse
 
     cfg = load_config(args.conf_after or args.conf, [*args.overrides, *args.overrides_after])
     spark = build_spark(cfg.spark)
@@ -94,37 +94,37 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _ingest(spark, wh, cfg, a):
-    from longtail.ingest import run_ingest
+    from longtail.stages.ingest import run_ingest
 
     return run_ingest(spark, wh, a.format, a.interactions, a.items, a.users, cfg.ingest)
 
 
 def _sequences(spark, wh, cfg, a):
-    from longtail.sequences import run_sequences
+    from longtail.stages.sequences import run_sequences
 
     return run_sequences(wh, cfg.sequences)
 
 
 def _encode(spark, wh, cfg, a):
-    from longtail.encode import run_encode
+    from longtail.stages.encode import run_encode
 
     return run_encode(wh, cfg.encode)
 
 
 def _neighbors(spark, wh, cfg, a):
-    from longtail.neighbors import run_neighbors
+    from longtail.stages.neighbors import run_neighbors
 
     return run_neighbors(wh, cfg.neighbors)
 
 
 def _train(spark, wh, cfg, a):
-    from longtail.train import run_train
+    from longtail.stages.train import run_train
 
     return run_train(wh, cfg.train.model if a.model is None else a.model, cfg.train)
 
 
 def _evaluate(spark, wh, cfg, a):
-    from longtail.evaluate import run_evaluate
+    from longtail.stages.evaluate import run_evaluate
 
     return run_evaluate(
         wh, a.model or cfg.train.model, cfg.evaluate, version=a.model_version, hybrid=cfg.score.hybrid
@@ -132,7 +132,7 @@ def _evaluate(spark, wh, cfg, a):
 
 
 def _score(spark, wh, cfg, a):
-    from longtail.score import run_score
+    from longtail.stages.score import run_score
 
     # run_date None: run_score's default (today, UTC); top_k None: score.top_k.
     return run_score(

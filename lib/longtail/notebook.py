@@ -5,10 +5,10 @@ from collections.abc import Mapping
 from io import BytesIO
 from typing import Any
 
-from longtail import files
-from longtail.config import Config, load_config
-from longtail.session import build_spark
-from longtail.tables import Warehouse
+from longtail.core import files
+from longtail.core.config import Config, load_config
+from longtail.core.session import build_spark
+from longtail.core.tables import Warehouse
 
 #: Notebook parameters: config file (default: the embedded ``conf/local.yaml``) and warehouse.
 PARAMETERS = ("LONGTAIL_CONF", "LONGTAIL_WAREHOUSE")

@@ -14,10 +14,10 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
-from longtail.config import Config
-from longtail.errors import LongtailError
-from longtail.files import read_bytes
-from longtail.tables import Warehouse
+from longtail.core.config import Config
+from longtail.core.errors import LongtailError
+from longtail.core.files import read_bytes
+from longtail.core.tables import Warehouse
 
 
 class StageError(LongtailError):
@@ -94,12 +94,12 @@ def run_pipeline(
     Raises:
         StageError: naming the stage that failed; earlier stages' tables stay written.
     """
-    from longtail.encode import run_encode
-    from longtail.evaluate import run_evaluate
-    from longtail.neighbors import run_neighbors
-    from longtail.score import run_score
-    from longtail.sequences import run_sequences
-    from longtail.train import run_train
+    from longtail.stages.encode import run_encode
+    from longtail.stages.evaluate import run_evaluate
+    from longtail.stages.neighbors import run_neighbors
+    from longtail.stages.score import run_score
+    from longtail.stages.sequences import run_sequences
+    from longtail.stages.train import run_train
 
     model = cfg.train.model
     result = PipelineResult(warehouse=wh.root, model=model)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from longtail import schemas
-from longtail.config import DemoConfig
+from longtail.core import schemas
+from longtail.core.config import DemoConfig
 
 # category -> (sub-category, product nouns, descriptive words, sizes)
 _VOCAB: dict[str, tuple[str, list[str], list[str], list[str]]] = {
@@ -246,7 +246,7 @@ def write_catalogue(wh, cfg: DemoConfig) -> Catalogue:
     """Generate the catalogue of ``cfg`` and write tables ``interactions``, ``items`` and ``users``.
 
     Args:
-        wh: the :class:`~longtail.tables.Warehouse`.
+        wh: the :class:`~longtail.core.tables.Warehouse`.
         cfg: the ``demo`` config section (users, items, seed).
 
     Returns:

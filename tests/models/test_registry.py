@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longtail.errors import LongtailError, ModelNotFoundError
+from longtail.core.errors import LongtailError, ModelNotFoundError
 from longtail.models import MODEL_NAMES, build_model, check_model_name, needs_text, objective
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from longtail.errors import ModelNotFoundError
+from longtail.core.errors import ModelNotFoundError
 from longtail.models import bert4rec, gru4rec, llmesr, sasrec
 from longtail.models.layers import SequentialRecommender
 from longtail.models.llmesr import TextTables
@@ -54,7 +54,7 @@ def build_model(
     Args:
         name: a name in :data:`MODEL_NAMES`.
         n_items: catalogue size (item idxs 1..n_items).
-        hp: hyperparameters, a :class:`~longtail.config.TrainConfig` as a dict
+        hp: hyperparameters, a :class:`~longtail.core.config.TrainConfig` as a dict
             (``hidden``, ``layers``, ``heads``, ``dropout``, ``max_len``, ``alpha``, ``cross_attention``).
         text: the LLM / PCA item tables; required for ``llmesr_*``.
 

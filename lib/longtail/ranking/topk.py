@@ -1,0 +1,325 @@
+"""Pure tensor maths of scoring: chunked exact top-K, target ranks over the catalogue,
+MMR re-ranking and the z-score blend of several dot-product scorers. No Spark here.
+
+Conventions: the catalogue is indexed ``0..N-1`` by item idx and row 0 is padding, never
+returned; histories are ``LongTensor[B, L]`` of item idxs, left-padded with 0. Every scorer
+is a dot product ``user_vector @ item_vector``, so a whole catalogue is scored by one matrix
+product per item chunk; memory per call is ``B * item_chunk`` scores plus the running top-K.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+NEG_INF = float("-inf")
+
+
+# --------------------------------------------------------------------------- histories
+
+
+def pad_histories(histories: Sequence[Sequence[int]], max_len: int | None = None) -> torch.Tensor:
+    """Left-pad (and left-truncate to the ``max_len`` most recent) histories into a LongTensor.
+
+    Args:
+        histories: per user, item idxs oldest first (lists, numpy arrays or None for empty).
+        max_len: keep at most this many most recent items; None keeps all.
+
+    Returns:
+        ``[B, L]`` int64, 0 = padding, most recent last; L is ``max_len`` when given, else the
+        longest history (at least 1).
+    """
+    rows = [np.asarray([] if h is None else h, dtype=np.int64) for h in histories]
+    if max_len is not None:
+        rows = [r[-max_len:] if max_len > 0 else r[:0] for r in rows]
+        width = max(max_len, 1)
+    else:
+        width = max([len(r) for r in rows] + [1])
+    out = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        if len(r):
+            out[i, width - len(r):] = r
+    return torch.from_numpy(out)
+
+
+def compact_left(histories: torch.Tensor) -> torch.Tensor:
+    """Move the non-zero entries of each row to the right end, keeping their order.
+
+    Used after mapping item idxs into another idx space where some items became 0 (unknown
+    to a model): the model then still sees a left-padded history without holes.
+    """
+    if histories.numel() == 0:
+        return histories
+    nonzero = (histories != 0).to(torch.int8)
+    # A stable sort on the "is item" flag puts padding first and items in their order after.
+    order = torch.sort(nonzero, dim=1, stable=True).indices
+    return torch.gather(histories, 1, order)
+
+
+def _seen_coordinates(seen: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(items, rows)`` of the non-padding entries of ``seen``, sorted by item.
+
+    Sorted so each item chunk's entries are one contiguous slice (found by binary search):
+    no per-chunk boolean masks, whose multi-threaded torch kernels cost milliseconds each on
+    a busy CPU (measured 8 ms vs 0.09 ms single-threaded for a 1024-user batch).
+    """
+    if seen is None or seen.numel() == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    h = seen.numpy() if seen.device.type == "cpu" else seen.cpu().numpy()
+    rows, cols = np.nonzero(h > 0)
+    items = h[rows, cols].astype(np.int64)
+    order = np.argsort(items, kind="stable")
+    return items[order], rows[order].astype(np.int64)
+
+
+def _mask_chunk(
+    scores: torch.Tensor,
+    start: int,
+    seen: tuple[np.ndarray, np.ndarray],
+    excluded: torch.Tensor | None,
+) -> None:
+    """Set the scores of padding, seen and excluded items in one item chunk to ``-inf`` (in place)."""
+    width = scores.shape[1]
+    end = start + width
+    # numpy on the same memory: single-threaded scatter, no torch parallel-region overhead.
+    flat_scores = scores.numpy().reshape(-1)
+    if start == 0:
+        flat_scores[0::width] = NEG_INF  # padding row
+    items, rows = seen
+    if items.size:
+        lo, hi = np.searchsorted(items, [start, end])
+        if hi > lo:
+            flat_scores[rows[lo:hi] * width + (items[lo:hi] - start)] = NEG_INF
+    if excluded is not None and excluded.numel():
+        ex = excluded.numpy()
+        inside = ex[(ex >= start) & (ex < end)]
+        if inside.size:
+            scores[:, torch.from_numpy(inside - start)] = NEG_INF
+
+
+# --------------------------------------------------------------------------- top-K
+
+
+def chunked_topk(
+    user_vectors: torch.Tensor,
+    item_vectors: torch.Tensor,
+    k: int,
+    seen: torch.Tensor | None = None,
+    excluded: torch.Tensor | None = None,
+    item_chunk: int = 8192,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-``k`` items per user by dot product, scoring the catalogue in chunks.
+
+    Args:
+        user_vectors: ``[B, D]`` float.
+        item_vectors: ``[N, D]`` float, row = item idx (row 0 is padding, never returned).
+        k: list length.
+        seen: ``[B, L]`` item idxs to exclude per user (0 entries are ignored padding).
+        excluded: ``[M]`` item idxs excluded for every user (items that cannot be scored).
+        item_chunk: items per matrix product (bounds memory to ``B * item_chunk`` scores).
+
+    Returns:
+        ``(scores [B, k], items [B, k])`` best first. Where a user has fewer than ``k``
+        candidates the tail of the row holds score ``-inf`` and item 0.
+    """
+    b, n = user_vectors.shape[0], item_vectors.shape[0]
+    best_scores = torch.full((b, k), NEG_INF, dtype=user_vectors.dtype)
+    best_items = torch.zeros((b, k), dtype=torch.long)
+    seen_at = _seen_coordinates(seen)
+    for start in range(0, n, item_chunk):
+        block = item_vectors[start : start + item_chunk]
+        scores = user_vectors @ block.T
+        _mask_chunk(scores, start, seen_at, excluded)
+        best_scores, best_items = _merge_top(best_scores, best_items, scores, start, k)
+    best_items = torch.where(torch.isneginf(best_scores), torch.zeros_like(best_items), best_items)
+    return best_scores, best_items
+
+
+def _merge_top(
+    best_scores: torch.Tensor, best_items: torch.Tensor, scores: torch.Tensor, start: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge one chunk's scores (columns = items ``start..``) into the running top-``k``."""
+    top_scores, top_cols = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+    merged_scores = torch.cat([best_scores, top_scores], dim=1)
+    merged_items = torch.cat([best_items, top_cols + start], dim=1)
+    best_scores, pos = torch.topk(merged_scores, k, dim=1)
+    return best_scores, torch.gather(merged_items, 1, pos)
+
+
+def full_ranks(
+    user_vectors: torch.Tensor,
+    item_vectors: torch.Tensor,
+    targets: torch.Tensor,
+    seen: torch.Tensor | None = None,
+    excluded: torch.Tensor | None = None,
+    k: int = 10,
+    item_chunk: int = 8192,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """0-based rank of each user's target among the whole catalogue minus ``seen``, and the top-``k``.
+
+    Ties with the target count half (as :func:`longtail.ranking.metrics.target_ranks`). The target is
+    never excluded, even when it also appears in ``seen``.
+
+    Args:
+        user_vectors: ``[B, D]``; item_vectors: ``[N, D]``; targets: ``[B]`` item idxs.
+        seen, excluded, item_chunk: as :func:`chunked_topk`.
+        k: length of the returned top lists.
+
+    Returns:
+        ``(ranks [B] float64, top_items [B, k])``.
+    """
+    b = user_vectors.shape[0]
+    target_scores = (user_vectors * item_vectors[targets]).sum(dim=1)
+    greater = torch.zeros(b, dtype=torch.float64)
+    equal = torch.zeros(b, dtype=torch.float64)
+    best_scores = torch.full((b, k), NEG_INF, dtype=user_vectors.dtype)
+    best_items = torch.zeros((b, k), dtype=torch.long)
+    seen_at = _seen_coordinates(seen)
+    target_np = targets.numpy()
+    n = item_vectors.shape[0]
+    for start in range(0, n, item_chunk):
+        block = item_vectors[start : start + item_chunk]
+        scores = user_vectors @ block.T
+        _mask_chunk(scores, start, seen_at, excluded)
+        # The target competes through its separately computed score (one rounding path for
+        # all comparisons); its own column is removed here and merged back into the top-k below.
+        width = scores.shape[1]
+        inside = np.nonzero((target_np >= start) & (target_np < start + width))[0]
+        scores.numpy().reshape(-1)[inside * width + (target_np[inside] - start)] = NEG_INF
+        t = target_scores[:, None]
+        greater += (scores > t).sum(dim=1).to(torch.float64)
+        equal += (scores == t).sum(dim=1).to(torch.float64)
+        best_scores, best_items = _merge_top(best_scores, best_items, scores, start, k)
+    merged_scores = torch.cat([best_scores, target_scores[:, None]], dim=1)
+    merged_items = torch.cat([best_items, targets[:, None]], dim=1)
+    best_scores, pos = torch.topk(merged_scores, k, dim=1)
+    best_items = torch.gather(merged_items, 1, pos)
+    best_items = torch.where(torch.isneginf(best_scores), torch.zeros_like(best_items), best_items)
+    return greater + equal / 2.0, best_items
+
+
+def candidate_scores(user_vectors: torch.Tensor, item_vectors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Scores of given candidates per user: ``[B, D] x [N, D] x [B, C] idxs -> [B, C]``."""
+    return torch.einsum("bd,bcd->bc", user_vectors, item_vectors[candidates])
+
+
+# --------------------------------------------------------------------------- MMR
+
+
+def minmax_rows(scores: torch.Tensor) -> torch.Tensor:
+    """Per-row min-max scaling to ``[0, 1]`` over the finite entries (``-inf`` stays ``-inf``).
+
+    A row whose finite entries are all equal maps them to 1.
+    """
+    finite = torch.isfinite(scores)
+    lo = torch.where(finite, scores, torch.full_like(scores, float("inf"))).min(dim=1, keepdim=True).values
+    hi = torch.where(finite, scores, torch.full_like(scores, NEG_INF)).max(dim=1, keepdim=True).values
+    span = hi - lo
+    scaled = torch.where(span > 0, (scores - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.ones_like(scores))
+    return torch.where(finite, scaled, torch.full_like(scores, NEG_INF))
+
+
+def mmr_rerank(
+    candidates: torch.Tensor,
+    scores: torch.Tensor,
+    item_embeddings: torch.Tensor,
+    k: int,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maximal marginal relevance: greedily pick ``k`` of each row's candidates.
+
+    Each step takes the candidate maximising ``lam * rel - (1 - lam) * max_sim``, where
+    ``rel`` is the candidate's score min-max scaled to ``[0, 1]`` within the row (so it is on the
+    scale of a cosine) and ``max_sim`` its largest cosine similarity to the items picked so far.
+    ``lam = 1`` is the plain ranking (ties keep candidate order).
+
+    Args:
+        candidates: ``[B, C]`` item idxs; scores: ``[B, C]`` (``-inf`` marks an invalid candidate).
+        item_embeddings: ``[N, E]`` L2-normalised rows (zero rows: similarity 0).
+        k: how many to pick (``<= C``); lam: in ``[0, 1]``.
+
+    Returns:
+        ``(items [B, k], scores [B, k])`` in pick order; the scores are the original ones.
+        Rows with fewer than ``k`` valid candidates end with item 0 and ``-inf``.
+    """
+    b, c = candidates.shape
+    k = min(k, c)
+    rel = minmax_rows(scores)
+    valid = torch.isfinite(scores)
+    emb = item_embeddings[candidates]  # [B, C, E]
+    max_sim = torch.zeros((b, c), dtype=rel.dtype)
+    taken = ~valid
+    rows = torch.arange(b)
+    picks, found = [], []
+    for step in range(k):
+        objective = lam * rel - (1.0 - lam) * max_sim if step else rel.clone()
+        objective = objective.masked_fill(taken, NEG_INF)
+        best, pick = torch.max(objective, dim=1)  # first maximum: ties keep candidate order
+        picks.append(pick)
+        found.append(~torch.isneginf(best))
+        taken = taken.clone()
+        taken[rows, pick] = True
+        chosen = emb[rows, pick]  # [B, E]
+        sim = torch.einsum("bce,be->bc", emb, chosen).to(rel.dtype)
+        max_sim = torch.maximum(max_sim, sim)
+    order = torch.stack(picks, dim=1)
+    ok = torch.stack(found, dim=1)
+    items = torch.where(ok, torch.gather(candidates, 1, order), torch.zeros_like(order))
+    picked_scores = torch.where(ok, torch.gather(scores, 1, order), torch.full_like(rel, NEG_INF)[:, :k].to(scores.dtype))
+    return items, picked_scores
+
+
+# --------------------------------------------------------------------------- hybrid blend
+
+
+def catalogue_moments(item_vectors: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``[D]`` and covariance ``[D, D]`` (float64) of the allowed item rows.
+
+    For a dot-product scorer the mean of a user's scores over those items is ``u @ mean`` and
+    their variance ``u @ cov @ u``: the per-user z-score needs no pass over the catalogue.
+    """
+    v = item_vectors[allowed].to(torch.float64)
+    mean = v.mean(dim=0)
+    centred = v - mean
+    cov = centred.T @ centred / max(v.shape[0], 1)
+    return mean, cov
+
+
+def zscore_blend_users(
+    parts: Sequence[tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]],
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """User side of a blend of per-user z-scored dot-product scores, as one vector.
+
+    ``blend(u, j) = sum_m w_m * (u_m @ v_mj - u_m @ mean_m) / std_m(u_m)`` equals
+    ``[w_m u_m / std_m ..., c] @ [v_mj ..., 1]`` with ``c = -sum_m w_m u_m @ mean_m / std_m``:
+    the blend is again a dot product (item side: :func:`zscore_blend_items`). ``std_m`` is the
+    spread of the user's scores over the catalogue; a part with zero spread contributes 0.
+
+    Args:
+        parts: per part ``(weight, user_vectors [B, D_m], mean [D_m], cov [D_m, D_m])``.
+
+    Returns:
+        ``[B, sum D_m + 1]`` float32.
+    """
+    columns = []
+    offset = None
+    for weight, users, mean, cov in parts:
+        u = users.to(torch.float64)
+        var = torch.einsum("bd,de,be->b", u, cov, u).clamp_min(0.0)
+        std = var.sqrt()
+        scale = torch.where(std > eps, weight / torch.where(std > eps, std, torch.ones_like(std)), torch.zeros_like(std))
+        columns.append(u * scale[:, None])
+        part_offset = -(u @ mean) * scale
+        offset = part_offset if offset is None else offset + part_offset
+    assert offset is not None, "a blend needs at least one part"
+    columns.append(offset[:, None])
+    return torch.cat(columns, dim=1).to(torch.float32)
+
+
+def zscore_blend_items(item_parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Item side matching :func:`zscore_blend_users`: ``[v_m ..., 1]`` per item, float32."""
+    n = item_parts[0].shape[0]
+    return torch.cat([p.to(torch.float32) for p in item_parts] + [torch.ones((n, 1))], dim=1)

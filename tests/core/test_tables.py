@@ -1,0 +1,358 @@
+"""Warehouse: Delta round trips in every mode, schema checks, failed writes and job() rollback."""
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import hashlib
+import json
+import os
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    ArrayType,
+    DateType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from longtail.core.errors import EnvironmentProblem, InputError, TableNotFoundError, TableSchemaMismatchError
+from longtail.core.tables import Warehouse
+
+pytestmark = pytest.mark.spark
+
+D1, D2, D3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
+EVENTS = StructType(
+    [StructField("user_id", StringType()), StructField("n", IntegerType()), StructField("run_date", DateType())]
+)
+
+
+def events(spark, rows):
+    return spark.createDataFrame(rows, EVENTS)
+
+
+def assert_same_rows(actual, expected):
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_column_order=False)
+
+
+def parquet_files(path):
+    return sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+
+
+def commit_actions(path, version):
+    with open(os.path.join(path, "_delta_log", f"{version:020d}.json")) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def digest(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def test_engine_resolves_to_delta_rs_without_jvm_delta(warehouse):
+    assert warehouse.engine == "delta-rs"
+    assert warehouse.root == os.path.abspath(warehouse.root)
+
+
+def test_native_engine_without_jars_is_a_clear_error(spark, tmp_path, warehouse):
+    if warehouse.engine == "native":
+        pytest.skip("delta-spark's JVM classes are on the classpath")
+    with pytest.raises(EnvironmentProblem, match="native.*classpath"):
+        Warehouse(spark, str(tmp_path), engine="native")
+
+
+def test_native_engine_round_trip(spark, tmp_path):
+    wh = Warehouse(spark, str(tmp_path / "wh"))
+    if wh.engine != "native":
+        pytest.skip("delta-spark's JVM classes are not on the classpath (start Spark with --packages io.delta:...)")
+    df = events(spark, [("a", 1, D1), ("b", 2, D2)])
+    wh.write(df, "t", partition_by=["run_date"])
+    wh.write(events(spark, [("c", 3, D1)]), "t", replace_partitions={"run_date": D1})
+    assert_same_rows(wh.read("t"), events(spark, [("b", 2, D2), ("c", 3, D1)]))
+
+
+def test_overwrite_round_trip_and_versions(spark, warehouse):
+    first = events(spark, [("a", 1, D1), ("b", None, D2)])
+    second = events(spark, [("c", 3, D3)])
+    assert warehouse.write(first, "events") == 0
+    assert warehouse.write(second, "events") == 1
+    assert warehouse.version("events") == 1
+    assert_same_rows(warehouse.read("events"), second)
+    assert_same_rows(warehouse.read("events", version=0), first)
+
+
+def test_append_round_trip(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1)]), "events")
+    assert warehouse.write(events(spark, [("b", 2, D2)]), "events", mode="append") == 1
+    assert_same_rows(warehouse.read("events"), events(spark, [("a", 1, D1), ("b", 2, D2)]))
+
+
+def test_partition_overwrite_leaves_other_partitions_byte_for_byte(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1), ("b", 2, D2), ("c", 3, D3)]), "events", partition_by=["run_date"])
+    path = warehouse.path("events")
+    others = {f: digest(f) for f in parquet_files(path) if "run_date=2024-01-01" not in f}
+    version = warehouse.write(events(spark, [("z", 9, D1)]), "events", replace_partitions={"run_date": D1})
+    assert version == 1
+    assert_same_rows(warehouse.read("events"), events(spark, [("z", 9, D1), ("b", 2, D2), ("c", 3, D3)]))
+    assert {f: digest(f) for f in others} == others
+    # The commit removed only files of the replaced partition.
+    removed = [a["remove"] for a in commit_actions(path, 1) if "remove" in a]
+    assert removed and all(r["partitionValues"] == {"run_date": "2024-01-01"} for r in removed)
+
+
+def test_partition_overwrite_of_a_new_table_partitions_it(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1)]), "events", replace_partitions={"run_date": D1})
+    warehouse.write(events(spark, [("b", 2, D2)]), "events", replace_partitions={"run_date": D2})
+    assert_same_rows(warehouse.read("events"), events(spark, [("a", 1, D1), ("b", 2, D2)]))
+
+
+def test_rows_outside_the_replaced_partition_are_an_error(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1), ("b", 2, D2)]), "events", partition_by=["run_date"])
+    with pytest.raises(InputError, match="table events.*run_date=2024-01-02.*run_date=2024-01-01"):
+        warehouse.write(events(spark, [("z", 9, D1), ("y", 8, D2)]), "events", replace_partitions={"run_date": D1})
+    assert warehouse.version("events") == 0
+    assert_same_rows(warehouse.read("events"), events(spark, [("a", 1, D1), ("b", 2, D2)]))
+
+
+def test_replace_partitions_must_name_the_partition_columns(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1)]), "events", partition_by=["run_date"])
+    with pytest.raises(TableSchemaMismatchError, match="table events.*replace_partitions"):
+        warehouse.write(events(spark, [("a", 1, D1)]), "events", replace_partitions={"user_id": "a"})
+    with pytest.raises(ValueError, match="append"):
+        warehouse.write(events(spark, [("a", 1, D1)]), "events", mode="append", replace_partitions={"run_date": D1})
+
+
+@pytest.mark.slow
+def test_failed_write_leaves_the_table_as_it_was(spark, warehouse):
+    before = events(spark, [("a", 1, D1), ("b", 2, D2)])
+    warehouse.write(before, "events")
+    path = warehouse.path("events")
+    files_before = parquet_files(path)
+
+    @F.udf("int")
+    def fails_on_three(n):
+        if n == 3:
+            raise ValueError("task failure on purpose")
+        return n
+
+    # Two tasks: one succeeds (its file must be removed again), one fails.
+    df = spark.range(0, 4, numPartitions=2).select(
+        F.lit("u").alias("user_id"), fails_on_three(F.col("id").cast("int")).alias("n"), F.lit(D1).alias("run_date")
+    )
+    with pytest.raises(Exception, match="task failure on purpose"):
+        warehouse.write(df, "events")
+    assert warehouse.version("events") == 0
+    assert_same_rows(warehouse.read("events"), before)
+    assert parquet_files(path) == files_before
+
+
+def test_schema_mismatch_names_table_and_column(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1)]), "events")
+    extra = events(spark, [("a", 1, D1)]).withColumn("score", F.lit(0.5))
+    missing = events(spark, [("a", 1, D1)]).drop("n")
+    retyped = events(spark, [("a", 1, D1)]).withColumn("n", F.col("n").cast("string"))
+    with pytest.raises(TableSchemaMismatchError, match="table events.*column score is not in the table"):
+        warehouse.write(extra, "events", mode="append")
+    with pytest.raises(TableSchemaMismatchError, match="table events.*column n is missing"):
+        warehouse.write(missing, "events")
+    with pytest.raises(TableSchemaMismatchError, match="table events.*column n has type string.*but int"):
+        warehouse.write(retyped, "events", mode="append")
+    assert warehouse.version("events") == 0
+
+
+def test_same_columns_in_another_order_and_nullability_are_accepted(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1)]), "events")
+    # Literals are non-nullable in Spark; the table's fields are nullable: still the same schema.
+    other = spark.range(1).select(F.lit(D2).alias("run_date"), F.lit(2).alias("n"), F.lit("b").alias("user_id"))
+    warehouse.write(other, "events", mode="append")
+    assert_same_rows(warehouse.read("events"), events(spark, [("a", 1, D1), ("b", 2, D2)]))
+
+
+@pytest.mark.slow
+def test_evolve_schema_merges_on_append_and_replaces_on_overwrite(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1)]), "events")
+    extra = events(spark, [("b", 2, D2)]).withColumn("score", F.lit(0.5))
+    warehouse.write(extra, "events", mode="append", evolve_schema=True)
+    merged = StructType([*EVENTS.fields, StructField("score", DoubleType())])
+    assert_same_rows(warehouse.read("events"), spark.createDataFrame([("a", 1, D1, None), ("b", 2, D2, 0.5)], merged))
+    # Appending without the new column after the merge fills it with nulls.
+    warehouse.write(events(spark, [("c", 3, D3)]), "events", mode="append", evolve_schema=True)
+    assert warehouse.read("events").where("user_id = 'c' AND score IS NULL").count() == 1
+
+    replaced = spark.createDataFrame([("x", 1.5)], "user_id string, weight double")
+    warehouse.write(replaced, "events", evolve_schema=True)
+    assert_same_rows(warehouse.read("events"), replaced)
+
+
+def test_evolve_on_append_cannot_change_a_type(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1)]), "events")
+    retyped = events(spark, [("a", 1, D1)]).withColumn("n", F.col("n").cast("string"))
+    with pytest.raises(TableSchemaMismatchError, match="column n has type string"):
+        warehouse.write(retyped, "events", mode="append", evolve_schema=True)
+
+
+def test_overwrite_with_evolve_can_repartition(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1)]), "events", partition_by=["run_date"])
+    with pytest.raises(TableSchemaMismatchError, match="partitioned by"):
+        warehouse.write(events(spark, [("a", 1, D1)]), "events", partition_by=["user_id"])
+    warehouse.write(events(spark, [("b", 2, D2)]), "events", partition_by=["user_id"], evolve_schema=True)
+    assert_same_rows(warehouse.read("events"), events(spark, [("b", 2, D2)]))
+    assert os.path.isdir(os.path.join(warehouse.path("events"), "user_id=b"))
+
+
+def test_empty_table_keeps_its_schema(spark, warehouse):
+    schema = StructType([StructField("user_id", StringType()), StructField("embedding", ArrayType(FloatType()))])
+    warehouse.write(spark.createDataFrame([], schema), "empty")
+    read = warehouse.read("empty")
+    assert read.schema == schema
+    assert read.count() == 0
+
+
+def test_missing_table_is_a_clear_error(warehouse):
+    with pytest.raises(TableNotFoundError, match="table nope.*" + warehouse.path("nope")):
+        warehouse.read("nope")
+    with pytest.raises(TableNotFoundError, match="table nope"):
+        warehouse.version("nope")
+    assert not warehouse.exists("nope")
+
+
+def test_unknown_version_is_a_clear_error(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1)]), "events")
+    with pytest.raises(TableNotFoundError, match="no version 5.*latest is 0"):
+        warehouse.read("events", version=5)
+
+
+TYPES = StructType(
+    [
+        StructField("id", LongType()),
+        StructField("ts", TimestampType()),
+        StructField("day", DateType()),
+        StructField("ints", ArrayType(IntegerType())),
+        StructField("floats", ArrayType(FloatType())),
+        StructField("attrs", MapType(StringType(), StringType())),
+        StructField("nested", StructType([StructField("a", StringType()), StructField("b", ArrayType(LongType()))])),
+        StructField("run_date", DateType()),
+    ]
+)
+TYPE_ROWS = [
+    (1, dt.datetime(2024, 3, 1, 12, 30, 15, 123456), dt.date(2024, 3, 1), [1, None, 3], [0.5, -1.25], {"k": "v", "n": None}, ("x", [1, 2]), D1),
+    (2, None, None, None, None, None, None, D2),
+    (3, dt.datetime(1999, 12, 31, 23, 59, 59), dt.date(1970, 1, 1), [], [], {}, (None, None), None),
+]
+
+
+def test_types_round_trip(spark, warehouse):
+    df = spark.createDataFrame(TYPE_ROWS, TYPES)
+    warehouse.write(df, "typed", partition_by=["run_date"])
+    read = warehouse.read("typed")
+    assert read.schema == TYPES
+    assert_df_equality(read.orderBy("id"), df.orderBy("id"))  # maps cannot be sorted on: order by id
+    # The session time zone is UTC: the instant is stored and read back unchanged.
+    first = read.where("id = 1").first()
+    assert first.ts == dt.datetime(2024, 3, 1, 12, 30, 15, 123456)
+
+
+def test_deltalake_reads_what_we_write(spark, warehouse):
+    from deltalake import DeltaTable
+
+    df = spark.createDataFrame(TYPE_ROWS, TYPES)
+    warehouse.write(df, "typed", partition_by=["run_date"])
+    rows = sorted(DeltaTable(warehouse.path("typed")).to_pyarrow_table().to_pylist(), key=lambda r: r["id"])
+    assert [r["id"] for r in rows] == [1, 2, 3]
+    assert rows[0]["ts"] == dt.datetime(2024, 3, 1, 12, 30, 15, 123456, tzinfo=dt.timezone.utc)
+    assert rows[0]["floats"] == [0.5, -1.25] and rows[0]["ints"] == [1, None, 3]
+    assert dict(rows[0]["attrs"]) == {"k": "v", "n": None}
+    assert rows[0]["run_date"] == D1 and rows[2]["run_date"] is None
+
+
+def test_reads_tables_written_by_deltalake(spark, warehouse):
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    data = pa.table(
+        {
+            "user_id": ["a", "b", "c"],
+            "n": pa.array([1, None, 3], pa.int32()),
+            "ts": pa.array([dt.datetime(2024, 1, 1, 5), None, dt.datetime(2024, 1, 2)], pa.timestamp("us", "UTC")),
+            "run_date": pa.array([D1, D1, D2], pa.date32()),
+        }
+    )
+    write_deltalake(warehouse.path("foreign"), data, partition_by=["run_date"])
+    write_deltalake(warehouse.path("foreign"), data.slice(0, 1), mode="append", partition_by=["run_date"])
+    read = warehouse.read("foreign")
+    assert read.columns == ["user_id", "n", "ts", "run_date"]
+    expected = spark.createDataFrame(
+        [("a", 1, dt.datetime(2024, 1, 1, 5), D1), ("b", None, None, D1), ("c", 3, dt.datetime(2024, 1, 2), D2),
+         ("a", 1, dt.datetime(2024, 1, 1, 5), D1)],
+        "user_id string, n int, ts timestamp, run_date date",
+    )
+    assert_same_rows(read, expected)
+    assert warehouse.read("foreign", version=0).count() == 3
+    # And we can keep writing to it.
+    replacement = spark.createDataFrame([("z", 9, None, D2)], expected.schema)
+    warehouse.write(replacement, "foreign", replace_partitions={"run_date": D2})
+    assert sorted(r["user_id"] for r in DeltaTable(warehouse.path("foreign")).to_pyarrow_table().to_pylist()) == [
+        "a", "a", "b", "z"
+    ]
+
+
+def test_two_tasks_write_one_commit(spark, warehouse):
+    df = events(spark, [(f"u{i}", i, D1) for i in range(10)]).repartition(2)
+    assert df.rdd.getNumPartitions() == 2
+    assert warehouse.write(df, "events") == 0
+    adds = [a["add"] for a in commit_actions(warehouse.path("events"), 0) if "add" in a]
+    assert len(adds) == 2
+    assert sum(json.loads(a["stats"])["numRecords"] for a in adds) == 10
+    assert not os.path.exists(os.path.join(warehouse.path("events"), "_delta_log", f"{1:020d}.json"))
+
+
+def test_job_rolls_back_every_table_written_in_it(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1)]), "kept")
+    with pytest.raises(RuntimeError, match="stage failed"):
+        with warehouse.job():
+            warehouse.write(events(spark, [("b", 2, D2)]), "kept")
+            warehouse.write(events(spark, [("c", 3, D3)]), "kept", mode="append")
+            warehouse.write(events(spark, [("n", 0, D1)]), "created")
+            raise RuntimeError("stage failed")
+    assert_same_rows(warehouse.read("kept"), events(spark, [("a", 1, D1)]))
+    assert not warehouse.exists("created")
+    assert not os.path.exists(warehouse.path("created"))
+
+
+def test_job_keeps_what_a_successful_block_wrote_and_nests(spark, warehouse):
+    with warehouse.job():
+        warehouse.write(events(spark, [("a", 1, D1)]), "outer")
+        with pytest.raises(ValueError):
+            with warehouse.job():
+                warehouse.write(events(spark, [("b", 2, D2)]), "outer", mode="append")
+                raise ValueError("inner failed")
+        warehouse.write(events(spark, [("c", 3, D3)]), "outer", mode="append")
+    assert_same_rows(warehouse.read("outer"), events(spark, [("a", 1, D1), ("c", 3, D3)]))
+
+
+def test_file_uri_root(spark, tmp_path):
+    wh = Warehouse(spark, (tmp_path / "wh").as_uri())
+    assert wh.root == str(tmp_path / "wh")
+    wh.write(events(spark, [("a", 1, D1)]), "events")
+    assert wh.read("events").count() == 1
+
+
+def test_refuses_tables_with_deletion_vectors(spark, warehouse):
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from longtail.core.delta_rs import UnsupportedDeltaTable
+
+    write_deltalake(
+        warehouse.path("dv"), pa.table({"a": [1]}), configuration={"delta.enableDeletionVectors": "true"}
+    )
+    with pytest.raises(UnsupportedDeltaTable, match="table dv.*deletion vectors"):
+        warehouse.read("dv")

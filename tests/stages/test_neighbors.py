@@ -1,0 +1,131 @@
+"""Similar users: blockwise exact top-N against a brute-force numpy reference, then through Spark."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from longtail.stages import neighbors as nb
+from longtail.core import schemas
+from longtail.core.config import NeighborsConfig
+from longtail.core.errors import ConfigError
+
+
+def brute_force(x: np.ndarray, idx: np.ndarray, n: int):
+    """Reference: full float64 similarity matrix, self excluded, (similarity desc, idx asc)."""
+    order = np.argsort(idx)
+    x, idx = nb.normalize_rows(x[order]).astype(np.float64), idx[order]
+    sims = (x @ x.T).astype(np.float32)
+    np.fill_diagonal(sims, -np.inf)
+    rank = np.lexsort((np.broadcast_to(idx, sims.shape), -sims), axis=1)[:, :n]
+    return idx, np.take_along_axis(sims, rank, 1), idx[rank]
+
+
+def random_users(seed: int, users: int, dim: int):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((users, dim)).astype(np.float32)
+    # Duplicated users (identical texts), exact ties of distinct users, and empty-text users.
+    x[rng.choice(users, min(25, users // 4), replace=False)] = x[0]
+    x[rng.choice(users, min(10, users // 6), replace=False)] = 0.0
+    idx = rng.permutation(users * 3)[:users].astype(np.int64)  # gaps and any order
+    return x, idx
+
+
+def test_top_k_columns_breaks_ties_towards_smaller_columns():
+    scores = np.array([[0.5, 0.9, 0.5, 0.5, 0.1], [1.0, 1.0, 1.0, 1.0, 1.0]], dtype=np.float32)
+    assert nb.top_k_columns(scores, 3).tolist() == [[0, 1, 2], [0, 1, 2]]
+    assert nb.top_k_columns(scores, 9).shape == (2, 5)
+
+
+def test_duplicate_of_points_at_first_identical_row():
+    x = np.array([[1, 0], [0, 1], [1, 0], [0, 1], [2, 2]], dtype=np.float32)
+    assert nb.duplicate_of(x).tolist() == [0, 1, 0, 1, 4]
+
+
+@pytest.mark.parametrize("users,dim,n,block", [(300, 16, 10, 64), (257, 8, 5, 300), (120, 32, 12, 7), (12, 4, 20, 5)])
+def test_blockwise_exact_top_n_equals_brute_force(users, dim, n, block):
+    x, idx = random_users(users + dim, users, dim)
+    ids = np.array([f"user{i}" for i in idx], dtype=object)
+    sims, got_idx, got_ids = nb.exact_top_n(x, idx, ids, n, block)
+    ref_idx, ref_sims, ref_nbrs = brute_force(x, idx, n)
+    k = min(n, users - 1)
+    assert np.array_equal(got_idx[:, :k], ref_nbrs[:, :k])
+    np.testing.assert_allclose(sims[:, :k], ref_sims[:, :k], atol=1e-6)
+    assert (got_idx[:, :k] != ref_idx[:, None]).all(), "a user is never its own neighbour"
+    assert np.isneginf(sims[:, k:]).all() and (got_ids[:, k:] == None).all()  # noqa: E711
+    assert got_ids[0, 0] == f"user{got_idx[0, 0]}"
+
+
+def test_ties_between_identical_users_go_to_the_smaller_index():
+    x = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [1, 0]], dtype=np.float32)
+    idx = np.array([40, 30, 20, 10, 0])
+    sims, got, _ = nb.exact_top_n(x, idx, idx.astype(str).astype(object), 2, block_size=2)
+    by_user = dict(zip(sorted(idx), got.tolist()))
+    assert by_user[0] == [20, 30] and by_user[20] == [0, 30] and by_user[40] == [0, 20]
+    assert by_user[10] == [0, 20]  # orthogonal to everyone: similarity 0 ties, smallest idx
+    np.testing.assert_allclose(sims[0], [1.0, 1.0])
+
+
+# --------------------------------------------------------------------------- Spark
+
+
+def _write_users(wh, x, idx):
+    spark = wh.spark
+    emb = [(f"user{i}", [float(v) for v in row], "test", "h") for i, row in zip(idx, x)]
+    wh.write(spark.createDataFrame(emb, schemas.USER_EMBEDDINGS_SCHEMA), schemas.USER_EMBEDDINGS)
+    seqs = [(f"user{i}", int(i), [1], [1], 1, 1) for i in idx]
+    wh.write(spark.createDataFrame(seqs, schemas.USER_SEQUENCES_SCHEMA), schemas.USER_SEQUENCES)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_run_neighbors_equals_brute_force_with_bounded_blocks(warehouse):
+    x, idx = random_users(7, 300, 16)
+    _write_users(warehouse, x, idx)
+    report = nb.run_neighbors(warehouse, NeighborsConfig(top_n=10, block_size=64, method="exact"))
+    assert report.users == 300 and report.blocks >= 5 and report.dim == 16
+    assert "300 users" in str(report)
+    rows = {r["user_id"]: r for r in warehouse.read(schemas.SIMILAR_USERS).collect()}
+    ref_idx, ref_sims, ref_nbrs = brute_force(x, idx, 10)
+    assert len(rows) == 300
+    for i, sims, nbrs in zip(ref_idx, ref_sims, ref_nbrs):
+        row = rows[f"user{i}"]
+        assert row["neighbors"] == [f"user{j}" for j in nbrs]
+        np.testing.assert_allclose(row["similarities"], sims, atol=1e-6)
+    # The staged blocks are gone.
+    tmp = os.path.join(warehouse.root, "_tmp")
+    assert not os.path.isdir(tmp) or not os.listdir(tmp)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_few_users_and_the_faiss_method(warehouse):
+    x, idx = random_users(3, 200, 8)
+    _write_users(warehouse, x, idx)
+    nb.run_neighbors(warehouse, NeighborsConfig(top_n=5, block_size=50, method="faiss"))
+    got = {r["user_id"]: r for r in warehouse.read(schemas.SIMILAR_USERS).collect()}
+    rows = {k: r["neighbors"] for k, r in got.items()}
+    ref_idx, ref_sims, ref = brute_force(x, idx, 5)
+    ref_ids = [[f"user{j}" for j in r] for r in ref]
+    approx = [rows[f"user{i}"] for i in ref_idx]
+    approx_sims = [got[f"user{i}"]["similarities"] for i in ref_idx]
+    assert all(f"user{i}" not in rows[f"user{i}"] for i in idx)
+    assert all(len(r) == 5 for r in approx)
+    # Tied users are interchangeable: recall counts any neighbour as good as the exact 5th.
+    assert nb.recall_at_n(ref_ids, approx, ref_sims, approx_sims) > 0.95
+
+    # Three users, top 10: each gets the two others.
+    _write_users(warehouse, x[:3], idx[:3])
+    nb.run_neighbors(warehouse, NeighborsConfig(top_n=10, block_size=2))
+    small = {r["user_id"]: r["neighbors"] for r in warehouse.read(schemas.SIMILAR_USERS).collect()}
+    assert {k: sorted(v) for k, v in small.items()} == {
+        f"user{i}": sorted(f"user{j}" for j in idx[:3] if j != i) for i in idx[:3]
+    }
+
+
+def test_bad_neighbors_config_is_rejected():
+    with pytest.raises(ConfigError, match="neighbors.top_n 0"):
+        nb.run_neighbors(None, NeighborsConfig(top_n=0))
+    with pytest.raises(ConfigError, match="neighbors.block_size -1"):
+        nb.run_neighbors(None, NeighborsConfig(block_size=-1))

@@ -1,0 +1,250 @@
+"""``longtail score`` on a tiny warehouse with fake models implementing the TrainedModel interface."""
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import sys
+
+import pytest
+import torch
+from pyspark import cloudpickle
+
+from longtail.core import schemas
+from longtail.core.config import HybridConfig, ScoreConfig
+from longtail.core.errors import InputError, ModelNotFoundError
+from longtail.stages.score import run_score
+
+pytestmark = pytest.mark.spark
+
+# The fakes below travel to the Python workers by value (the tests folder is not on their path).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+D1, D2 = dt.date(2024, 5, 1), dt.date(2024, 5, 2)
+
+# Items 1..6 are "face" products (embedding near e0), 7..12 "hair" (near e1).
+KNOWN = [f"i{i}" for i in range(1, 13)]
+HISTORIES = {
+    "u1": [1, 2, 3, 4, 5],
+    "u2": [7, 8, 9, 10, 11],
+    "u3": [1, 7, 2, 8, 3],
+    "u4": [2, 3, 4, 9, 10, 12],
+}
+
+
+def _embedding(i: int) -> list[float]:
+    base = [1.0, 0.0, 0.0, 0.0] if i <= 6 else [0.0, 1.0, 0.0, 0.0]
+    return [b + 0.05 * ((i * 7919 + d * 31) % 11 - 5) / 5 for d, b in enumerate(base)]
+
+
+class FakeModule(torch.nn.Module):
+    """Item vectors = LLM embeddings; with ``text`` it places new items from text too."""
+
+    def __init__(self, table: torch.Tensor, text: bool) -> None:
+        super().__init__()
+        self.register_buffer("table", table)
+        self.supports_text = text
+
+    def item_vectors_from_text(self, llm: torch.Tensor) -> torch.Tensor:
+        if not self.supports_text:
+            raise TypeError("no semantic view")
+        return llm.float()
+
+
+class FakeTrained:
+    """The ``longtail.train.TrainedModel`` interface: mean of the history's item vectors."""
+
+    def __init__(self, name: str, version: str, text: bool, fail_for_item: int | None = None) -> None:
+        self.name, self.version, self.path, self.max_len = name, version, "/nowhere", 4
+        self.item_ids = [""] + KNOWN
+        table = torch.tensor([[0.0] * 4] + [_embedding(i) for i in range(1, 13)])
+        self.module = FakeModule(table, text)
+        self.fail_for_item = fail_for_item
+
+    def user_vectors(self, histories: torch.Tensor) -> torch.Tensor:
+        assert histories.shape[1] == self.max_len  # padded/truncated to the model's length
+        if self.fail_for_item is not None and bool((histories == self.fail_for_item).any()):
+            raise RuntimeError("worker died")
+        mask = (histories > 0).float()[..., None]
+        return (self.module.table[histories] * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.module.table
+
+
+def loader_for(**models: FakeTrained):
+    def load(wh, name, version=None):
+        if name not in models or (version is not None and version != models[name].version):
+            raise ModelNotFoundError(f"model {name!r}: no version {version!r}")
+        return models[name]
+
+    return load
+
+
+LOADER = loader_for(
+    llmesr_fake=FakeTrained("llmesr_fake", "v1", text=True),
+    plain_fake=FakeTrained("plain_fake", "v1", text=False),
+)
+
+
+@pytest.fixture(scope="module")
+def inputs(spark, tmp_path_factory):
+    """The input tables, written once; each test gets its own copy."""
+    from longtail.core.tables import Warehouse
+
+    return _write_inputs(Warehouse(spark, str(tmp_path_factory.mktemp("score") / "warehouse")))
+
+
+@pytest.fixture()
+def wh(inputs, warehouse):
+    shutil.copytree(inputs.root, warehouse.root)
+    return warehouse
+
+
+def _write_inputs(warehouse):
+    spark = warehouse.spark
+    seq_rows = [
+        (u, n, h, h[:-2], h[-2], h[-1]) for n, (u, h) in enumerate(HISTORIES.items(), start=1)
+    ]
+    warehouse.write(spark.createDataFrame(seq_rows, schemas.USER_SEQUENCES_SCHEMA), schemas.USER_SEQUENCES)
+    popularity = {i: sum(i in h[:-2] for h in HISTORIES.values()) for i in range(1, 13)}
+    popularity[6] = 3  # a popular face item nobody in the sequences bought in training
+    stats = [(f"i{i}", i, popularity[i], "head" if popularity[i] >= 2 else "tail") for i in range(1, 13)]
+    warehouse.write(spark.createDataFrame(stats, schemas.ITEM_STATS_SCHEMA), schemas.ITEM_STATS)
+    items = [(f"i{i}", f"item {i}", "", ["face" if i <= 6 else "hair"], "b", {}) for i in range(1, 13)]
+    items += [("new_face", "new face cream", "", ["face"], "b", {}), ("new_odd", "odd thing", "", ["tools"], "b", {})]
+    warehouse.write(spark.createDataFrame(items, schemas.ITEMS_SCHEMA), schemas.ITEMS)
+    emb = [(f"i{i}", _embedding(i), "fake", "h") for i in range(1, 13)]
+    emb += [("new_face", [1.0, 0.0, 0.0, 0.0], "fake", "h"), ("new_odd", [0.0, 0.0, 1.0, 0.0], "fake", "h")]
+    warehouse.write(spark.createDataFrame(emb, schemas.ITEM_EMBEDDINGS_SCHEMA), schemas.ITEM_EMBEDDINGS)
+    # u_hair touched one hair item but was filtered out of user_sequences; u_blank only exists.
+    inter = [(u, f"i{i}", dt.datetime(2024, 1, 1), None) for u, h in HISTORIES.items() for i in h]
+    inter.append(("u_hair", "i7", dt.datetime(2024, 1, 2), None))
+    warehouse.write(spark.createDataFrame(inter, schemas.INTERACTIONS_SCHEMA), schemas.INTERACTIONS)
+    warehouse.write(spark.createDataFrame([(u, {}) for u in [*HISTORIES, "u_hair", "u_blank"]], schemas.USERS_SCHEMA), schemas.USERS)
+    return warehouse
+
+
+def _recs(wh, run_date=None):
+    df = wh.read(schemas.RECOMMENDATIONS).toPandas()
+    if run_date is not None:
+        df = df[df["run_date"] == run_date]
+    return df
+
+
+def _lists(df):
+    return {u: list(g.sort_values("rank")["item_id"]) for u, g in df.groupby("user_id")}
+
+
+@pytest.mark.slow
+def test_exactly_k_unseen_rows_per_user_new_items_fallbacks_and_run_row(wh):
+    report = run_score(wh, "llmesr_fake", ScoreConfig(item_chunk=5, user_batch=2), run_date=D1, top_k=3, model_loader=LOADER)
+    recs = _recs(wh)
+    assert list(recs.columns) == [f.name for f in schemas.RECOMMENDATIONS_SCHEMA.fields]
+    assert set(recs["user_id"]) == {*HISTORIES, "u_hair", "u_blank"}
+    for user, group in recs.groupby("user_id"):
+        assert sorted(group["rank"]) == [1, 2, 3]
+        assert group["item_id"].nunique() == 3
+        seen = {f"i{i}" for i in HISTORIES.get(user, [])} | ({"i7"} if user == "u_hair" else set())
+        assert not seen & set(group["item_id"]), user
+        assert (group.sort_values("rank")["score"].diff().dropna() <= 1e-6).all()  # best first
+    assert (recs["model"] == "llmesr_fake").all() and (recs["model_version"] == "v1").all()
+    lists = _lists(recs)
+    # A new item (text, no interactions) reaches the face buyer through the semantic view.
+    assert lists["u1"][0] == "new_face"
+    assert "new_face" not in lists["u2"]  # hair buyer
+    assert "new_odd" not in lists["u1"] + lists["u4"]  # text unlike anything they buy
+    # Users without a usable history: flagged fallbacks, never a crash.
+    assert set(recs[recs["fallback"]]["user_id"]) == {"u_hair", "u_blank"}
+    # u_hair's fallback stays in the category it knows (hair), i7 (touched) excluded.
+    assert set(lists["u_hair"]) <= {f"i{i}" for i in range(8, 13)}
+    # u_blank gets global popularity (item_stats): i2 and i6 (3 each) lead.
+    assert lists["u_blank"][:2] == ["i2", "i6"]
+    assert report.users == 6 and report.fallback_users == 2 and report.new_items == 2
+    runs = wh.read(schemas.RECOMMENDATION_RUNS).toPandas()
+    assert len(runs) == 1 and runs.loc[0, "users"] == 6 and runs.loc[0, "model_version"] == "v1"
+    assert runs.loc[0, "coverage"] == pytest.approx(report.coverage) and 0 < report.coverage <= 1
+    assert 0 <= runs.loc[0, "tail_share"] <= 1
+    assert runs.loc[0, "finished_at"] >= runs.loc[0, "started_at"]
+    assert runs.loc[0, "diversity"] == pytest.approx(report.diversity)
+
+
+def test_plain_backbone_cannot_place_text_only_items(inputs):
+    from longtail.stages.score import ModelScorer, load_catalogue
+
+    catalogue = load_catalogue(inputs)
+    assert catalogue.item_ids[13:] == ["new_face", "new_odd"] and catalogue.tail[13:].all()
+    llmesr = ModelScorer(FakeTrained("a", "v1", text=True), catalogue)
+    plain = ModelScorer(FakeTrained("b", "v1", text=False), catalogue)
+    assert llmesr.scorable()[13:].all() and not plain.scorable()[13:].any()
+    torch.testing.assert_close(llmesr.item_vectors()[13], torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    # histories are remapped, compacted and padded to the model's max_len (the fake asserts it)
+    assert llmesr.user_vectors(torch.tensor([[0, 1, 2, 3, 4, 5, 13]])).shape == (1, 4)
+
+
+@pytest.mark.slow
+def test_failed_runs_leave_the_tables_as_they_were(wh):
+    run_score(wh, "plain_fake", ScoreConfig(), run_date=D1, top_k=2, model_loader=LOADER)
+    version = wh.version(schemas.RECOMMENDATIONS)
+    runs_version = wh.version(schemas.RECOMMENDATION_RUNS)
+    # 12 known items, u4 has 6: K = 7 cannot be filled without seen items.
+    with pytest.raises(InputError, match=r"--top-k 7: larger than the unseen catalogue"):
+        run_score(wh, "plain_fake", ScoreConfig(), run_date=D1, top_k=7, model_loader=LOADER)
+    # A task dying half-way (user with item 9) writes nothing either.
+    broken = loader_for(plain_fake=FakeTrained("plain_fake", "v2", text=False, fail_for_item=9))
+    with pytest.raises(Exception, match="worker died"):
+        run_score(wh, "plain_fake", ScoreConfig(user_batch=1), run_date=D1, top_k=2, model_loader=broken)
+    assert wh.version(schemas.RECOMMENDATIONS) == version
+    assert wh.version(schemas.RECOMMENDATION_RUNS) == runs_version
+    d1 = _recs(wh, D1)
+    assert len(d1) == 6 * 2 and (d1["model_version"] == "v1").all()
+
+
+def test_items_touched_beyond_the_sequence_are_never_recommended(wh):
+    # u1 also bought i6 (older than what user_sequences keeps) and the text-only new_face:
+    # without them in the exclusion both would lead u1's list (see the test above).
+    extra = [("u1", "i6", dt.datetime(2023, 1, 1), None), ("u1", "new_face", dt.datetime(2023, 1, 2), None)]
+    wh.write(wh.spark.createDataFrame(extra, schemas.INTERACTIONS_SCHEMA), schemas.INTERACTIONS, mode="append")
+    run_score(wh, "llmesr_fake", ScoreConfig(), run_date=D1, top_k=3, model_loader=LOADER)
+    lists = _lists(_recs(wh))
+    assert len(lists["u1"]) == 3 and not {"i6", "new_face"} & set(lists["u1"])
+
+
+def test_user_who_has_seen_every_item_is_refused_before_anything_is_written(wh):
+    # The plain backbone knows 12 items; a user who bought all of them has no candidate left.
+    everything = list(range(1, 13))
+    row = [("u_all", 99, everything, everything[:-2], everything[-2], everything[-1])]
+    wh.write(wh.spark.createDataFrame(row, schemas.USER_SEQUENCES_SCHEMA), schemas.USER_SEQUENCES, mode="append")
+    with pytest.raises(InputError, match=r"larger than the unseen catalogue"):
+        run_score(wh, "plain_fake", ScoreConfig(), run_date=D1, top_k=1, model_loader=LOADER)
+    assert not wh.exists(schemas.RECOMMENDATIONS)
+    assert not wh.exists(schemas.RECOMMENDATION_RUNS)
+
+
+def test_unknown_model_or_version(wh):
+    with pytest.raises(ModelNotFoundError):
+        run_score(wh, "llmesr_fake", ScoreConfig(), version="v9", run_date=D1, model_loader=LOADER)
+    with pytest.raises(ModelNotFoundError):  # the real loader: nothing trained in this warehouse
+        run_score(wh, "sasrec", ScoreConfig(), version="2024-01-01", run_date=D1)
+    with pytest.raises(ModelNotFoundError, match="popularity"):
+        run_score(wh, "popularity", ScoreConfig(), version="nope", run_date=D1)
+    assert not wh.exists(schemas.RECOMMENDATIONS)
+
+
+@pytest.mark.slow
+def test_rerun_of_a_date_replaces_only_that_partition_and_hybrid_diversity(wh):
+    plain = run_score(wh, "plain_fake", ScoreConfig(), run_date=D1, top_k=3, model_loader=LOADER)
+    hybrid = HybridConfig(content_weight=0.5, mmr_lambda=0.0, mmr_candidates=10)
+    diverse = run_score(wh, "plain_fake", ScoreConfig(hybrid=hybrid), run_date=D2, top_k=3, model_loader=LOADER)
+    assert diverse.model == "plain_fake+hybrid" and "content0.5" in diverse.model_version
+    assert diverse.users == plain.users == 6
+    assert diverse.diversity > plain.diversity  # the MMR re-rank (lambda 0) spreads the lists
+    before_d2 = _recs(wh, D2).sort_values(["user_id", "rank"]).reset_index(drop=True)
+    assert set(before_d2["model"]) == {"plain_fake+hybrid"} and len(before_d2) == 6 * 3
+    run_score(wh, "popularity", ScoreConfig(), run_date=D1, top_k=2)
+    after = _recs(wh)
+    d1 = after[after["run_date"] == D1]
+    assert (d1["model"] == "popularity").all() and len(d1) == 6 * 2
+    d2 = after[after["run_date"] == D2].sort_values(["user_id", "rank"]).reset_index(drop=True)
+    assert d2.equals(before_d2)
+    runs = wh.read(schemas.RECOMMENDATION_RUNS).toPandas().set_index("run_date")
+    assert len(runs) == 2 and runs.loc[D1, "model"] == "popularity" and runs.loc[D2, "model"] == "plain_fake+hybrid"

@@ -1,0 +1,287 @@
+"""Training: shards from Spark, single and distributed runs, saving, reloading, bad input."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from longtail.core import schemas as S
+from longtail.core.config import TrainConfig
+from longtail.core.errors import EnvironmentProblem, InputError, LongtailError, ModelNotFoundError
+from longtail.core.tables import Warehouse
+from longtail.stages.train import (
+    RankData,
+    UserTable,
+    ValidationSet,
+    load_model,
+    load_model_dir,
+    pad_left,
+    prepare_training_data,
+    run_train,
+    sample_training_negatives,
+)
+
+N_ITEMS = 130
+N_USERS = 48
+HIDDEN = 8
+LLM_DIM = 12
+
+TINY = TrainConfig(
+    hidden=HIDDEN, max_len=12, dropout=0.1, layers=1, heads=1, batch_size=16, epochs=3,
+    patience=5, distill_neighbors=3, seed=7,
+)
+
+
+def _write_inputs(spark, wh: Warehouse, n_users: int = N_USERS, drop_embedding: set[str] = frozenset()) -> None:
+    """Users walk the catalogue in steps of 3 from a random start (a learnable pattern)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(n_users):
+        length = int(rng.integers(5, 12))
+        start = int(rng.integers(0, N_ITEMS))
+        seq = [(start + 3 * i) % N_ITEMS + 1 for i in range(length)]
+        rows.append((f"u{u}", u + 1, seq, seq[:-2], seq[-2], seq[-1]))
+    wh.write(spark.createDataFrame(rows, S.USER_SEQUENCES_SCHEMA), S.USER_SEQUENCES)
+    items = [(f"i{i}", i, 5, "tail" if i % 3 else "head") for i in range(1, N_ITEMS + 1)]
+    wh.write(spark.createDataFrame(items, S.ITEM_STATS_SCHEMA), S.ITEM_STATS)
+    llm = rng.normal(size=(N_ITEMS, LLM_DIM)).astype(np.float32)
+    centred = llm - llm.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    pca = (centred @ vt[:HIDDEN].T).astype(np.float32)
+    keep = [i for i in range(N_ITEMS) if f"i{i + 1}" not in drop_embedding]
+    wh.write(
+        spark.createDataFrame([(f"i{i + 1}", llm[i].tolist(), "m", "h") for i in keep], S.ITEM_EMBEDDINGS_SCHEMA),
+        S.ITEM_EMBEDDINGS,
+    )
+    wh.write(
+        spark.createDataFrame([(f"i{i + 1}", pca[i].tolist(), "m") for i in range(N_ITEMS)], S.ITEM_EMBEDDINGS_PCA_SCHEMA),
+        S.ITEM_EMBEDDINGS_PCA,
+    )
+    similar = [
+        (f"u{u}", [f"u{u}"] + [f"u{(u + j) % n_users}" for j in (1, 2, 3, 4)], [1.0] * 5) for u in range(n_users)
+    ]
+    wh.write(spark.createDataFrame(similar, S.SIMILAR_USERS_SCHEMA), S.SIMILAR_USERS)
+
+
+@pytest.fixture(scope="module")
+def data_wh(spark, tmp_path_factory):
+    """One warehouse with inputs, shared by the tests that only add models to it."""
+    wh = Warehouse(spark, str(tmp_path_factory.mktemp("train") / "warehouse"))
+    _write_inputs(spark, wh)
+    return wh
+
+
+@pytest.fixture(scope="module")
+def prepared(data_wh, tmp_path_factory):
+    """The run folder of a 2-process llmesr_sasrec run (4 shards), written once."""
+    run_dir = str(tmp_path_factory.mktemp("run") / "run")
+    facts = prepare_training_data(data_wh, "llmesr_sasrec", TINY, run_dir, n_shards=4, world=2)
+    return run_dir, facts
+
+
+def _state(path: str) -> dict:
+    return load_model_dir(path).module.state_dict()
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_pad_left_keeps_the_last_items():
+    values = np.array([1, 2, 3, 4, 5, 6, 7])
+    offsets = np.array([0, 3, 3, 7])
+    assert pad_left(values, offsets, np.array([0, 1, 2]), 3).tolist() == [[1, 2, 3], [0, 0, 0], [5, 6, 7]]
+    assert pad_left(values, offsets, np.array([2, 0]), 10, drop_last=True).tolist() == [[4, 5, 6], [0, 1, 2]]
+
+
+def test_training_negatives_avoid_the_users_items():
+    rng = np.random.default_rng(0)
+    seen = np.tile(np.arange(1, 9), (50, 1))  # items 1..8 seen, catalogue of 10
+    targets = np.ones((50, 8), dtype=np.int64)
+    targets[:, :2] = 0
+    neg = sample_training_negatives(rng, targets, seen, 10)
+    assert np.all(neg[:, :2] == 0)
+    assert set(np.unique(neg[:, 2:])) <= {9, 10}
+
+
+# --------------------------------------------------------------------------- Spark part
+
+
+@pytest.mark.spark
+def test_shards_split_users_between_ranks(prepared):
+    run_dir, facts = prepared
+    assert facts["n_items"] == N_ITEMS and facts["train_users"] == N_USERS and facts["llm_dim"] == LLM_DIM
+    files = sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(f"{run_dir}/shards") for f in fs if f.endswith(".parquet")
+    )
+    assert len(files) % 2 == 0
+    users = UserTable.load(f"{run_dir}/users")
+    ranks = [RankData.load(f"{run_dir}/shards", r, 2, 4, users) for r in (0, 1)]
+    assert sum(r.n for r in ranks) == N_USERS and all(r.n > 0 for r in ranks)
+    seqs = sorted(tuple(r.values[r.offsets[i] : r.offsets[i + 1]]) for r in ranks for i in range(r.n))
+    expected = sorted(tuple(users.train_values[users.train_offsets[i] : users.train_offsets[i + 1]]) for i in range(N_USERS))
+    assert seqs == expected
+    # Similar users map to rows of the user table, without the user itself, at most k.
+    nb = ranks[0].neighbors
+    assert nb.shape[1] == TINY.distill_neighbors and np.all(nb >= 0)
+    batch = ranks[0].batch(np.arange(4), np.random.default_rng(0), N_ITEMS, TINY.max_len, False, 0.5)
+    assert batch["neighbor_index"].max() < batch["neighbor_seqs"].shape[0]
+    assert np.all((batch["pos"] > 0) == (batch["neg"] > 0))
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_single_run_saves_registers_and_reloads_identically(data_wh, prepared):
+    result = run_train(data_wh, "sasrec", TINY)
+    assert result.epochs_run == 3 and result.processes == 1 and 0 <= result.valid_ndcg10 <= 1
+    assert "sasrec" in str(result)
+    for name in ("weights.pt", "config.json", "item_ids.json", "metrics.json"):
+        assert os.path.isfile(os.path.join(result.path, name))
+    config = json.loads(open(os.path.join(result.path, "config.json")).read())
+    assert config["model"] == "sasrec" and config["hyperparameters"]["hidden"] == HIDDEN
+    registered = data_wh.read(S.MODELS).filter("model = 'sasrec'").collect()
+    assert result.version in {r["model_version"] for r in registered}
+    assert not os.listdir(os.path.join(data_wh.root, "_train"))  # the run folder is gone
+
+    loaded = load_model(data_wh, "sasrec")  # the latest
+    assert loaded.version == result.version and loaded.item_ids[1] == "i1" and loaded.item_ids[0] == ""
+    assert not loaded.module.training
+    histories = [list(range(1, 10, 3)), [5, 8]]
+    again = load_model(data_wh, "sasrec", version=result.version)
+    assert loaded.user_vectors(histories).shape == (2, HIDDEN)
+    assert torch.equal(
+        loaded.user_vectors(histories) @ loaded.item_vectors().T,
+        again.user_vectors(histories) @ again.item_vectors().T,
+    )
+    # The reloaded model scores the validation users exactly as it did when it was saved.
+    run_dir, _ = prepared
+    validation = ValidationSet.build(UserTable.load(f"{run_dir}/users"), N_ITEMS, TINY.max_len, TINY.seed)
+    ndcg, hr = validation.evaluate(loaded.module)
+    assert ndcg == pytest.approx(result.valid_ndcg10, abs=1e-12)
+    assert hr == pytest.approx(result.valid_hr10, abs=1e-12)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_same_seed_same_result(data_wh):
+    cfg = dataclasses.replace(TINY, epochs=1)
+    a = run_train(data_wh, "sasrec", cfg)
+    b = run_train(data_wh, "sasrec", cfg)
+    assert a.version != b.version
+    sa, sb = _state(a.path), _state(b.path)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    c = run_train(data_wh, "sasrec", dataclasses.replace(cfg, seed=8))
+    sc = _state(c.path)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_early_stopping_with_patience(data_wh):
+    # lr 0: validation never improves after epoch 1, so training stops after 1 + patience.
+    result = run_train(data_wh, "sasrec", dataclasses.replace(TINY, lr=0.0, epochs=50, patience=2))
+    metrics = json.loads(open(os.path.join(result.path, "metrics.json")).read())
+    assert result.best_epoch == 1 and result.epochs_run == 3 and metrics["stopped_early"]
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_llmesr_run_saves_the_pca_map(data_wh):
+    result = run_train(data_wh, "llmesr_bert4rec", dataclasses.replace(TINY, epochs=1))
+    assert os.path.isfile(os.path.join(result.path, "pca.npz"))
+    model = load_model(data_wh, "llmesr_bert4rec")
+    assert model.config["encoder"] == "m"  # which text encoder new items must go through
+    assert model.item_vectors().shape == (N_ITEMS + 1, 2 * HIDDEN)
+    assert model.item_vectors_from_text(np.zeros((2, LLM_DIM), dtype=np.float32)).shape == (2, 2 * HIDDEN)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.spark
+def test_unknown_model_name(warehouse):
+    with pytest.raises(ModelNotFoundError, match="valid models: .*llmesr_sasrec"):
+        run_train(warehouse, "sasrecc", TINY)
+    with pytest.raises(ModelNotFoundError, match="sasrecc"):
+        load_model(warehouse, "sasrecc")
+    with pytest.raises(ModelNotFoundError, match="no trained model yet"):
+        load_model(warehouse, "sasrec")
+
+
+@pytest.mark.spark
+def test_unknown_version(spark, warehouse):
+    import datetime as dt
+
+    row = ("sasrec", "20240101T000000000Z-abcdef12", "/nowhere", dt.datetime(2024, 1, 1), 1, 0.1, 0.2, 1.0, 1, 7)
+    warehouse.write(spark.createDataFrame([row], S.MODELS_SCHEMA), S.MODELS)
+    with pytest.raises(ModelNotFoundError, match="no version '19990101'"):
+        load_model(warehouse, "sasrec", version="19990101")
+    with pytest.raises(ModelNotFoundError, match="llmesr_gru4rec"):
+        load_model(warehouse, "llmesr_gru4rec")
+
+
+@pytest.mark.spark
+def test_empty_training_table(spark, warehouse):
+    _write_inputs(spark, warehouse, n_users=4)
+    warehouse.write(spark.createDataFrame([], S.USER_SEQUENCES_SCHEMA), S.USER_SEQUENCES)
+    with pytest.raises(InputError, match="user_sequences: no users"):
+        run_train(warehouse, "sasrec", TINY)
+    assert not warehouse.exists(S.MODELS)
+
+
+@pytest.mark.spark
+def test_missing_embeddings_are_named(spark, warehouse):
+    _write_inputs(spark, warehouse, n_users=8, drop_embedding={"i5", "i17", "i99"})
+    with pytest.raises(InputError) as err:
+        run_train(warehouse, "llmesr_sasrec", TINY)
+    message = str(err.value)
+    assert "item_embeddings" in message and "3 of 130" in message and "i17" in message and "i5" in message
+    assert not warehouse.exists(S.MODELS)
+
+
+@pytest.mark.spark
+def test_pca_width_must_match_hidden(data_wh):
+    with pytest.raises(LongtailError, match="train.hidden"):
+        run_train(data_wh, "llmesr_sasrec", dataclasses.replace(TINY, hidden=16))
+
+
+@pytest.mark.spark
+def test_cluster_mode_checks_task_slots_first(data_wh):
+    # The test session is local[2]: a 3-task barrier stage would retry for ~10 minutes.
+    with pytest.raises(EnvironmentProblem, match="needs 3 concurrent task slots"):
+        run_train(data_wh, "sasrec", dataclasses.replace(TINY, mode="cluster", processes=3))
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_two_processes_with_torch_distributor(data_wh):
+    cfg = dataclasses.replace(TINY, mode="local", processes=2, epochs=2)
+    result = run_train(data_wh, "llmesr_sasrec", cfg)
+    assert result.processes == 2 and result.epochs_run == 2 and result.mode == "local"
+    metrics = json.loads(open(os.path.join(result.path, "metrics.json")).read())
+    # Both ranks ran the same steps over disjoint halves: every training user once per epoch.
+    assert metrics["sequences_per_epoch"] == N_USERS
+    model = load_model(data_wh, "llmesr_sasrec", result.version)
+    assert model.user_vectors([[1, 4, 7]]).shape == (1, 2 * HIDDEN)
+
+
+@pytest.mark.gpu
+def test_gpu_training_step():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    from longtail.models import build_model
+
+    model = build_model("sasrec", 20, dict(hidden=8, layers=1, heads=1, dropout=0.0, max_len=5, alpha=0.0,
+                                           cross_attention=False)).cuda()
+    seqs = torch.tensor([[0, 1, 2, 3]], device="cuda")
+    batch = {"seqs": seqs, "pos": torch.tensor([[0, 2, 3, 4]], device="cuda"),
+             "neg": torch.tensor([[0, 9, 9, 9]], device="cuda")}
+    model.loss(batch).backward()
+    assert model.user_vectors(seqs).device.type == "cuda"
