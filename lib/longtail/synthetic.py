@@ -142,10 +142,44 @@ def generate_catalogue(
         raise ValueError(f"synthetic catalogue: users and items must be >= 1, got {users}, {items}")
     if items < min_history:
         raise ValueError(f"synthetic catalogue: items ({items}) must be >= min_history ({min_history})")
+    # One generator, handed to each step in turn: the order of the steps is the order of the
+    # draws, so it must not change (or the same seed gives another catalogue).
     rng = np.random.default_rng(seed)
-    n_cat = len(_CATEGORIES)
+    drawn = _draw_items(rng, items, zipf_exponent)
+    pref, pref_cats = _draw_preferences(rng, users)
+    lengths = _draw_history_lengths(rng, users, min_history, min(max_history, items))
+    mixture = _Mixture.of(pref, drawn.category, drawn.weight, preference_strength)
+    chosen = _draw_histories(rng, mixture, lengths)
+    user_ids = np.array(_ids("U", users))
+    interactions = _draw_interactions(rng, user_ids, drawn, pref, lengths, chosen)
+    users_df = pd.DataFrame({"user_id": user_ids, "preferred_categories": pref_cats})
+    return Catalogue(interactions=interactions, items=drawn.frame, users=users_df)
 
-    # --- items: category, words, brand, popularity
+
+def _ids(prefix: str, n: int) -> list[str]:
+    """``n`` ids ``<prefix>1 ..`` zero-padded to the width of ``n``, so they sort as numbers."""
+    width = len(str(n))
+    return [f"{prefix}{i + 1:0{width}d}" for i in range(n)]
+
+
+# --------------------------------------------------------------------------- items
+
+
+@dataclass(frozen=True)
+class _Items:
+    """The drawn items: the frame plus what the interaction draws need."""
+
+    frame: pd.DataFrame
+    ids: list[str]
+    #: Index into ``_CATEGORIES`` per item.
+    category: np.ndarray
+    #: Zipf-like popularity weight per item (not normalised).
+    weight: np.ndarray
+
+
+def _draw_items(rng: np.random.Generator, items: int, zipf_exponent: float) -> _Items:
+    """Each item's category, brand, popularity and text (four draws from ``rng``, in this order)."""
+    n_cat = len(_CATEGORIES)
     cat_of_item = rng.integers(0, n_cat, size=items)
     brands = [f"{h} {t}" for h in _BRAND_HEADS for t in _BRAND_TAILS]
     # Each brand sells in one home category, so the brand is a text cue for the category too.
@@ -153,33 +187,53 @@ def generate_catalogue(
     brands_by_cat = [np.flatnonzero(brand_home == c) for c in range(n_cat)]
     pop_rank = rng.permutation(items)  # popularity independent of the id
     weight = 1.0 / (pop_rank + 2.0) ** zipf_exponent
-    width = len(str(items))
-    item_ids = [f"I{i + 1:0{width}d}" for i in range(items)]
+    item_ids = _ids("I", items)
     word_draws = rng.random((items, 5))
-    titles, descriptions, categories, item_brands = [], [], [], []
-    for i in range(items):
-        cat = _CATEGORIES[cat_of_item[i]]
-        sub, nouns, words, sizes = _VOCAB[cat]
-        noun = nouns[int(word_draws[i, 0] * len(nouns))]
-        w1 = int(word_draws[i, 1] * len(words))
-        # A second, different word half of the time: "Hydrating rose face serum 50ml".
-        w2 = (w1 + 1 + int(word_draws[i, 4] * (len(words) - 1))) % len(words)
-        word = words[w1] if word_draws[i, 4] < 0.5 else f"{words[w1]} {words[w2]}"
-        size = sizes[int(word_draws[i, 2] * len(sizes))]
-        pool = brands_by_cat[cat_of_item[i]]
-        brand = brands[pool[int(word_draws[i, 3] * len(pool))]] if len(pool) else brands[i % len(brands)]
-        title = f"{word[0].upper()}{word[1:]} {noun} {size}"
-        titles.append(title)
-        article = "An" if word[0].lower() in "aeiou" else "A"
-        descriptions.append(f"{article} {word} {noun} by {brand} for your {cat.lower()} routine.")
-        categories.append(["Beauty", cat, sub])
-        item_brands.append(brand)
-    items_df = pd.DataFrame(
+    described = [
+        _describe_item(i, cat_of_item[i], word_draws[i], brands, brands_by_cat[cat_of_item[i]])
+        for i in range(items)
+    ]
+    titles, descriptions, categories, item_brands = (list(column) for column in zip(*described))
+    frame = pd.DataFrame(
         {"item_id": item_ids, "title": titles, "description": descriptions,
          "categories": categories, "brand": item_brands}
     )
+    return _Items(frame=frame, ids=item_ids, category=cat_of_item, weight=weight)
 
-    # --- users: 1-3 preferred categories with weights, long-tailed history length
+
+def _describe_item(
+    i: int, cat_index: int, draws: np.ndarray, brands: list[str], pool: np.ndarray
+) -> tuple[str, str, list[str], str]:
+    """Title, description, categories and brand of item ``i`` from its five uniform ``draws``.
+
+    ``pool`` holds the indexes (into ``brands``) of the brands at home in the item's category.
+    """
+    cat = _CATEGORIES[cat_index]
+    sub, nouns, words, sizes = _VOCAB[cat]
+    noun = nouns[int(draws[0] * len(nouns))]
+    w1 = int(draws[1] * len(words))
+    # A second, different word half of the time: "Hydrating rose face serum 50ml".
+    w2 = (w1 + 1 + int(draws[4] * (len(words) - 1))) % len(words)
+    word = words[w1] if draws[4] < 0.5 else f"{words[w1]} {words[w2]}"
+    size = sizes[int(draws[2] * len(sizes))]
+    brand = brands[pool[int(draws[3] * len(pool))]] if len(pool) else brands[i % len(brands)]
+    title = f"{word[0].upper()}{word[1:]} {noun} {size}"
+    article = "An" if word[0].lower() in "aeiou" else "A"
+    description = f"{article} {word} {noun} by {brand} for your {cat.lower()} routine."
+    return title, description, ["Beauty", cat, sub], brand
+
+
+# --------------------------------------------------------------------------- users
+
+
+def _draw_preferences(rng: np.random.Generator, users: int) -> tuple[np.ndarray, list[list[str]]]:
+    """1-3 preferred categories per user with Dirichlet weights.
+
+    Returns:
+        ``(pref (users, n_cat) weights, zero outside the preferred categories;
+        the preferred category names per user, sorted by category index)``.
+    """
+    n_cat = len(_CATEGORIES)
     n_pref = rng.choice([1, 2, 3], size=users, p=[0.4, 0.4, 0.2])
     pref = np.zeros((users, n_cat))
     pref_cats = []
@@ -187,37 +241,90 @@ def generate_catalogue(
         cats = rng.choice(n_cat, size=n_pref[u], replace=False)
         pref[u, cats] = rng.dirichlet(np.full(n_pref[u], 2.0))
         pref_cats.append([_CATEGORIES[c] for c in sorted(cats)])
-    cap = min(max_history, items)
-    lengths = np.minimum(min_history + np.floor(rng.pareto(1.5, size=users) * 4.0).astype(int), cap)
+    return pref, pref_cats
 
-    # P(item | user) = strength * sum_c pref(c) * P(item | c) + (1 - strength) * P(item)
-    onehot = np.zeros((n_cat, items))
-    onehot[cat_of_item, np.arange(items)] = 1.0
-    in_cat = onehot * weight
-    cat_mass = in_cat.sum(axis=1, keepdims=True)
-    p_item_given_cat = np.divide(in_cat, cat_mass, out=np.zeros_like(in_cat), where=cat_mass > 0)
-    # A preferred category with no items would leave its mass unspent: renormalise the rest.
-    pref_eff = pref * (cat_mass.ravel() > 0)
-    pref_sum = pref_eff.sum(axis=1, keepdims=True)
-    pref_eff = np.divide(pref_eff, pref_sum, out=np.zeros_like(pref_eff), where=pref_sum > 0)
-    strength = np.where(pref_sum.ravel() > 0, preference_strength, 0.0)[:, None]
-    global_p = weight / weight.sum()
 
+def _draw_history_lengths(rng: np.random.Generator, users: int, min_history: int, cap: int) -> np.ndarray:
+    """Long-tailed (Pareto) history length per user, in ``[min_history, cap]``."""
+    return np.minimum(min_history + np.floor(rng.pareto(1.5, size=users) * 4.0).astype(int), cap)
+
+
+@dataclass(frozen=True)
+class _Mixture:
+    """P(item | user) = strength * sum_c pref(c) * P(item | c) + (1 - strength) * P(item)."""
+
+    #: (users, 1): ``preference_strength``, or 0 for a user none of whose categories has items.
+    strength: np.ndarray
+    #: (users, n_cat): preference weights over the categories that have items, summing to 1.
+    pref: np.ndarray
+    #: (n_cat, items): P(item | category), popularity-weighted within the category.
+    item_given_cat: np.ndarray
+    #: (items,): P(item), popularity over the whole catalogue.
+    global_p: np.ndarray
+
+    @staticmethod
+    def of(pref: np.ndarray, cat_of_item: np.ndarray, weight: np.ndarray, preference_strength: float) -> _Mixture:
+        """The mixture for users' category weights ``pref`` over items of categories ``cat_of_item``."""
+        n_cat, items = pref.shape[1], len(cat_of_item)
+        onehot = np.zeros((n_cat, items))
+        onehot[cat_of_item, np.arange(items)] = 1.0
+        in_cat = onehot * weight
+        cat_mass = in_cat.sum(axis=1, keepdims=True)
+        p_item_given_cat = np.divide(in_cat, cat_mass, out=np.zeros_like(in_cat), where=cat_mass > 0)
+        # A preferred category with no items would leave its mass unspent: renormalise the rest.
+        pref_eff = pref * (cat_mass.ravel() > 0)
+        pref_sum = pref_eff.sum(axis=1, keepdims=True)
+        pref_eff = np.divide(pref_eff, pref_sum, out=np.zeros_like(pref_eff), where=pref_sum > 0)
+        strength = np.where(pref_sum.ravel() > 0, preference_strength, 0.0)[:, None]
+        return _Mixture(strength, pref_eff, p_item_given_cat, weight / weight.sum())
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """P(item | user) for users ``start:stop``, (stop - start, items)."""
+        s = self.strength[start:stop]
+        return s * (self.pref[start:stop] @ self.item_given_cat) + (1 - s) * self.global_p
+
+
+# --------------------------------------------------------------------------- interactions
+
+
+def _draw_histories(rng: np.random.Generator, mixture: _Mixture, lengths: np.ndarray) -> list[np.ndarray]:
+    """Per user, ``lengths[u]`` distinct item indexes drawn from the mixture, in random order."""
+    users, items = mixture.strength.shape[0], mixture.global_p.shape[0]
     # Sampling without replacement by Gumbel-top-k, in user chunks to bound memory.
     chosen: list[np.ndarray] = []
     chunk = max(1, 4_000_000 // items)
     for start in range(0, users, chunk):
         stop = min(users, start + chunk)
-        p = strength[start:stop] * (pref_eff[start:stop] @ p_item_given_cat) + (1 - strength[start:stop]) * global_p
+        p = mixture.rows(start, stop)
         keys = np.log(p) + rng.gumbel(size=p.shape)
         order = np.argsort(-keys, axis=1, kind="stable")
         for row, u in enumerate(range(start, stop)):
             # Random order in time: the draw order would put favourite items first.
             chosen.append(rng.permutation(order[row, : lengths[u]]))
+    return chosen
 
-    # --- timestamps: each user starts somewhere in 2012-2013 and returns every few days
-    uwidth = len(str(users))
-    user_ids = np.array([f"U{u + 1:0{uwidth}d}" for u in range(users)])
+
+def _draw_interactions(rng: np.random.Generator, user_ids: np.ndarray, drawn: _Items, pref: np.ndarray,
+                       lengths: np.ndarray, chosen: list[np.ndarray]) -> pd.DataFrame:
+    """The interactions frame: the ``chosen`` items of each user with timestamps and ratings."""
+    owner, timestamps = _draw_timestamps(rng, lengths)
+    item_idx = np.concatenate(chosen)
+    preferred = pref[owner, drawn.category[item_idx]] > 0
+    rating = _draw_ratings(rng, preferred)
+    return pd.DataFrame(
+        {"user_id": user_ids[owner], "item_id": np.array(drawn.ids)[item_idx],
+         "timestamp": timestamps.astype(np.int64), "rating": rating}
+    )
+
+
+def _draw_timestamps(rng: np.random.Generator, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each user starts somewhere in 2012-2013 and returns every few days.
+
+    Returns:
+        ``(owner, timestamps)``: per interaction (users' histories one after the other), the
+        user's index and the unix time in seconds, whole days, non-decreasing within a user.
+    """
+    users = len(lengths)
     day = 86_400
     t0 = 1_325_376_000  # 2012-01-01 UTC
     start_day = rng.integers(0, 730, size=users)
@@ -227,19 +334,14 @@ def generate_catalogue(
     first = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     cum = np.cumsum(gaps)
     within = cum - np.repeat(cum[first], lengths)  # days since the user's first interaction
-    timestamps = t0 + (start_day[owner] + within) * day
-    item_idx = np.concatenate(chosen)
-    preferred = pref[owner, cat_of_item[item_idx]] > 0
-    # Ratings: mostly 4-5, better for the user's own categories.
-    r = rng.random(total)
-    rating = np.where(preferred, np.where(r < 0.6, 5.0, np.where(r < 0.9, 4.0, 3.0)),
-                      np.where(r < 0.3, 5.0, np.where(r < 0.6, 4.0, np.where(r < 0.85, 3.0, 2.0))))
-    interactions = pd.DataFrame(
-        {"user_id": user_ids[owner], "item_id": np.array(item_ids)[item_idx],
-         "timestamp": timestamps.astype(np.int64), "rating": rating}
-    )
-    users_df = pd.DataFrame({"user_id": user_ids, "preferred_categories": pref_cats})
-    return Catalogue(interactions=interactions, items=items_df, users=users_df)
+    return owner, t0 + (start_day[owner] + within) * day
+
+
+def _draw_ratings(rng: np.random.Generator, preferred: np.ndarray) -> np.ndarray:
+    """Ratings 2-5: mostly 4-5, better for items in the user's own categories (``preferred``)."""
+    r = rng.random(len(preferred))
+    return np.where(preferred, np.where(r < 0.6, 5.0, np.where(r < 0.9, 4.0, 3.0)),
+                    np.where(r < 0.3, 5.0, np.where(r < 0.6, 4.0, np.where(r < 0.85, 3.0, 2.0))))
 
 
 def write_catalogue(wh, cfg: DemoConfig) -> Catalogue:

@@ -299,40 +299,18 @@ def text_hash_column(text: Column, signature: str) -> Column:
 
 def _encode_table(wh, texts: DataFrame, key: str, table: str, name: str, info, cfg: EncodeConfig,
                   truncate_left: bool) -> EntityCounts:
+    """Bring the embedding ``table`` up to date with ``texts`` (``key``, ``text``).
+
+    Rows whose text hash (text plus encoder settings) and model are unchanged keep their
+    embedding; the rest are encoded; rows no longer in ``texts`` are dropped. With nothing
+    to encode or drop the table is not rewritten (``written`` False).
+    """
     started = time.perf_counter()
-    spark = wh.spark
     signature = encoder_signature(name, info.pooling, cfg.normalize, cfg.max_tokens, truncate_left)
-    new = texts.select(
-        key, "text", text_hash_column(F.col("text"), signature).alias("text_hash"), F.lit(True).alias("_new")
-    )
-    if wh.exists(table):
-        old = wh.read(table)
-        schemas.require_columns(old, schemas.SCHEMAS[table], table)
-        old = old.select(
-            key, F.col("embedding").alias("old_embedding"), F.col("model").alias("old_model"),
-            F.col("text_hash").alias("old_hash"),
-        )
-        # Full join: rows only in the old table are the removed ones (counted, then dropped).
-        joined = new.join(old, key, "full")
-        reuse = F.coalesce(
-            F.col("_new") & (F.col("old_hash") == F.col("text_hash")) & (F.col("old_model") == F.lit(name)),
-            F.lit(False),
-        )
-    else:
-        joined = new.select("*", *[F.lit(None).cast(t).alias(c) for c, t in
-                                   (("old_embedding", "array<float>"), ("old_model", "string"), ("old_hash", "string"))])
-        reuse = F.lit(False)
-    joined = joined.withColumn("_reuse", reuse).persist()
+    joined = _join_previous(wh, texts, key, table, name, signature).persist()
     try:
         is_new = F.coalesce(F.col("_new"), F.lit(False))
-        row = joined.agg(
-            F.sum(is_new.cast("long")).alias("total"),
-            F.sum(F.col("_reuse").cast("long")).alias("reused"),
-            F.sum((is_new & ~F.col("_reuse") & (F.col("text") == "")).cast("long")).alias("empty"),
-            F.sum((~is_new).cast("long")).alias("removed"),
-        ).first()
-        total, reused = int(row["total"] or 0), int(row["reused"] or 0)
-        empty, removed = int(row["empty"] or 0), int(row["removed"] or 0)
+        total, reused, empty, removed = _count_changes(joined, is_new)
         to_encode = total - reused
         if to_encode == 0 and removed == 0 and wh.exists(table):
             return EntityCounts(total, 0, reused, 0, 0, False, time.perf_counter() - started)
@@ -340,25 +318,76 @@ def _encode_table(wh, texts: DataFrame, key: str, table: str, name: str, info, c
         kept = joined_new.where("_reuse").select(
             key, F.col("old_embedding").alias("embedding"), F.col("old_model").alias("model"), "text_hash"
         )
-        parts = _partitions(spark, to_encode, cfg.batch_size)
+        parts = _partitions(wh.spark, to_encode, cfg.batch_size)
         spec = encoders.EncodeSpec(
             path=info.path, pooling=info.pooling, normalize=cfg.normalize, batch_size=cfg.batch_size,
             max_tokens=cfg.max_tokens, device=cfg.device, truncate_left=truncate_left,
         )
-        embed = encoders.embed_texts_udf(spec)
-        fresh = (
-            joined_new.where(~F.col("_reuse"))
-            .select(key, "text", "text_hash")
-            .repartition(parts)
-            # Similar lengths end up in the same Arrow batches; the UDF sorts by tokens too.
-            .sortWithinPartitions(F.length("text"))
-            .select(key, embed(F.col("text")).alias("embedding"), F.lit(name).alias("model"), "text_hash")
-        )
+        fresh = _embed_rows(joined_new.where(~F.col("_reuse")), key, name, spec, parts)
         out = schemas.conform(kept.unionByName(fresh), table)
         wh.write(out, table, mode="overwrite")
     finally:
         joined.unpersist()
     return EntityCounts(total, to_encode, reused, empty, removed, True, time.perf_counter() - started)
+
+
+def _join_previous(wh, texts: DataFrame, key: str, table: str, name: str, signature: str) -> DataFrame:
+    """The texts next to the rows of ``table`` that are already there.
+
+    Returns:
+        ``key``, ``text``, ``text_hash``, ``_new`` (true for a row of ``texts``),
+        ``old_embedding``, ``old_model``, ``old_hash`` (null without an old row) and
+        ``_reuse`` (the old embedding is still right: same text hash and model).
+
+    Raises:
+        SchemaError: ``table`` exists but lacks a contract column.
+    """
+    new = texts.select(
+        key, "text", text_hash_column(F.col("text"), signature).alias("text_hash"), F.lit(True).alias("_new")
+    )
+    if not wh.exists(table):
+        joined = new.select("*", *[F.lit(None).cast(t).alias(c) for c, t in
+                                   (("old_embedding", "array<float>"), ("old_model", "string"), ("old_hash", "string"))])
+        return joined.withColumn("_reuse", F.lit(False))
+    old = wh.read(table)
+    schemas.require_columns(old, schemas.SCHEMAS[table], table)
+    old = old.select(
+        key, F.col("embedding").alias("old_embedding"), F.col("model").alias("old_model"),
+        F.col("text_hash").alias("old_hash"),
+    )
+    # Full join: rows only in the old table are the removed ones (counted, then dropped).
+    joined = new.join(old, key, "full")
+    reuse = F.coalesce(
+        F.col("_new") & (F.col("old_hash") == F.col("text_hash")) & (F.col("old_model") == F.lit(name)),
+        F.lit(False),
+    )
+    return joined.withColumn("_reuse", reuse)
+
+
+def _count_changes(joined: DataFrame, is_new: Column) -> tuple[int, int, int, int]:
+    """``(total, reused, empty, removed)`` rows of a :func:`_join_previous` frame (one job).
+
+    ``empty`` counts the rows to encode whose text is empty.
+    """
+    row = joined.agg(
+        F.sum(is_new.cast("long")).alias("total"),
+        F.sum(F.col("_reuse").cast("long")).alias("reused"),
+        F.sum((is_new & ~F.col("_reuse") & (F.col("text") == "")).cast("long")).alias("empty"),
+        F.sum((~is_new).cast("long")).alias("removed"),
+    ).first()
+    return int(row["total"] or 0), int(row["reused"] or 0), int(row["empty"] or 0), int(row["removed"] or 0)
+
+
+def _embed_rows(rows: DataFrame, key: str, name: str, spec, parts: int) -> DataFrame:
+    """``key``, ``embedding``, ``model`` (``name``) and ``text_hash`` of ``rows`` encoded with ``spec``."""
+    embed = encoders.embed_texts_udf(spec)
+    return (
+        rows.select(key, "text", "text_hash")
+        .repartition(parts)
+        # Similar lengths end up in the same Arrow batches; the UDF sorts by tokens too.
+        .sortWithinPartitions(F.length("text"))
+        .select(key, embed(F.col("text")).alias("embedding"), F.lit(name).alias("model"), "text_hash")
+    )
 
 
 def _partitions(spark, rows: int, batch_size: int) -> int:

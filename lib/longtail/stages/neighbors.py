@@ -144,9 +144,28 @@ def search_block(query: np.ndarray, query_idx: np.ndarray, cand: np.ndarray, can
         The updated ``(sims, idx, ids)``, each (q, n), best first, ties to the smaller idx.
     """
     margin = n if margin is None else margin
-    q, c = len(query), len(cand)
+    c = len(cand)
     if c == 0:
         return best
+    scores = _block_scores(query, query_idx, cand, cand_idx, cand_dup)
+    k = min(n + margin, c)
+    cols, ranked = _shortlist(scores, n, k)
+    short = np.take_along_axis(scores, cols, 1)
+    keep = _within_reach(short, ranked, best[0][:, -1:], min(n, k), query.shape[1])
+    exact = _exact_scores(query, cand, cols, keep)
+    return merge_top_n(
+        np.concatenate([best[0], exact], 1),
+        np.concatenate([best[1], cand_idx[cols]], 1),
+        n,
+        np.concatenate([best[2], cand_ids[cols]], 1),
+    )
+
+
+def _block_scores(query: np.ndarray, query_idx: np.ndarray, cand: np.ndarray, cand_idx: np.ndarray,
+                  cand_dup: np.ndarray | None) -> np.ndarray:
+    """float32 similarities (q, c) of the query rows to the candidates (arguments as in
+    :func:`search_block`); a query's own row, if among the candidates, gets ``-inf``."""
+    c = len(cand)
     scores = query @ cand.T
     # Identical candidate vectors can get float32 products differing in the last bit (BLAS
     # edge kernels); give them the same value so ties at the cut-off go to the smaller idx.
@@ -159,40 +178,59 @@ def search_block(query: np.ndarray, query_idx: np.ndarray, cand: np.ndarray, can
     hit = pos < c
     hit[hit] = cand_idx[pos[hit]] == query_idx[hit]
     scores[np.nonzero(hit)[0], pos[hit]] = -np.inf
-    k = min(n + margin, c)
-    if k < c:
-        # argpartition picks arbitrarily among values tied at the cut-off; that only matters
-        # where the tied group reaches into the top n: those rows are redone deterministically.
-        cols = np.argpartition(scores, c - k, axis=1)[:, c - k :]
-        ranked = -np.sort(-np.take_along_axis(scores, cols, 1), axis=1)
-        tied = ranked[:, min(n, k) - 1] == ranked[:, k - 1]
-        if tied.any():
-            cols[tied] = top_k_columns(scores[tied], k)
-    else:
-        ranked = None
-        cols = np.broadcast_to(np.arange(c, dtype=np.int64), (q, c))
-    short = np.take_along_axis(scores, cols, 1)
+    return scores
+
+
+def _shortlist(scores: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The columns of the ``k`` highest ``scores`` per row, (q, k).
+
+    Returns:
+        ``(cols, ranked)``: ``ranked`` holds those k scores per row, highest first, or is None
+        when ``k`` covers every column (``cols`` is then every column, in order).
+    """
+    q, c = scores.shape
+    if k >= c:
+        return np.broadcast_to(np.arange(c, dtype=np.int64), (q, c)), None
+    # argpartition picks arbitrarily among values tied at the cut-off; that only matters
+    # where the tied group reaches into the top n: those rows are redone deterministically.
+    cols = np.argpartition(scores, c - k, axis=1)[:, c - k :]
+    ranked = -np.sort(-np.take_along_axis(scores, cols, 1), axis=1)
+    tied = ranked[:, min(n, k) - 1] == ranked[:, k - 1]
+    if tied.any():
+        cols[tied] = top_k_columns(scores[tied], k)
+    return cols, ranked
+
+
+def _within_reach(short: np.ndarray, ranked: np.ndarray | None, running_nth: np.ndarray, nth: int,
+                  dim: int) -> np.ndarray:
+    """Mask of the shortlisted float32 scores ``short`` that could reach the top n once exact.
+
+    ``ranked`` is ``short`` sorted highest first per row (sorted here when None),
+    ``running_nth`` (q, 1) the running top-N's worst value, ``nth`` the rank to compare
+    with in the block and ``dim`` the embedding size.
+    """
     # float32 products of unit vectors are off by at most E * 2^-23. An entry can only reach the
     # top n if it is within that of the block's n-th and of the running n-th best value.
-    eps = query.shape[1] * 2.0**-23
+    eps = dim * 2.0**-23
     if ranked is None:
         ranked = -np.sort(-short, axis=1)
-    block_nth = ranked[:, min(n, k) - 1 : min(n, k)].astype(np.float64)
-    keep = (short > -np.inf) & (short >= block_nth - 2 * eps) & (short >= best[0][:, -1:] - eps)
-    exact = np.full(short.shape, -np.inf, dtype=np.float32)
+    block_nth = ranked[:, nth - 1 : nth].astype(np.float64)
+    return (short > -np.inf) & (short >= block_nth - 2 * eps) & (short >= running_nth - eps)
+
+
+def _exact_scores(query: np.ndarray, cand: np.ndarray, cols: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Similarities of the query rows to candidates ``cols`` (q, k) where ``keep``, in float64
+    rounded to float32; ``-inf`` elsewhere."""
+    exact = np.full(cols.shape, -np.inf, dtype=np.float32)
     rows, js = np.nonzero(keep)
+    # In slices: each gathers float64 copies of one query and one candidate row per entry.
     step = 8192
     for s in range(0, len(rows), step):
         r, j = rows[s : s + step], js[s : s + step]
         exact[r, j] = np.einsum(
             "ij,ij->i", query[r].astype(np.float64), cand[cols[r, j]].astype(np.float64)
         ).astype(np.float32)
-    return merge_top_n(
-        np.concatenate([best[0], exact], 1),
-        np.concatenate([best[1], cand_idx[cols]], 1),
-        n,
-        np.concatenate([best[2], cand_ids[cols]], 1),
-    )
+    return exact
 
 
 def top_n_for_block(query: np.ndarray, query_idx: np.ndarray, candidate_blocks: Iterable, n: int):

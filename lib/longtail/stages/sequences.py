@@ -103,6 +103,35 @@ def run_sequences(wh, cfg: SequencesConfig) -> SequencesSummary:
 
 
 def _build(wh, cfg: SequencesConfig, kc: "KCore", cached: list[DataFrame]) -> SequencesSummary:
+    """Map ids, build and segment the three tables from the k-core survivors, write them.
+
+    Every DataFrame persisted here is added to ``cached``; the caller unpersists them.
+    """
+    _check_rows_left(cfg, kc)
+    user_map, new_user_map, user_start = _extend_id_map(wh, schemas.USER_IDS, "user_id", "user_idx", kc.users)
+    item_map, new_item_map, item_start = _extend_id_map(wh, schemas.ITEM_IDS, "item_id", "item_idx", kc.items)
+    cached += [new_user_map, new_item_map]
+
+    history = _history(kc.events, user_map, item_map)
+    cached.append(history)
+    sequences = _split(history, cfg.max_len)
+    item_stats = segment_items(_item_stats(kc.items, item_map, history), cfg.segments).cache()
+    user_stats = segment_users(_user_stats(history), cfg.segments).cache()
+    cached += [item_stats, user_stats]
+
+    # Summary figures before writing (one job): they also say whether the id maps grew.
+    fig = _figures(item_stats, user_stats, item_start, user_start)
+    with wh.job():
+        _append_new_ids(wh, schemas.USER_IDS, new_user_map, fig["new_users"])
+        _append_new_ids(wh, schemas.ITEM_IDS, new_item_map, fig["new_items"])
+        wh.write(schemas.conform(sequences, schemas.USER_SEQUENCES), schemas.USER_SEQUENCES, mode="overwrite")
+        wh.write(schemas.conform(item_stats, schemas.ITEM_STATS), schemas.ITEM_STATS, mode="overwrite")
+        wh.write(schemas.conform(user_stats, schemas.USER_STATS), schemas.USER_STATS, mode="overwrite")
+    return _summary(cfg, kc, fig)
+
+
+def _check_rows_left(cfg: SequencesConfig, kc: KCore) -> None:
+    """Raise :class:`InputError` when the filters left no interactions."""
     if kc.after == 0:
         rating = "" if cfg.min_rating is None else f"rating >= {cfg.min_rating} and "
         raise InputError(
@@ -111,41 +140,47 @@ def _build(wh, cfg: SequencesConfig, kc: "KCore", cached: list[DataFrame]) -> Se
             + ("" if cfg.min_rating is None else " or sequences.min_rating")
         )
 
-    user_map, new_user_map, user_start = _extend_id_map(wh, schemas.USER_IDS, "user_id", "user_idx", kc.users)
-    item_map, new_item_map, item_start = _extend_id_map(wh, schemas.ITEM_IDS, "item_id", "item_idx", kc.items)
-    cached += [new_user_map, new_item_map]
 
+def _history(events: DataFrame, user_map: DataFrame, item_map: DataFrame) -> DataFrame:
+    """``user_id``, ``user_idx`` and ``history`` (the user's item_idx, oldest first), cached."""
     # Whole filtered history per user, oldest first; ties on ts broken by item_id (and the
     # item_idx that follows from it), so reruns give the same order.
-    history = (
-        kc.events.join(user_map, "user_id")
+    return (
+        events.join(user_map, "user_id")
         .join(item_map, "item_id")
         .groupBy("user_id", "user_idx")
         .agg(F.sort_array(F.collect_list(F.struct("ts", "item_id", "item_idx"))).alias("_h"))
         .select("user_id", "user_idx", F.transform("_h", lambda x: x["item_idx"]).alias("history"))
         .cache()
     )
-    cached.append(history)
-    sequences = _split(history, cfg.max_len)
+
+
+def _item_stats(items: DataFrame, item_map: DataFrame, history: DataFrame) -> DataFrame:
+    """Per surviving item: ``item_id``, ``item_idx``, ``popularity`` (training occurrences,
+    0 when only in validation/test) and ``interactions`` (all filtered ones)."""
     popularity = (
         history.select(F.explode(_train_part(F.col("history"))).alias("item_idx"))
         .groupBy("item_idx")
         .agg(F.count(F.lit(1)).alias("popularity"))
     )
-    item_stats = (
-        kc.items.join(item_map, "item_id")
+    return (
+        items.join(item_map, "item_id")
         .join(popularity, "item_idx", "left")
         .select("item_id", "item_idx", F.coalesce("popularity", F.lit(0)).cast("long").alias("popularity"),
                 F.col("n").alias("interactions"))
     )
-    user_stats = history.select("user_id", "user_idx", F.size("history").cast("int").alias("length"))
-    item_stats = segment_items(item_stats, cfg.segments).cache()
-    user_stats = segment_users(user_stats, cfg.segments).cache()
-    cached += [item_stats, user_stats]
 
-    # Summary figures before writing (one job): they also say whether the id maps grew.
+
+def _user_stats(history: DataFrame) -> DataFrame:
+    """Per user: ``user_id``, ``user_idx`` and ``length`` of the whole filtered history."""
+    return history.select("user_id", "user_idx", F.size("history").cast("int").alias("length"))
+
+
+def _figures(item_stats: DataFrame, user_stats: DataFrame, item_start: int, user_start: int):
+    """One row of counts for the summary: items, head_items, head_interactions, new_items,
+    users, tail_users, new_users (ids above ``*_start`` are new)."""
     head, rows = F.col("segment") == schemas.HEAD, F.count(F.lit(1))
-    fig = item_stats.agg(
+    return item_stats.agg(
         rows.alias("items"), F.count(F.when(head, 1)).alias("head_items"),
         F.sum(F.when(head, F.col("interactions"))).alias("head_interactions"),
         F.count(F.when(F.col("item_idx") > item_start, 1)).alias("new_items"),
@@ -154,16 +189,16 @@ def _build(wh, cfg: SequencesConfig, kc: "KCore", cached: list[DataFrame]) -> Se
         F.count(F.when(F.col("user_idx") > user_start, 1)).alias("new_users"),
     )).first()
 
-    with wh.job():
-        for table, new, n_new in ((schemas.USER_IDS, new_user_map, fig["new_users"]),
-                                  (schemas.ITEM_IDS, new_item_map, fig["new_items"])):
-            if n_new or not wh.exists(table):
-                # Append-only: rows already there are never rewritten, so ids stay put.
-                wh.write(schemas.conform(new, table), table, mode="append" if wh.exists(table) else "overwrite")
-        wh.write(schemas.conform(sequences, schemas.USER_SEQUENCES), schemas.USER_SEQUENCES, mode="overwrite")
-        wh.write(schemas.conform(item_stats, schemas.ITEM_STATS), schemas.ITEM_STATS, mode="overwrite")
-        wh.write(schemas.conform(user_stats, schemas.USER_STATS), schemas.USER_STATS, mode="overwrite")
 
+def _append_new_ids(wh, table: str, new: DataFrame, n_new: int) -> None:
+    """Add the ``new`` rows to the id map ``table`` (creating it, even empty, if missing)."""
+    if n_new or not wh.exists(table):
+        # Append-only: rows already there are never rewritten, so ids stay put.
+        wh.write(schemas.conform(new, table), table, mode="append" if wh.exists(table) else "overwrite")
+
+
+def _summary(cfg: SequencesConfig, kc: KCore, fig) -> SequencesSummary:
+    """The :class:`SequencesSummary` from the k-core result and the :func:`_figures` row."""
     n_users, n_items = int(fig["users"]), int(fig["items"])
     return SequencesSummary(
         users=n_users,
