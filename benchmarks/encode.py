@@ -79,9 +79,8 @@ def tree_cpu_seconds() -> float:
 
 def udf_run(spark, texts: list[str], enc_cfg) -> tuple[float, float]:
     """(wall seconds, CPU seconds of JVM + Python workers) for the Spark UDF to embed ``texts``."""
-    from pyspark.sql import functions as F
-
     from longtail.encoders import text as encoders
+    from pyspark.sql import functions as F
 
     info = encoders.read_model_info(encoders.resolve_model_path(enc_cfg.model), enc_cfg.pooling)
     spec = encoders.EncodeSpec(path=info.path, pooling=info.pooling, normalize=enc_cfg.normalize,
@@ -98,7 +97,6 @@ def baselines(texts: list[str], enc_cfg, one_by_one: int) -> dict[str, tuple[flo
     """(wall, CPU) items/second on the driver with one torch thread: one text at a time (first
     ``one_by_one`` texts), batches padded to max_tokens, and the UDF's batching without Spark."""
     import torch
-
     from longtail.encoders import text as encoders
 
     # One thread, like each Spark task (spark.task.cpus = 1): per-core figures, and no OpenMP
@@ -159,10 +157,9 @@ def ratio(spark, cfg, data: Path, n: int, one_by_one: int) -> None:
 
 
 def full_run(spark, wh, cfg, args) -> None:
-    from pyspark.sql import functions as F
-
     from longtail.core import schemas
     from longtail.stages.encode import run_encode
+    from pyspark.sql import functions as F
 
     if args.warehouse is None:
         start = time.perf_counter()

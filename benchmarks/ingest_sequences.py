@@ -80,10 +80,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from longtail.core.config import load_config
-    from longtail.stages.ingest import run_ingest
-    from longtail.stages.sequences import run_sequences
     from longtail.core.session import build_spark
     from longtail.core.tables import Warehouse
+    from longtail.stages.ingest import run_ingest
+    from longtail.stages.sequences import run_sequences
 
     cfg = load_config(None, args.overrides)
     spark = build_spark(cfg.spark)

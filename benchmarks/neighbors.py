@@ -96,6 +96,26 @@ def numpy_baseline(x: np.ndarray, n: int):
     return top, sims, seconds, peak
 
 
+def recall_at_n(exact_ids, approx_ids, exact_sims=None, approx_sims=None, tol: float = 1e-5) -> float:
+    """Mean over users of the share of the exact top-N the approximate search found.
+
+    Rows are lists of neighbour ids, best first (None = missing). With similarities given, an
+    approximate neighbour whose similarity is at least the exact N-th similarity (minus
+    ``tol``) counts as found even when it is another member of a group of tied users.
+    """
+    hits = total = 0
+    for row, (e, a) in enumerate(zip(exact_ids, approx_ids)):
+        es = [v for v in e if v is not None]
+        total += len(es)
+        if exact_sims is not None and approx_sims is not None and es:
+            cut = float(exact_sims[row][len(es) - 1]) - tol
+            good = sum(1 for v, s in zip(a, approx_sims[row]) if v is not None and float(s) >= cut)
+            hits += min(good, len(es))
+        else:
+            hits += len(set(es) & {v for v in a if v is not None})
+    return hits / total if total else 1.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warehouse", help="warehouse with user_embeddings and user_sequences (not modified "
@@ -108,9 +128,9 @@ def main() -> None:
 
     from longtail.core import schemas
     from longtail.core.config import load_config
-    from longtail.stages.neighbors import normalize_rows, recall_at_n, run_neighbors
     from longtail.core.session import build_spark
     from longtail.core.tables import Warehouse
+    from longtail.stages.neighbors import normalize_rows, run_neighbors
 
     tmp = None
     root = args.warehouse

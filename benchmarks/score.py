@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 import torch
-
-from longtail.ranking.topk import chunked_topk, pad_histories
+from longtail.models.histories import pad_histories
+from longtail.ranking.topk import chunked_topk
 
 
 def _histories(rng: np.random.Generator, users: int, items: int, mean_len: float, max_len: int) -> list[np.ndarray]:
@@ -94,8 +94,8 @@ def main() -> None:
 
 def _model_path(args, histories, item_vecs_shape, t_path: float) -> None:
     """Whole per-user path: the model's user encoder, then the same scoring."""
+    from longtail.inference import TrainedModel
     from longtail.models import TextTables, build_model, needs_text
-    from longtail.stages.train import TrainedModel
 
     hidden = args.dim // 2 if needs_text(args.model) else args.dim
     hp = {"hidden": hidden, "layers": 2, "heads": 1, "dropout": 0.5, "max_len": 200, "alpha": 0.1,

@@ -67,4 +67,18 @@ today.where(F.col("user_id") == user).join(items, "item_id").join(
 
 # COMMAND ----------
 
+# MAGIC %md ## Ask the model directly
+# MAGIC `longtail.inference` is the interface `evaluate` and `score` use: load the trained model, or rank the
+# MAGIC catalogue for a few users on the driver (the same lists the nightly job writes, nothing written).
+
+# COMMAND ----------
+
+from longtail.inference import load_model, recommend_users
+
+model = load_model(wh, cfg.train.model)
+print(f"{model.name} {model.version}: {model.item_vectors().shape[0] - 1} items, reads the last {model.max_len}")
+print(recommend_users(wh, cfg.train.model, [user], k=5).merge(items.toPandas(), on="item_id")[["rank", "title", "score"]])
+
+# COMMAND ----------
+
 wh.read("recommendation_runs").orderBy(F.col("started_at").desc()).show(5, truncate=False)

@@ -53,8 +53,8 @@ def demo_warehouse(spark, tmp_path_factory):
     import io
 
     from longtail.core.config import Config
-    from longtail.pipeline import run_demo
     from longtail.core.tables import Warehouse
+    from longtail.pipeline import run_demo
 
     root = tmp_path_factory.mktemp("demo") / "warehouse"
     cfg = Config().replace(warehouse=str(root), **DEMO_OVERRIDES)

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from longtail.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]

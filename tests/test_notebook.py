@@ -3,7 +3,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 from longtail.notebook import parameters, save_png  # noqa: E402
 
 

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from pyspark.sql import functions as F
-
 from longtail.cli import main
 from longtail.core.config import Config
 from longtail.pipeline import StageError, run_pipeline
+from pyspark.sql import functions as F
 
 pytestmark = pytest.mark.spark
 

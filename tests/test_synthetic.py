@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from longtail.core import schemas
 from longtail.core.config import DemoConfig, SequencesConfig
 from longtail.synthetic import generate_catalogue, write_catalogue

@@ -14,7 +14,6 @@ from typing import Callable, Sequence
 from longtail.core.errors import LongtailError
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``longtail`` argument parser: global ``--conf``/``--set``, one subcommand per stage."""
     parser = argparse.ArgumentParser(
@@ -120,7 +119,8 @@ def _neighbors(spark, wh, cfg, a):
 def _train(spark, wh, cfg, a):
     from longtail.stages.train import run_train
 
-    return run_train(wh, cfg.train.model if a.model is None else a.model, cfg.train)
+    model = cfg.train.model if a.model is None else a.model
+    return run_train(wh, model, cfg.train, valid_negatives=cfg.evaluate.negatives)
 
 
 def _evaluate(spark, wh, cfg, a):

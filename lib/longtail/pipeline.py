@@ -108,7 +108,7 @@ def run_pipeline(
         ("sequences", lambda: run_sequences(wh, cfg.sequences)),
         ("encode", lambda: run_encode(wh, cfg.encode)),
         ("neighbors", lambda: run_neighbors(wh, cfg.neighbors)),
-        ("train", lambda: run_train(wh, model, cfg.train)),
+        ("train", lambda: run_train(wh, model, cfg.train, valid_negatives=cfg.evaluate.negatives)),
         ("evaluate", lambda: run_evaluate(wh, model, cfg.evaluate, hybrid=cfg.score.hybrid)),
         *[(f"evaluate {b}", (lambda b=b: run_evaluate(wh, b, cfg.evaluate))) for b in baselines],
         ("score", lambda: run_score(

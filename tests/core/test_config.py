@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from longtail.core.config import DEFAULT_CONF, Config, load_config, to_dict
 from longtail.core.errors import ConfigError
 

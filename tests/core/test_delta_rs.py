@@ -9,7 +9,6 @@ import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
 from deltalake import DeltaTable, write_deltalake
-
 from longtail.core import delta_rs
 from longtail.core.delta_rs import DeltaRsWriter, UnsupportedDeltaTable
 

@@ -1,8 +1,13 @@
 import os
 
 import pytest
-
-from longtail.core.files import absolute, filesystem, read_bytes, remove_tree, write_bytes
+from longtail.core.files import (
+    absolute,
+    filesystem,
+    read_bytes,
+    remove_tree,
+    write_bytes,
+)
 
 
 def test_write_then_read_creates_folders_and_leaves_no_temporary_file(tmp_path):

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import pytest
-from pyspark.sql import types as T
-
 from longtail.core import schemas
 from longtail.core.errors import SchemaError
+from pyspark.sql import types as T
 
 pytestmark = pytest.mark.spark
 

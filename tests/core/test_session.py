@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from longtail.core.config import SparkConfig
 from longtail.core.session import JavaNotFoundError, build_spark, check_java
 

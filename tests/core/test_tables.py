@@ -9,6 +9,13 @@ import os
 
 import pytest
 from chispa import assert_df_equality
+from longtail.core.errors import (
+    EnvironmentProblem,
+    InputError,
+    TableNotFoundError,
+    TableSchemaMismatchError,
+)
+from longtail.core.tables import Warehouse
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     ArrayType,
@@ -23,9 +30,6 @@ from pyspark.sql.types import (
     StructType,
     TimestampType,
 )
-
-from longtail.core.errors import EnvironmentProblem, InputError, TableNotFoundError, TableSchemaMismatchError
-from longtail.core.tables import Warehouse
 
 pytestmark = pytest.mark.spark
 
@@ -348,7 +352,6 @@ def test_file_uri_root(spark, tmp_path):
 def test_refuses_tables_with_deletion_vectors(spark, warehouse):
     import pyarrow as pa
     from deltalake import write_deltalake
-
     from longtail.core.delta_rs import UnsupportedDeltaTable
 
     write_deltalake(

@@ -4,10 +4,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from longtail.core import schemas
-from longtail.inference.baselines import ALSScorer, ContentScorer, PopularityScorer, Scorer, fit_als, history_pairs, item_counts
-from longtail.ranking.topk import chunked_topk, pad_histories
+from longtail.inference.baselines import (
+    ALSScorer,
+    ContentScorer,
+    PopularityScorer,
+    fit_als,
+    history_pairs,
+    item_counts,
+)
+from longtail.inference.scorers import Scorer
+from longtail.models.histories import pad_histories
+from longtail.ranking.topk import chunked_topk
 
 
 def test_popularity_ranks_by_count_for_everyone():

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from longtail.models import TextTables
 
 N_ITEMS = 40
@@ -41,7 +40,7 @@ def text():
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     pca = np.zeros((N_ITEMS + 1, HIDDEN), dtype=np.float32)
     pca[1:] = centred @ vt[:HIDDEN].T
-    return TextTables.from_arrays(llm, pca)
+    return TextTables.from_arrays(llm, pca, llm[1:].mean(axis=0), vt[:HIDDEN])
 
 
 def assert_all_parameters_get_gradients(model: torch.nn.Module) -> None:

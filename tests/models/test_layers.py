@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-
 from longtail.models.layers import attention_mask, left_positions, trim_padding
 
 

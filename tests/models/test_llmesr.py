@@ -1,14 +1,11 @@
 """LLM-ESR: dual views, the frozen semantic table, cross-attention, self-distillation."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import HIDDEN, LLM_DIM, N_ITEMS, assert_all_parameters_get_gradients
-
 from longtail.models import build_model
-from longtail.models.llmesr import fit_projection
 
 BACKBONES = ["llmesr_sasrec", "llmesr_gru4rec", "llmesr_bert4rec"]
 
@@ -43,15 +40,6 @@ def test_plain_backbone_cannot_place_items_from_text(hp):
     assert not model.supports_text
     with pytest.raises(TypeError):
         model.item_vectors_from_text(torch.zeros(1, LLM_DIM))
-
-
-def test_fit_projection_recovers_pca():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(50, 6)) + 3.0
-    _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
-    z = (x - x.mean(0)) @ vt[:3].T
-    mean, components, offset = fit_projection(x, z)
-    assert np.allclose(mean, x.mean(0)) and np.allclose(components, vt[:3]) and np.allclose(offset, 0, atol=1e-9)
 
 
 def test_cross_attention_is_switchable(hp, seqs, text):

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from longtail.core.errors import LongtailError, ModelNotFoundError
-from longtail.models import MODEL_NAMES, build_model, check_model_name, needs_text, objective
+from longtail.models import (
+    MODEL_NAMES,
+    build_model,
+    check_model_name,
+    needs_text,
+    objective,
+)
 
 
 def test_names():

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 from conftest import HIDDEN, N_ITEMS, assert_all_parameters_get_gradients
-
 from longtail.models import build_model
 
 

@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-
 from longtail.ranking.metrics import (
     coverage,
     hit_rate,

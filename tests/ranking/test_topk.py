@@ -4,17 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
+from longtail.models.histories import pad_histories
 from longtail.ranking.metrics import target_ranks
 from longtail.ranking.topk import (
     candidate_scores,
     catalogue_moments,
     chunked_topk,
-    compact_left,
     full_ranks,
     minmax_rows,
     mmr_rerank,
-    pad_histories,
     zscore_blend_items,
     zscore_blend_users,
 )
@@ -89,13 +87,6 @@ def test_candidate_scores_is_a_gathered_dot_product():
     items = torch.tensor([[0.0, 0.0], [1.0, 1.0], [3.0, -1.0]])
     got = candidate_scores(users, items, torch.tensor([[2, 1], [1, 2]]))
     assert got.tolist() == [[3.0, 1.0], [2.0, -2.0]]
-
-
-def test_pad_and_compact_histories():
-    h = pad_histories([[1, 2, 3], [4]], max_len=2)
-    assert h.tolist() == [[2, 3], [0, 4]]
-    assert pad_histories([[], [5, 6]]).tolist() == [[0, 0], [5, 6]]
-    assert compact_left(torch.tensor([[1, 0, 2, 0, 3], [0, 0, 0, 0, 0]])).tolist() == [[0, 0, 1, 2, 3], [0] * 5]
 
 
 def test_mmr_with_lambda_one_is_the_plain_ranking():

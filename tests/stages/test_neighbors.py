@@ -5,11 +5,10 @@ import os
 
 import numpy as np
 import pytest
-
-from longtail.stages import neighbors as nb
 from longtail.core import schemas
 from longtail.core.config import NeighborsConfig
 from longtail.core.errors import ConfigError
+from longtail.stages import neighbors as nb
 
 
 def brute_force(x: np.ndarray, idx: np.ndarray, n: int):
@@ -20,6 +19,25 @@ def brute_force(x: np.ndarray, idx: np.ndarray, n: int):
     np.fill_diagonal(sims, -np.inf)
     rank = np.lexsort((np.broadcast_to(idx, sims.shape), -sims), axis=1)[:, :n]
     return idx, np.take_along_axis(sims, rank, 1), idx[rank]
+
+
+def exact_top_n(vectors: np.ndarray, idx: np.ndarray, ids: np.ndarray, n: int, block_size: int):
+    """The stage's blockwise search in one process, without Spark.
+
+    Returns ``(sims, idx, ids)`` (users, n) for the query users in ascending ``idx`` order;
+    missing entries have similarity ``-inf`` and id None.
+    """
+    order = np.argsort(idx, kind="stable")
+    x = nb.normalize_rows(vectors[order])
+    idx, ids = np.asarray(idx, dtype=np.int64)[order], np.asarray(ids, dtype=object)[order]
+    blocks = []
+    for s in range(0, len(x), block_size):
+        xb = x[s : s + block_size]
+        blocks.append((xb, idx[s : s + block_size], ids[s : s + block_size], nb.duplicate_of(xb)))
+    parts = [nb.top_n_for_block(b[0], b[1], blocks, n) for b in blocks]
+    if not parts:
+        return np.zeros((0, n), np.float32), np.zeros((0, n), np.int64), np.zeros((0, n), object)
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
 def random_users(seed: int, users: int, dim: int):
@@ -47,7 +65,7 @@ def test_duplicate_of_points_at_first_identical_row():
 def test_blockwise_exact_top_n_equals_brute_force(users, dim, n, block):
     x, idx = random_users(users + dim, users, dim)
     ids = np.array([f"user{i}" for i in idx], dtype=object)
-    sims, got_idx, got_ids = nb.exact_top_n(x, idx, ids, n, block)
+    sims, got_idx, got_ids = exact_top_n(x, idx, ids, n, block)
     ref_idx, ref_sims, ref_nbrs = brute_force(x, idx, n)
     k = min(n, users - 1)
     assert np.array_equal(got_idx[:, :k], ref_nbrs[:, :k])
@@ -60,7 +78,7 @@ def test_blockwise_exact_top_n_equals_brute_force(users, dim, n, block):
 def test_ties_between_identical_users_go_to_the_smaller_index():
     x = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [1, 0]], dtype=np.float32)
     idx = np.array([40, 30, 20, 10, 0])
-    sims, got, _ = nb.exact_top_n(x, idx, idx.astype(str).astype(object), 2, block_size=2)
+    sims, got, _ = exact_top_n(x, idx, idx.astype(str).astype(object), 2, block_size=2)
     by_user = dict(zip(sorted(idx), got.tolist()))
     assert by_user[0] == [20, 30] and by_user[20] == [0, 30] and by_user[40] == [0, 20]
     assert by_user[10] == [0, 20]  # orthogonal to everyone: similarity 0 ties, smallest idx
@@ -112,8 +130,9 @@ def test_few_users_and_the_faiss_method(warehouse):
     approx_sims = [got[f"user{i}"]["similarities"] for i in ref_idx]
     assert all(f"user{i}" not in rows[f"user{i}"] for i in idx)
     assert all(len(r) == 5 for r in approx)
-    # Tied users are interchangeable: recall counts any neighbour as good as the exact 5th.
-    assert nb.recall_at_n(ref_ids, approx, ref_sims, approx_sims) > 0.95
+    # Tied users are interchangeable: any neighbour as similar as the exact 5th counts as found.
+    found = [min(5, sum(s >= float(r[-1]) - 1e-5 for s in a)) for r, a in zip(ref_sims, approx_sims)]
+    assert sum(found) / (5 * len(found)) > 0.95
 
     # Three users, top 10: each gets the two others.
     _write_users(warehouse, x[:3], idx[:3])

@@ -7,12 +7,11 @@ import sys
 
 import pytest
 import torch
-from pyspark import cloudpickle
-
 from longtail.core import schemas
 from longtail.core.config import HybridConfig, ScoreConfig
 from longtail.core.errors import InputError, ModelNotFoundError
 from longtail.stages.score import run_score
+from pyspark import cloudpickle
 
 pytestmark = pytest.mark.spark
 
@@ -169,7 +168,7 @@ def test_exactly_k_unseen_rows_per_user_new_items_fallbacks_and_run_row(wh):
 
 
 def test_plain_backbone_cannot_place_text_only_items(inputs):
-    from longtail.stages.score import ModelScorer, load_catalogue
+    from longtail.inference import ModelScorer, load_catalogue
 
     catalogue = load_catalogue(inputs)
     assert catalogue.item_ids[13:] == ["new_face", "new_odd"] and catalogue.tail[13:].all()
@@ -246,5 +245,8 @@ def test_rerun_of_a_date_replaces_only_that_partition_and_hybrid_diversity(wh):
     assert (d1["model"] == "popularity").all() and len(d1) == 6 * 2
     d2 = after[after["run_date"] == D2].sort_values(["user_id", "rank"]).reset_index(drop=True)
     assert d2.equals(before_d2)
-    runs = wh.read(schemas.RECOMMENDATION_RUNS).toPandas().set_index("run_date")
-    assert len(runs) == 2 and runs.loc[D1, "model"] == "popularity" and runs.loc[D2, "model"] == "plain_fake+hybrid"
+    # recommendation_runs is append-only: D1 has two runs, the latest describes its partition.
+    runs = wh.read(schemas.RECOMMENDATION_RUNS).toPandas()
+    assert len(runs) == 3 and (runs["run_date"] == D1).sum() == 2
+    latest = runs.sort_values("finished_at").groupby("run_date").last()
+    assert latest.loc[D1, "model"] == "popularity" and latest.loc[D2, "model"] == "plain_fake+hybrid"

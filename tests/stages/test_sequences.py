@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import pytest
 from chispa import assert_df_equality
-from pyspark.sql import functions as F
-
 from longtail.core import schemas
 from longtail.core.config import SegmentConfig, SequencesConfig
 from longtail.core.errors import ConfigError, InputError
-from longtail.stages.sequences import SequencesSummary, rank_in_order, run_sequences, segment_items, segment_users
+from longtail.stages.sequences import (
+    SequencesSummary,
+    rank_in_order,
+    run_sequences,
+    segment_items,
+    segment_users,
+)
+from pyspark.sql import functions as F
 
 
 def _load(wh, rows):

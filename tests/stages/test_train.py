@@ -8,22 +8,21 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from longtail.core import schemas as S
 from longtail.core.config import TrainConfig
-from longtail.core.errors import EnvironmentProblem, InputError, LongtailError, ModelNotFoundError
-from longtail.core.tables import Warehouse
-from longtail.stages.train import (
-    RankData,
-    UserTable,
-    ValidationSet,
-    load_model,
-    load_model_dir,
-    pad_left,
-    prepare_training_data,
-    run_train,
-    sample_training_negatives,
+from longtail.core.errors import (
+    EnvironmentProblem,
+    InputError,
+    LongtailError,
+    ModelNotFoundError,
 )
+from longtail.core.tables import Warehouse
+from longtail.encoders.pca import PcaMap, save_pca
+from longtail.inference.store import load_model, load_model_dir
+from longtail.stages.train import run_train
+from longtail.stages.train.data import RankData, UserTable, sample_training_negatives
+from longtail.stages.train.prepare import prepare_training_data
+from longtail.stages.train.validation import ValidationSet
 
 N_ITEMS = 130
 N_USERS = 48
@@ -61,6 +60,8 @@ def _write_inputs(spark, wh: Warehouse, n_users: int = N_USERS, drop_embedding: 
         spark.createDataFrame([(f"i{i + 1}", pca[i].tolist(), "m") for i in range(N_ITEMS)], S.ITEM_EMBEDDINGS_PCA_SCHEMA),
         S.ITEM_EMBEDDINGS_PCA,
     )
+    # The map encode saves beside the tables, fitted on this version of item_embeddings.
+    save_pca(wh.root, PcaMap(llm.mean(axis=0), vt[:HIDDEN].astype(np.float32), 1.0, "m", wh.version(S.ITEM_EMBEDDINGS)))
     similar = [
         (f"u{u}", [f"u{u}"] + [f"u{(u + j) % n_users}" for j in (1, 2, 3, 4)], [1.0] * 5) for u in range(n_users)
     ]
@@ -88,13 +89,6 @@ def _state(path: str) -> dict:
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-def test_pad_left_keeps_the_last_items():
-    values = np.array([1, 2, 3, 4, 5, 6, 7])
-    offsets = np.array([0, 3, 3, 7])
-    assert pad_left(values, offsets, np.array([0, 1, 2]), 3).tolist() == [[1, 2, 3], [0, 0, 0], [5, 6, 7]]
-    assert pad_left(values, offsets, np.array([2, 0]), 10, drop_last=True).tolist() == [[4, 5, 6], [0, 1, 2]]
 
 
 def test_training_negatives_avoid_the_users_items():
@@ -158,7 +152,7 @@ def test_single_run_saves_registers_and_reloads_identically(data_wh, prepared):
     )
     # The reloaded model scores the validation users exactly as it did when it was saved.
     run_dir, _ = prepared
-    validation = ValidationSet.build(UserTable.load(f"{run_dir}/users"), N_ITEMS, TINY.max_len, TINY.seed)
+    validation = ValidationSet.build(UserTable.load(f"{run_dir}/users"), N_ITEMS, TINY.max_len, TINY.seed, 100)
     ndcg, hr = validation.evaluate(loaded.module)
     assert ndcg == pytest.approx(result.valid_ndcg10, abs=1e-12)
     assert hr == pytest.approx(result.valid_hr10, abs=1e-12)
@@ -190,10 +184,16 @@ def test_early_stopping_with_patience(data_wh):
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_llmesr_run_saves_the_pca_map(data_wh):
-    result = run_train(data_wh, "llmesr_bert4rec", dataclasses.replace(TINY, epochs=1))
-    assert os.path.isfile(os.path.join(result.path, "pca.npz"))
+def test_llmesr_run_carries_the_encoders_pca_map(data_wh):
+    from longtail.encoders.pca import load_pca
+
+    run_train(data_wh, "llmesr_bert4rec", dataclasses.replace(TINY, epochs=1))
     model = load_model(data_wh, "llmesr_bert4rec")
+    # New items are placed through the very map encode fitted (no refit of its own).
+    saved = load_pca(data_wh.root, "m")
+    view = model.module.views[0]
+    assert np.array_equal(view.pca_components.numpy(), saved.components)
+    assert np.array_equal(view.pca_mean.numpy(), saved.mean)
     assert model.config["encoder"] == "m"  # which text encoder new items must go through
     assert model.item_vectors().shape == (N_ITEMS + 1, 2 * HIDDEN)
     assert model.item_vectors_from_text(np.zeros((2, LLM_DIM), dtype=np.float32)).shape == (2, 2 * HIDDEN)
@@ -240,6 +240,17 @@ def test_missing_embeddings_are_named(spark, warehouse):
         run_train(warehouse, "llmesr_sasrec", TINY)
     message = str(err.value)
     assert "item_embeddings" in message and "3 of 130" in message and "i17" in message and "i5" in message
+    assert not warehouse.exists(S.MODELS)
+
+
+@pytest.mark.spark
+def test_a_pca_map_of_other_embeddings_is_refused(spark, warehouse):
+    _write_inputs(spark, warehouse, n_users=8)
+    # item_embeddings rewritten after the map was saved: the map no longer describes them.
+    emb = warehouse.read(S.ITEM_EMBEDDINGS).collect()
+    warehouse.write(spark.createDataFrame(emb, S.ITEM_EMBEDDINGS_SCHEMA), S.ITEM_EMBEDDINGS)
+    with pytest.raises(InputError, match="rerun `longtail encode`"):
+        run_train(warehouse, "llmesr_sasrec", TINY)
     assert not warehouse.exists(S.MODELS)
 
 

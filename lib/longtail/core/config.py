@@ -17,7 +17,6 @@ import yaml
 
 from longtail.core.errors import ConfigError
 
-
 # --------------------------------------------------------------------------- sections
 
 
@@ -135,6 +134,8 @@ class EvaluateConfig:
     negatives: int = 100
     seed: int = 42
     k: int = 10
+    #: Cut-off of the full protocol's recall (``recall@N`` in the report).
+    recall_at: int = 20
     protocols: list[str] = field(default_factory=lambda: ["sampled", "full"])
     #: ALS baseline settings (Spark MLlib).
     als_rank: int = 64

@@ -69,3 +69,40 @@ def remove_tree(path: str, missing_ok: bool = True) -> None:
     if missing_ok and fs.get_file_info(p).type == pafs.FileType.NotFound:
         return
     fs.delete_dir(p)
+
+
+def parquet_files(directory: str) -> list[str]:
+    """Paths (as the folder's filesystem spells them) of the Parquet files under ``directory``, sorted.
+
+    Hidden and bookkeeping files (``_SUCCESS``, ``.crc``) are left out; a missing folder has none.
+    """
+    from pyarrow import fs as pafs
+
+    fs, p = filesystem(directory)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True, recursive=True))
+    return sorted(
+        i.path for i in infos
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith(("_", "."))
+    )
+
+
+def parquet_rows(directory: str) -> int:
+    """Rows in all Parquet files under ``directory`` (from their footers)."""
+    import pyarrow.parquet as pq
+
+    fs, _ = filesystem(directory)
+    rows = 0
+    for path in parquet_files(directory):
+        with fs.open_input_file(path) as handle:
+            rows += pq.ParquetFile(handle).metadata.num_rows
+    return rows
+
+
+def read_parquet_dir(directory: str, columns: list[str]):
+    """Yield one Arrow table of ``columns`` per Parquet file under ``directory``."""
+    import pyarrow.parquet as pq
+
+    fs, _ = filesystem(directory)
+    for path in parquet_files(directory):
+        with fs.open_input_file(path) as handle:
+            yield pq.ParquetFile(handle).read(columns=columns)

@@ -10,7 +10,6 @@ from pyspark.sql import types as T
 
 from longtail.core.errors import SchemaError
 
-
 # Table names (directories under the warehouse).
 INTERACTIONS = "interactions"
 ITEMS = "items"
@@ -229,3 +228,8 @@ def _strip_nullability(dt: T.DataType) -> T.DataType:
     if isinstance(dt, T.StructType):
         return T.StructType([T.StructField(f.name, _strip_nullability(f.dataType), True) for f in dt.fields])
     return dt
+
+
+def subset(schema: T.StructType, *names: str) -> T.StructType:
+    """The fields of ``schema`` named in ``names`` (for checking only the columns a stage reads)."""
+    return T.StructType([f for f in schema.fields if f.name in names])

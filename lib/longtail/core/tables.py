@@ -138,6 +138,17 @@ class Warehouse:
         self._impl.write(_conform(df, plan.schema), table, path, plan)
         return self._impl.version(path)
 
+    def append_rows(self, table: str, rows: list[tuple]) -> int:
+        """Append ``rows`` (tuples in the contract's column order) to a record table in one commit.
+
+        Run, model and evaluation records are only ever appended, never rewritten, so that
+        jobs running at once cannot lose each other's rows; readers take the latest row per key.
+        Returns the new version.
+        """
+        from longtail.core.schemas import SCHEMAS
+
+        return self.write(self.spark.createDataFrame(rows, SCHEMAS[table]), table, mode="append")
+
     @contextlib.contextmanager
     def job(self) -> Iterator["Warehouse"]:
         """Run a block as one job: if it raises, every table written inside goes back to its earlier version.
@@ -208,26 +219,10 @@ def _plan(
     """Check ``incoming`` against the table and decide the schema and partitioning after the write."""
     replace_str = {c: delta_rs.partition_string(v) for c, v in replace.items()}
     full_overwrite = mode == "overwrite" and not replace
-    if existing is None:
-        parts = list(partition_by if partition_by is not None else replace)
-    else:
-        parts = existing.partition_by
-        if partition_by is not None and list(partition_by) != parts:
-            if not (full_overwrite and evolve):
-                raise TableSchemaMismatchError(
-                    f"table {table}: partitioned by {parts}, not {list(partition_by)}; "
-                    "overwrite with evolve_schema=True to repartition it"
-                )
-            parts = list(partition_by)
-    if replace and sorted(replace) != sorted(parts):
-        raise TableSchemaMismatchError(
-            f"table {table}: partitioned by {parts}; replace_partitions must name exactly those columns, "
-            f"not {sorted(replace)}"
-        )
+    parts = _partitioning(table, existing, partition_by, replace, full_overwrite and evolve)
     if existing is None:
         _check_partition_columns(table, parts, incoming)
         return _Plan(delta_rs.nullable(incoming), mode, parts, replace_str, None, True)
-
     problems = _differences(existing.schema, incoming)
     if not problems:
         schema = existing.schema  # exactly, so a write never loosens a NOT NULL column of a foreign table
@@ -243,18 +238,46 @@ def _plan(
     if full_overwrite:
         schema, schema_mode = delta_rs.nullable(incoming), "overwrite"
     else:
-        table_types = {f.name: f.dataType for f in existing.schema}
-        changed = [f.name for f in incoming if f.name in table_types and not _same_type(f.dataType, table_types[f.name])]
-        if changed:
-            raise TableSchemaMismatchError(
-                f"table {table}: column {changed[0]} has type {_type_of(incoming, changed[0])} in the DataFrame "
-                f"but {table_types[changed[0]].simpleString()} in the table; a {mode} can only add columns "
-                "(overwrite the whole table with evolve_schema=True to change types)"
-            )
-        added = [_nullable_field(f) for f in incoming if f.name not in table_types]
-        schema, schema_mode = StructType([*existing.schema.fields, *added]), "merge"
+        schema, schema_mode = _merged_schema(table, existing.schema, incoming, mode), "merge"
     _check_partition_columns(table, parts, schema)
     return _Plan(schema, mode, parts, replace_str, schema_mode, False)
+
+
+def _partitioning(
+    table: str, existing: _Existing | None, partition_by: list[str] | None, replace: dict[str, Any], may_change: bool
+) -> list[str]:
+    """The partition columns after the write; a change needs a full overwrite with schema evolution."""
+    if existing is None:
+        parts = list(partition_by if partition_by is not None else replace)
+    else:
+        parts = existing.partition_by
+        if partition_by is not None and list(partition_by) != parts:
+            if not may_change:
+                raise TableSchemaMismatchError(
+                    f"table {table}: partitioned by {parts}, not {list(partition_by)}; "
+                    "overwrite with evolve_schema=True to repartition it"
+                )
+            parts = list(partition_by)
+    if replace and sorted(replace) != sorted(parts):
+        raise TableSchemaMismatchError(
+            f"table {table}: partitioned by {parts}; replace_partitions must name exactly those columns, "
+            f"not {sorted(replace)}"
+        )
+    return parts
+
+
+def _merged_schema(table: str, existing: StructType, incoming: StructType, mode: str) -> StructType:
+    """The table's schema with ``incoming``'s new columns added; a changed type is an error."""
+    table_types = {f.name: f.dataType for f in existing}
+    changed = [f.name for f in incoming if f.name in table_types and not _same_type(f.dataType, table_types[f.name])]
+    if changed:
+        raise TableSchemaMismatchError(
+            f"table {table}: column {changed[0]} has type {_type_of(incoming, changed[0])} in the DataFrame "
+            f"but {table_types[changed[0]].simpleString()} in the table; a {mode} can only add columns "
+            "(overwrite the whole table with evolve_schema=True to change types)"
+        )
+    added = [_nullable_field(f) for f in incoming if f.name not in table_types]
+    return StructType([*existing.fields, *added])
 
 
 def _differences(table_schema: StructType, incoming: StructType) -> list[str]:

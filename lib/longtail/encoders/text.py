@@ -41,9 +41,6 @@ _DECODER_TYPES = {
 # Loaded models, keyed by (model path, device, dtype). One per Python worker process.
 _CACHE: dict[tuple[str, str, str], "TextEncoder"] = {}
 _CACHE_LOCK = threading.Lock()
-#: How many times this process loaded a model, in all and per cache key (tests read them).
-LOADS = 0
-LOAD_COUNTS: dict[tuple[str, str, str], int] = {}
 
 
 # --------------------------------------------------------------------------- model lookup
@@ -252,7 +249,6 @@ class TextEncoder:
 
         # Progress bars from every executor would flood the job's log.
         hf_logging.disable_progress_bar()
-        global LOADS
         self.path = str(path)
         self.device = device
         self.dtype = dtype
@@ -277,7 +273,6 @@ class TextEncoder:
         self.max_positions = min(int(x) for x in limits if x and x < 1_000_000) if any(
             x and x < 1_000_000 for x in limits
         ) else None
-        LOADS += 1
 
     # -- tokenising and batching
 
@@ -383,7 +378,6 @@ def get_encoder(path: str | Path, device: str = "cpu", dtype: str | None = None)
         enc = _CACHE.get(key)
         if enc is None:
             enc = _CACHE[key] = TextEncoder(str(path), device, dtype)
-            LOAD_COUNTS[key] = LOAD_COUNTS.get(key, 0) + 1
         return enc
 
 

@@ -1,4 +1,4 @@
-"""Baselines and the :class:`Scorer` interface every model implements for evaluation and scoring.
+"""Baselines: popularity, ALS and content similarity, as :class:`~longtail.inference.scorers.Scorer` s.
 
 Everything is a dot product ``user_vector @ item_vector`` over the catalogue (rows = item idx,
 row 0 padding), so trained models, baselines and hybrids share one scoring path:
@@ -14,36 +14,15 @@ row 0 padding), so trained models, baselines and hybrids share one scoring path:
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
 import numpy as np
 import torch
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from longtail.ranking.vectors import unit_rows
+
 #: Names ``evaluate`` and ``score`` accept besides trained models.
 BASELINES = ("popularity", "als", "content")
-
-
-@runtime_checkable
-class Scorer(Protocol):
-    """What evaluation and scoring need from a model; all arrays are in catalogue idx space.
-
-    ``user_vectors`` gets whole histories (``LongTensor[B, L]`` left-padded with 0, most
-    recent last) and truncates them itself when it has a maximum length.
-    """
-
-    name: str
-    version: str
-
-    def user_vectors(self, histories: torch.Tensor) -> torch.Tensor:  # [B, D]
-        ...
-
-    def item_vectors(self) -> torch.Tensor:  # [N, D], row 0 padding
-        ...
-
-    def scorable(self) -> np.ndarray:  # [N] bool: items this scorer can rank
-        ...
 
 
 class PopularityScorer:
@@ -73,16 +52,12 @@ class ContentScorer:
 
     def __init__(self, embeddings: np.ndarray, has_embedding: np.ndarray, version: str = "1") -> None:
         self.version = version
-        e = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
-        norms = e.norm(dim=1, keepdim=True)
-        self._emb = e / torch.where(norms > 0, norms, torch.ones_like(norms))
+        self._emb = unit_rows(torch.as_tensor(np.asarray(embeddings, dtype=np.float32)))
         self._has = np.asarray(has_embedding, dtype=bool)
 
     def user_vectors(self, histories: torch.Tensor) -> torch.Tensor:
         mask = (histories > 0).to(torch.float32)
-        summed = (self._emb[histories] * mask[..., None]).sum(dim=1)
-        norms = summed.norm(dim=1, keepdim=True)
-        return summed / torch.where(norms > 0, norms, torch.ones_like(norms))
+        return unit_rows((self._emb[histories] * mask[..., None]).sum(dim=1))
 
     def item_vectors(self) -> torch.Tensor:
         return self._emb

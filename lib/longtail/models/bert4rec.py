@@ -11,7 +11,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from longtail.models.layers import IdView, SequentialRecommender, TransformerEncoder, xavier_init
+from longtail.models.layers import (
+    IdView,
+    SequentialRecommender,
+    TransformerEncoder,
+    xavier_init,
+)
 
 OBJECTIVE = "cloze"
 CAUSAL = False

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from longtail.models.layers import GRUEncoder, IdView, SequentialRecommender, xavier_init
+from longtail.models.layers import (
+    GRUEncoder,
+    IdView,
+    SequentialRecommender,
+    xavier_init,
+)
 
 OBJECTIVE = "next"
 CAUSAL = True

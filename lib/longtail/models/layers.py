@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -193,7 +192,6 @@ class IdView(nn.Module):
     ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(rows, hidden)
-        self.pretrained = init is not None
         if init is not None:
             with torch.no_grad():
                 self.embedding.weight.copy_(init)

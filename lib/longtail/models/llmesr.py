@@ -29,7 +29,6 @@ from longtail.models.layers import (
 )
 
 
-
 @dataclass
 class TextTables:
     """The item tables an LLM-ESR model is built from (row = item idx, row 0 zeros).
@@ -38,7 +37,8 @@ class TextTables:
         llm: ``[n_items + 1, E]`` LLM item embeddings (frozen in the model).
         pca: ``[n_items + 1, hidden]`` their PCA reduction (initial collaborative view).
         pca_mean, pca_components, pca_offset: ``[E]``, ``[hidden, E]``, ``[hidden]``: the
-            linear map ``pca ~= (llm - mean) @ components.T + offset`` for new items.
+            map ``pca = (llm - mean) @ components.T + offset`` that places new items (the
+            encoder's PCA map, :mod:`longtail.encoders.pca`; offset zero).
     """
 
     llm: Tensor
@@ -56,31 +56,14 @@ class TextTables:
         )
 
     @classmethod
-    def from_arrays(cls, llm: np.ndarray, pca: np.ndarray) -> "TextTables":
-        """Tables from ``[n_items + 1, E]`` and ``[n_items + 1, hidden]`` arrays (row 0 padding)."""
-        mean, components, offset = fit_projection(llm[1:], pca[1:])
+    def from_arrays(
+        cls, llm: np.ndarray, pca: np.ndarray, pca_mean: np.ndarray, pca_components: np.ndarray
+    ) -> "TextTables":
+        """Tables from ``[n_items + 1, E]`` and ``[n_items + 1, hidden]`` arrays (row 0 padding)
+        and the PCA map (``[E]``, ``[hidden, E]``) that produced the second from the first."""
         t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
-        return cls(t(llm), t(pca), t(mean), t(components), t(offset))
-
-
-def fit_projection(llm: np.ndarray, pca: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Least-squares linear map from LLM embeddings to their PCA reduction.
-
-    When ``pca`` is a plain PCA of ``llm`` this recovers its mean and components exactly;
-    whatever reduction the encode stage used, it is the best linear stand-in.
-
-    Args:
-        llm: ``[N, E]``; pca: ``[N, H]`` (same rows).
-
-    Returns:
-        ``(mean [E], components [H, E], offset [H])``.
-    """
-    x = np.asarray(llm, dtype=np.float64)
-    z = np.asarray(pca, dtype=np.float64)
-    mean = x.mean(axis=0)
-    design = np.hstack([x - mean, np.ones((x.shape[0], 1))])
-    coef, *_ = np.linalg.lstsq(design, z, rcond=None)
-    return mean, coef[:-1].T, coef[-1]
+        # An exact PCA has no offset; the buffer stays so that saved models keep one format.
+        return cls(t(llm), t(pca), t(pca_mean), t(pca_components), torch.zeros(pca.shape[1]))
 
 
 def build(backbone: str, n_items: int, hp: Mapping[str, Any], text: TextTables) -> SequentialRecommender:

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from longtail.models.layers import IdView, SequentialRecommender, TransformerEncoder, xavier_init
+from longtail.models.layers import (
+    IdView,
+    SequentialRecommender,
+    TransformerEncoder,
+    xavier_init,
+)
 
 OBJECTIVE = "next"
 CAUSAL = True

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from longtail.ranking.vectors import unit_rows
+
 
 def target_ranks(scores: np.ndarray, target_col: np.ndarray | int = 0) -> np.ndarray:
     """0-based rank of each row's target among that row's candidates.
@@ -42,6 +44,41 @@ def ndcg(ranks: np.ndarray, k: int) -> float:
         return 0.0
     gains = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
     return float(gains.mean())
+
+
+def mrr(ranks: np.ndarray, k: int) -> float:
+    """Mean reciprocal rank cut at ``k``: ``1 / (rank + 1)`` if rank < k, else 0 (one relevant item)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if not ranks.size:
+        return 0.0
+    return float(np.where(ranks < k, 1.0 / (ranks + 1.0), 0.0).mean())
+
+
+def gini(counts: np.ndarray) -> float:
+    """Gini index of how often each item was recommended (items never recommended count, as 0).
+
+    0: every item gets the same number of slots; towards 1: a few items take all slots. The
+    standard long-tail concentration measure of a set of top-K lists.
+    """
+    x = np.sort(np.asarray(counts, dtype=np.float64).ravel())
+    n, total = x.size, x.sum()
+    if n == 0 or total <= 0:
+        return 0.0
+    return float((2.0 * np.sum(np.arange(1, n + 1) * x) / (n * total)) - (n + 1.0) / n)
+
+
+def list_means(lists: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per list, the mean of ``values[item]`` over its items (item 0, padding, left out; NaN if none).
+
+    With ``values`` the items' training popularity this is a list's average popularity; with a
+    0/1 tail flag, its tail share.
+    """
+    lists = np.asarray(lists)
+    present = lists > 0
+    picked = np.where(present, np.asarray(values, dtype=np.float64)[lists], 0.0)
+    n = present.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, picked.sum(axis=1) / np.maximum(n, 1), np.nan)
 
 
 def sample_negatives(
@@ -109,9 +146,7 @@ def list_diversities(lists: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
     k = lists.shape[1]
     if k < 2:
         return np.zeros(lists.shape[0])
-    v = np.asarray(item_vectors, dtype=np.float64)
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    v = v / np.where(norms == 0, 1.0, norms)
+    v = unit_rows(np.asarray(item_vectors, dtype=np.float64))
     pairs = k * (k - 1)
     out = np.empty(lists.shape[0])
     for start in range(0, lists.shape[0], 4096):

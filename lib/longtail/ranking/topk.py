@@ -16,47 +16,6 @@ import torch
 NEG_INF = float("-inf")
 
 
-# --------------------------------------------------------------------------- histories
-
-
-def pad_histories(histories: Sequence[Sequence[int]], max_len: int | None = None) -> torch.Tensor:
-    """Left-pad (and left-truncate to the ``max_len`` most recent) histories into a LongTensor.
-
-    Args:
-        histories: per user, item idxs oldest first (lists, numpy arrays or None for empty).
-        max_len: keep at most this many most recent items; None keeps all.
-
-    Returns:
-        ``[B, L]`` int64, 0 = padding, most recent last; L is ``max_len`` when given, else the
-        longest history (at least 1).
-    """
-    rows = [np.asarray([] if h is None else h, dtype=np.int64) for h in histories]
-    if max_len is not None:
-        rows = [r[-max_len:] if max_len > 0 else r[:0] for r in rows]
-        width = max(max_len, 1)
-    else:
-        width = max([len(r) for r in rows] + [1])
-    out = np.zeros((len(rows), width), dtype=np.int64)
-    for i, r in enumerate(rows):
-        if len(r):
-            out[i, width - len(r):] = r
-    return torch.from_numpy(out)
-
-
-def compact_left(histories: torch.Tensor) -> torch.Tensor:
-    """Move the non-zero entries of each row to the right end, keeping their order.
-
-    Used after mapping item idxs into another idx space where some items became 0 (unknown
-    to a model): the model then still sees a left-padded history without holes.
-    """
-    if histories.numel() == 0:
-        return histories
-    nonzero = (histories != 0).to(torch.int8)
-    # A stable sort on the "is item" flag puts padding first and items in their order after.
-    order = torch.sort(nonzero, dim=1, stable=True).indices
-    return torch.gather(histories, 1, order)
-
-
 def _seen_coordinates(seen: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
     """``(items, rows)`` of the non-padding entries of ``seen``, sorted by item.
 

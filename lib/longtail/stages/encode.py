@@ -1,7 +1,8 @@
 """``longtail encode``: LLM text embeddings of items and users, incremental, plus the PCA view.
 
 Reads ``items``, ``user_sequences`` and ``item_stats``; writes ``item_embeddings``,
-``user_embeddings``, ``item_embeddings_pca`` and ``<warehouse>/_encoders/pca-<model>.npz``.
+``user_embeddings``, ``item_embeddings_pca`` and the PCA map
+``<warehouse>/_encoders/pca-<model>.npz`` (:mod:`longtail.encoders.pca`), which ``train`` reads.
 
 Texts
 - Item text: ``encode.item_template`` over the item columns (``categories`` joined by ", ";
@@ -24,7 +25,6 @@ With nothing to encode the model is never loaded and the table is not rewritten.
 """
 from __future__ import annotations
 
-import io
 import math
 import string
 import time
@@ -35,11 +35,11 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from longtail.encoders import text as encoders
 from longtail.core import schemas
 from longtail.core.config import EncodeConfig
-from longtail.core.errors import ConfigError, ModelNotFoundError, SchemaError
-from longtail.core.files import read_bytes, write_bytes
+from longtail.core.errors import ConfigError, SchemaError
+from longtail.encoders import text as encoders
+from longtail.encoders.pca import PcaMap, from_moments, load_pca, save_pca
 
 #: Separator between titles in the user text.
 TITLE_SEPARATOR = "; "
@@ -124,14 +124,14 @@ def run_encode(wh, cfg: EncodeConfig) -> EncodeReport:
     name = encoders.model_name(cfg.model)
 
     items = wh.read(schemas.ITEMS)
-    schemas.require_columns(items, _subset(schemas.ITEMS_SCHEMA, "item_id", "title"), schemas.ITEMS)
+    schemas.require_columns(items, schemas.subset(schemas.ITEMS_SCHEMA, "item_id", "title"), schemas.ITEMS)
     sequences = wh.read(schemas.USER_SEQUENCES)
     schemas.require_columns(
-        sequences, _subset(schemas.USER_SEQUENCES_SCHEMA, "user_id", "train_item_idxs"), schemas.USER_SEQUENCES
+        sequences, schemas.subset(schemas.USER_SEQUENCES_SCHEMA, "user_id", "train_item_idxs"), schemas.USER_SEQUENCES
     )
     item_stats = wh.read(schemas.ITEM_STATS)
     schemas.require_columns(
-        item_stats, _subset(schemas.ITEM_STATS_SCHEMA, "item_id", "item_idx"), schemas.ITEM_STATS
+        item_stats, schemas.subset(schemas.ITEM_STATS_SCHEMA, "item_id", "item_idx"), schemas.ITEM_STATS
     )
 
     item_df = item_texts(items, cfg.item_template)
@@ -164,10 +164,6 @@ def _check_config(cfg: EncodeConfig) -> None:
         raise ConfigError(
             f"encode.user_template: unknown field {{{sorted(fields - {'titles'})[0]}}}; the only field is {{titles}}"
         )
-
-
-def _subset(schema: T.StructType, *names: str) -> T.StructType:
-    return T.StructType([f for f in schema.fields if f.name in names])
 
 
 # --------------------------------------------------------------------------- texts
@@ -402,53 +398,19 @@ def _partitions(spark, rows: int, batch_size: int) -> int:
 # --------------------------------------------------------------------------- PCA
 
 
-def pca_path(warehouse_root: str, model: str) -> str:
-    """Where the PCA projection of ``model`` (a config value or model name) is saved."""
-    return f"{str(warehouse_root).rstrip('/')}/_encoders/pca-{encoders.safe_model_name(model)}.npz"
-
-
-def load_pca(warehouse_root: str, model: str) -> tuple[np.ndarray, np.ndarray]:
-    """The saved PCA projection of ``model``: ``(mean (E,), components (pca_dim, E))``, float32.
-
-    Project new embeddings ``X`` (n, E) with ``(X - mean) @ components.T``.
-
-    Raises:
-        ModelNotFoundError: no projection saved for this model (run ``longtail encode``).
-    """
-    data = read_bytes(pca_path(warehouse_root, model), missing_ok=True)
-    if data is None:
-        raise ModelNotFoundError(
-            f"no PCA projection for encode.model {model!r} at {pca_path(warehouse_root, model)}: run `longtail encode`"
-        )
-    with np.load(io.BytesIO(data)) as npz:
-        return npz["mean"].astype(np.float32), npz["components"].astype(np.float32)
-
-
 def _refresh_pca(wh, cfg: EncodeConfig, name: str, dim: int, force: bool) -> tuple[float | None, bool]:
-    """Refit the PCA when item embeddings changed or the saved projection does not match."""
-    target = pca_path(wh.root, cfg.model)
+    """Refit the PCA when item embeddings changed or the saved map does not match them."""
     version = wh.version(schemas.ITEM_EMBEDDINGS)
     if not force and wh.exists(schemas.ITEM_EMBEDDINGS_PCA):
-        data = read_bytes(target, missing_ok=True)
-        if data is not None:
-            with np.load(io.BytesIO(data)) as npz:
-                same = (
-                    int(npz["item_embeddings_version"]) == version
-                    and npz["components"].shape == (cfg.pca_dim, dim)
-                    and str(npz["model"]) == name
-                )
-            if same:
-                return None, False
+        saved = load_pca(wh.root, cfg.model)
+        if saved is not None and saved.item_embeddings_version == version and saved.model == name \
+                and saved.components.shape == (cfg.pca_dim, dim):
+            return None, False
     embeddings = wh.read(schemas.ITEM_EMBEDDINGS).select("item_id", "embedding")
     mean, components, explained = fit_pca(embeddings, dim, cfg.pca_dim)
     projected = project(embeddings, mean, components).select("item_id", "embedding", F.lit(name).alias("model"))
     wh.write(schemas.conform(projected, schemas.ITEM_EMBEDDINGS_PCA), schemas.ITEM_EMBEDDINGS_PCA, mode="overwrite")
-    buf = io.BytesIO()
-    np.savez(
-        buf, mean=mean, components=components, explained_variance_ratio=np.float64(explained),
-        model=np.str_(name), item_embeddings_version=np.int64(version),
-    )
-    write_bytes(target, buf.getvalue())
+    save_pca(wh.root, PcaMap(mean, components, explained, name, version))
     return explained, True
 
 
@@ -499,16 +461,7 @@ def fit_pca(embeddings: DataFrame, dim: int, k: int) -> tuple[np.ndarray, np.nda
         raise ConfigError(f"encode.pca_dim: PCA needs at least two item embeddings, have {n}")
     s = sum(np.frombuffer(r["s"], dtype=np.float64) for r in parts)
     g = sum(np.frombuffer(r["g"], dtype=np.float64).reshape(dim, dim) for r in parts)
-    mean = s / n
-    cov = (g - n * np.outer(mean, mean)) / (n - 1)
-    values, vectors = np.linalg.eigh(cov)
-    order = np.argsort(values)[::-1][:k]
-    comps = vectors[:, order].T
-    signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(1)])
-    comps *= np.where(signs == 0, 1, signs)[:, None]
-    total = float(np.clip(values, 0, None).sum())
-    explained = float(np.clip(values[order], 0, None).sum() / total) if total > 0 else 0.0
-    return mean.astype(np.float32), comps.astype(np.float32), explained
+    return from_moments(n, s, g, k)
 
 
 def project(embeddings: DataFrame, mean: np.ndarray, components: np.ndarray) -> DataFrame:
@@ -522,10 +475,12 @@ def project(embeddings: DataFrame, mean: np.ndarray, components: np.ndarray) -> 
         import pyarrow as pa
         import pyarrow.compute as pc
 
+        from longtail.encoders.pca import project_rows
+
         for batch in batches:
             col = batch.column("embedding")
             x = pc.list_flatten(col).to_numpy(zero_copy_only=False).reshape(len(col), dim)
-            y = ((x - mean) @ comps.T).astype(np.float32)
+            y = project_rows(x, mean, comps)
             values = pa.array(y.reshape(-1), type=pa.float32())
             offsets = pa.array(np.arange(0, len(col) * k + 1, k, dtype=np.int32))
             yield pa.RecordBatch.from_arrays(

@@ -18,16 +18,18 @@ Baselines learn from the same data as the trained models' parameters: ``train_it
 models', sees train + valid (ALS folds the user in from that history).
 
 Scoring is distributed: ``mapInPandas`` over ``user_sequences`` with the model shipped once
-per Python worker (see :mod:`longtail.stages.score`); per user the task returns ranks, the segment
-flags and the top list. Ranks (a few numbers per user) are collected on the driver and
-turned into metrics with the pure functions of :mod:`longtail.ranking.metrics`; the distinct
-recommended items are aggregated by Spark.
+per Python worker (:mod:`longtail.inference.bundle`); per user the task returns ranks, the
+segment flags and the top list. Ranks (a few numbers per user) are collected on the driver
+and turned into the report with the pure functions of :mod:`longtail.ranking.report`; the
+distinct recommended items are aggregated by Spark. Report rows are appended to
+``evaluation`` (readers take the latest ``evaluated_at`` of a model version).
 
 With a hybrid config (``score.hybrid``) the blended/MMR variant is evaluated in the same
 pass and reported beside the plain model as ``<model>+hybrid``.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -45,24 +47,22 @@ from longtail.core import schemas
 from longtail.core.config import EvaluateConfig, HybridConfig
 from longtail.core.errors import InputError
 from longtail.core.files import write_bytes
-from longtail.ranking.metrics import coverage, hit_rate, list_diversities, ndcg, sample_negatives, tail_coverage, target_ranks
-from longtail.stages.score import (
-    ModelLoader,
+from longtail.core.tables import Warehouse
+from longtail.inference import (
+    Catalogue,
     ScorerFactory,
-    ScoringBundle,
     broadcast_bundles,
     hybrid_on,
     load_catalogue,
     make_bundle,
     read_user_sequences,
+    spread,
     worker_bundles,
-    _spread,
 )
-from longtail.core.tables import Warehouse
-from longtail.ranking.topk import candidate_scores, chunked_topk, full_ranks, pad_histories
-
-SEGMENTS = ("overall", "tail_item", "head_item", "tail_user", "head_user")
-RECALL_AT = 20
+from longtail.inference.scorers import ModelLoader
+from longtail.models.histories import pad_histories
+from longtail.ranking.metrics import list_diversities, sample_negatives
+from longtail.ranking.report import build_report, report_rows
 
 _RANKS_SCHEMA = T.StructType(
     [
@@ -132,50 +132,27 @@ def _effect(plain: dict[str, Any], other: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- tasks
 
 
-def _variant_ranks(
-    bundle: ScoringBundle,
-    histories: torch.Tensor,
-    targets: torch.Tensor,
-    candidates: torch.Tensor,
-    k: int,
-    item_chunk: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sampled ranks, full ranks and full top-k lists of one batch for one bundle."""
-    t = bundle.tensors()
-    users = bundle.scorer.user_vectors(histories).to(torch.float32)
-    # Padding and items this scorer cannot rank score -inf in both protocols alike.
-    padding = candidates == 0
-    if t["excluded"] is not None and len(t["excluded"]):
-        padding = padding | torch.isin(candidates, t["excluded"])
-    if bundle.mmr_lambda is None or "unit" not in t:
-        sampled = target_ranks(candidate_scores(users, t["items"], candidates).masked_fill(padding, float("-inf")).numpy(), 0)
-        full, top = full_ranks(users, t["items"], targets, seen=histories, excluded=t["excluded"], k=k, item_chunk=item_chunk)
-        return sampled, full.numpy(), top.numpy()
-    # MMR changes the order, not the scores: the target's rank is its pick position (a miss
-    # when it is not picked among the first positions the metrics look at).
-    depth = max(k, RECALL_AT)
-    scores = candidate_scores(users, t["items"], candidates).masked_fill(padding, float("-inf"))
-    order_scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
-    picked, _ = bundle.rerank(torch.gather(candidates, 1, order), order_scores, k)
-    sampled = _pick_position(picked, candidates[:, 0], miss=float(candidates.shape[1]))
-    seen = histories.masked_fill(histories == targets[:, None], 0)
-    pool_scores, pool = chunked_topk(users, t["items"], max(bundle.mmr_candidates, depth), seen=seen,
-                                     excluded=t["excluded"], item_chunk=item_chunk)
-    picked, _ = bundle.rerank(pool, pool_scores, depth)
-    full = _pick_position(picked, targets, miss=float(t["items"].shape[0]))
-    return sampled, full, picked[:, :k].numpy()
-
-
-def _pick_position(picked: torch.Tensor, targets: torch.Tensor, miss: float) -> np.ndarray:
-    hits = picked == targets[:, None]
-    first = torch.argmax(hits.to(torch.int8), dim=1).to(torch.float64)
-    return torch.where(hits.any(dim=1), first, torch.full_like(first, miss)).numpy()
+def _sampled_negatives(part: pd.DataFrame, targets: np.ndarray, negatives: int, seed: int, max_idx: int,
+                       holes: np.ndarray) -> np.ndarray:
+    """``[B, negatives]`` unseen items per user, seeded by (seed, user_idx); 0 = no candidate."""
+    negs = np.zeros((len(part), negatives), dtype=np.int64)
+    for row, (u, h, t) in enumerate(zip(part["user_idx"], part["item_idxs"], targets)):
+        seen = np.concatenate([np.asarray(h, dtype=np.int64), [t], holes])
+        unseen = max_idx - np.unique(seen[(seen >= 1) & (seen <= max_idx)]).size
+        # A catalogue too small for the negatives (tiny demos): all unseen items.
+        n = min(negatives, unseen)
+        negs[row, :n] = sample_negatives(np.random.default_rng([seed, int(u)]), max_idx, seen, n)
+    return negs
 
 
 def _ranks_frame(
-    users: DataFrame, token: str, broadcast: Any, n_variants: int, k: int, negatives: int, seed: int,
-    max_idx: int, holes: np.ndarray, user_batch: int, item_chunk: int,
+    users: DataFrame, token: str, broadcast: Any, settings: dict[str, Any], max_idx: int, holes: np.ndarray,
+    user_batch: int, item_chunk: int,
 ) -> DataFrame:
+    """One row per user and variant: sampled and full rank of the test item, list diversity, top-k."""
+    k, negatives, seed = settings["k"], settings["negatives"], settings["seed"]
+    depth = max(k, settings["recall_at"])
+
     def evaluate_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         bundles = worker_bundles(token, broadcast)
         for frame in frames:
@@ -184,18 +161,12 @@ def _ranks_frame(
                 inputs = [np.append(np.asarray(t if t is not None else [], dtype=np.int64), v)
                           for t, v in zip(part["train_item_idxs"], part["valid_item_idx"])]
                 targets = part["test_item_idx"].to_numpy(dtype=np.int64)
-                negs = np.zeros((len(part), negatives), dtype=np.int64)  # 0: no candidate (padding)
-                for row, (u, h, t) in enumerate(zip(part["user_idx"], part["item_idxs"], targets)):
-                    seen = np.concatenate([np.asarray(h, dtype=np.int64), [t], holes])
-                    unseen = max_idx - np.unique(seen[(seen >= 1) & (seen <= max_idx)]).size
-                    # A catalogue too small for the negatives (tiny demos): all unseen items.
-                    n = min(negatives, unseen)
-                    negs[row, :n] = sample_negatives(np.random.default_rng([seed, int(u)]), max_idx, seen, n)
+                negs = _sampled_negatives(part, targets, negatives, seed, max_idx, holes)
                 candidates = torch.from_numpy(np.concatenate([targets[:, None], negs], axis=1))
                 histories = pad_histories(inputs)
                 target_t = torch.from_numpy(targets)
                 for v, bundle in enumerate(bundles):
-                    sampled, full, top = _variant_ranks(bundle, histories, target_t, candidates, k, item_chunk)
+                    sampled, full, top = bundle.ranks(histories, target_t, candidates, k, depth, item_chunk)
                     div = (list_diversities(top, bundle.unit_embeddings) if bundle.unit_embeddings is not None
                            else np.full(len(part), np.nan))
                     yield pd.DataFrame({
@@ -209,72 +180,10 @@ def _ranks_frame(
                         "top": list(top.astype(np.int32)),
                     })
 
-    return _spread(users).mapInPandas(evaluate_partition, _RANKS_SCHEMA)
+    return spread(users).mapInPandas(evaluate_partition, _RANKS_SCHEMA)
 
 
-# --------------------------------------------------------------------------- figures
-
-
-def segment_metrics(ranks: pd.DataFrame, column: str, k: int, recall: bool) -> dict[str, dict[str, float]]:
-    """HR@k, NDCG@k (and recall@20) overall and per segment from per-user ranks.
-
-    Args:
-        ranks: one row per user with ``tail_user``, ``tail_item`` (bool) and the rank column.
-        column: which rank column (``sampled_rank`` or ``full_rank``).
-        recall: add ``recall@20`` (one target: the share with rank < 20).
-    """
-    masks = {
-        "overall": np.ones(len(ranks), dtype=bool),
-        "tail_item": ranks["tail_item"].to_numpy(dtype=bool),
-        "head_item": ~ranks["tail_item"].to_numpy(dtype=bool),
-        "tail_user": ranks["tail_user"].to_numpy(dtype=bool),
-        "head_user": ~ranks["tail_user"].to_numpy(dtype=bool),
-    }
-    values = ranks[column].to_numpy(dtype=np.float64)
-    out = {}
-    for segment in SEGMENTS:
-        r = values[masks[segment]]
-        figures = {f"hr@{k}": hit_rate(r, k), f"ndcg@{k}": ndcg(r, k)}
-        if recall:
-            figures[f"recall@{RECALL_AT}"] = hit_rate(r, RECALL_AT)
-        out[segment] = figures
-    return out
-
-
-def build_report(
-    model: str, version: str, dataset: dict[str, int], ranks: pd.DataFrame, top_items: np.ndarray,
-    n_items: int, tail_items: np.ndarray, cfg: EvaluateConfig, has_embeddings: bool,
-) -> dict[str, Any]:
-    """The contract JSON (``_reports/evaluation-<model>.json``) from per-user ranks and recommended items."""
-    protocols: dict[str, Any] = {}
-    if "sampled" in cfg.protocols:
-        protocols["sampled"] = {"negatives": cfg.negatives, **segment_metrics(ranks, "sampled_rank", cfg.k, False)}
-    if "full" in cfg.protocols:
-        protocols["full"] = segment_metrics(ranks, "full_rank", cfg.k, True)
-    diversity = float(ranks["diversity"].mean()) if has_embeddings and len(ranks) else None
-    return {
-        "model": model,
-        "model_version": version,
-        "dataset": dataset,
-        "protocols": protocols,
-        "catalog": {
-            f"coverage@{cfg.k}": coverage(top_items, n_items),
-            f"tail_coverage@{cfg.k}": tail_coverage(top_items, tail_items),
-            f"diversity@{cfg.k}": diversity,
-        },
-    }
-
-
-def report_rows(report: dict[str, Any], evaluated_at: dt.datetime) -> list[tuple]:
-    """Rows of the ``evaluation`` table for one report (protocol, segment, metric, value)."""
-    rows = []
-    for protocol, block in report["protocols"].items():
-        for segment in SEGMENTS:
-            for metric, value in block[segment].items():
-                rows.append((report["model"], report["model_version"], protocol, segment, metric, value, evaluated_at))
-    for metric, value in report["catalog"].items():
-        rows.append((report["model"], report["model_version"], "catalog", "overall", metric, value, evaluated_at))
-    return rows
+# --------------------------------------------------------------------------- writing
 
 
 def write_report(wh: Warehouse, report: dict[str, Any]) -> str:
@@ -290,16 +199,8 @@ def write_report(wh: Warehouse, report: dict[str, Any]) -> str:
 
 
 def write_evaluation_rows(wh: Warehouse, reports: list[dict[str, Any]], evaluated_at: dt.datetime) -> None:
-    """Replace the rows of these (model, version) pairs in ``evaluation``, keeping all others."""
-    new_rows = [r for rep in reports for r in report_rows(rep, evaluated_at)]
-    replaced = {(rep["model"], rep["model_version"]) for rep in reports}
-    kept: list[tuple] = []
-    if wh.exists(schemas.EVALUATION):
-        # A few dozen rows per model: read to the driver, filter, rewrite in one commit.
-        old = schemas.conform(wh.read(schemas.EVALUATION), schemas.EVALUATION).collect()
-        kept = [tuple(r) for r in old if (r["model"], r["model_version"]) not in replaced]
-    frame = wh.spark.createDataFrame(kept + new_rows, schemas.EVALUATION_SCHEMA)
-    wh.write(frame, schemas.EVALUATION, mode="overwrite")
+    """Append the reports' figures to ``evaluation`` (one commit; earlier evaluations stay)."""
+    wh.append_rows(schemas.EVALUATION, [r for rep in reports for r in report_rows(rep, evaluated_at)])
 
 
 # --------------------------------------------------------------------------- run_evaluate
@@ -322,7 +223,7 @@ def run_evaluate(
         wh: warehouse (carries the session); reads ``user_sequences``, ``item_stats``,
             ``user_stats`` and (for diversity and the content parts) ``item_embeddings``.
         model_name: trained model name, or ``popularity``, ``als``, ``content``.
-        cfg: the ``evaluate`` section (negatives, seed, k, protocols, ALS settings).
+        cfg: the ``evaluate`` section (negatives, seed, k, recall_at, protocols, ALS settings).
         version: model version (default: the latest).
         hybrid: ``score.hybrid``; when it blends or re-ranks, that variant is evaluated too
             and written as ``<model>+hybrid``.
@@ -339,72 +240,85 @@ def run_evaluate(
     """
     started = time.perf_counter()
     evaluated_at = dt.datetime.now(dt.timezone.utc)
-    unknown = sorted(set(cfg.protocols) - {"sampled", "full"})
-    if unknown:
-        raise InputError(f"config key evaluate.protocols: unknown protocol {unknown[0]!r} (known: sampled, full)")
-    if cfg.negatives < 1:
-        raise InputError(f"config key evaluate.negatives: {cfg.negatives}; must be at least 1")
     user_batch = cfg.user_batch if user_batch is None else user_batch
     item_chunk = cfg.item_chunk if item_chunk is None else item_chunk
-    for key, value in (("user_batch", user_batch), ("item_chunk", item_chunk)):
-        if value < 1:
-            raise InputError(f"config key evaluate.{key}: {value}; must be at least 1")
+    _check_settings(cfg, user_batch, item_chunk)
     seqs = read_user_sequences(wh)
     user_stats = wh.read(schemas.USER_STATS)
     schemas.require_columns(user_stats, schemas.USER_STATS_SCHEMA, schemas.USER_STATS)
     catalogue = load_catalogue(wh, include_new_items=False)
     factory = ScorerFactory(wh, catalogue, "train", cfg, model_loader)
-    plain = factory.scorer(model_name, version)
-    bundles = [make_bundle(plain, catalogue, restrict_to_known=True)]
-    use_hybrid = hybrid_on(hybrid)
-    if use_hybrid:
-        assert hybrid is not None
-        blended = factory.hybrid(model_name, version, hybrid)
-        bundles.append(make_bundle(blended, catalogue, hybrid, restrict_to_known=True))
-
-    max_idx = catalogue.n_known - 1
+    scorers = [factory.scorer(model_name, version)]
+    bundles = [make_bundle(scorers[0], catalogue, restrict_to_known=True)]
+    if hybrid_on(hybrid):
+        scorers.append(factory.hybrid(model_name, version, hybrid))
+        bundles.append(make_bundle(scorers[1], catalogue, hybrid, restrict_to_known=True))
+    users, dataset = _evaluation_users(seqs, user_stats, catalogue)
+    settings = dataclasses.asdict(cfg)
     holes = np.nonzero(~catalogue.known[1:])[0].astype(np.int64) + 1  # idxs no item has
+    token, bc = broadcast_bundles(wh, bundles)
+    ranks_df = _ranks_frame(users, token, bc, settings, catalogue.n_known - 1, holes, user_batch, item_chunk).persist()
+    try:
+        ranks, recommended = _collect(ranks_df)
+    finally:
+        ranks_df.unpersist()
+        bc.unpersist()
+    tail_items = np.nonzero(catalogue.tail & catalogue.known)[0]
+    reports = [
+        build_report(
+            scorer.name, scorer.version, dataset, ranks[ranks["variant"] == v],
+            recommended.get(v, np.zeros(0, dtype=np.int64)), dataset["items"], tail_items, settings,
+            bool(catalogue.has_embedding.any()),
+        )
+        for v, scorer in enumerate(scorers)
+    ]
+    with wh.job():
+        write_evaluation_rows(wh, reports, evaluated_at)
+    paths = [write_report(wh, rep) for rep in reports]
+    return EvaluationReport(
+        model=scorers[0].name, model_version=scorers[0].version, report=reports[0], path=paths[0],
+        seconds=time.perf_counter() - started,
+        variants={rep["model"]: rep for rep in reports[1:]},
+        variant_paths={rep["model"]: p for rep, p in zip(reports[1:], paths[1:])},
+    )
+
+
+def _check_settings(cfg: EvaluateConfig, user_batch: int, item_chunk: int) -> None:
+    unknown = sorted(set(cfg.protocols) - {"sampled", "full"})
+    if unknown:
+        raise InputError(f"config key evaluate.protocols: unknown protocol {unknown[0]!r} (known: sampled, full)")
+    if cfg.negatives < 1:
+        raise InputError(f"config key evaluate.negatives: {cfg.negatives}; must be at least 1")
+    for key, value in (("user_batch", user_batch), ("item_chunk", item_chunk)):
+        if value < 1:
+            raise InputError(f"config key evaluate.{key}: {value}; must be at least 1")
+
+
+def _evaluation_users(seqs: DataFrame, user_stats: DataFrame, catalogue: Catalogue) -> tuple[DataFrame, dict]:
+    """Users with a test item and their segment flag; the dataset figures of the report.
+
+    Raises:
+        InputError: no user has a test item.
+    """
     users = (
         seqs.where(F.col("test_item_idx").isNotNull() & (F.col("test_item_idx") > 0))
         .select("user_id", "user_idx", "item_idxs", "train_item_idxs", "valid_item_idx", "test_item_idx")
         .join(user_stats.select("user_idx", (F.col("segment") == schemas.TAIL).alias("tail_user")), "user_idx", "left")
         .withColumn("tail_user", F.coalesce(F.col("tail_user"), F.lit(False)))
     )
-    summary = users.agg(
-        F.count(F.lit(1)).alias("users"), F.sum(F.size("item_idxs")).alias("interactions")
-    ).collect()[0]
+    summary = users.agg(F.count(F.lit(1)).alias("users"), F.sum(F.size("item_idxs")).alias("interactions")).collect()[0]
     n_users = int(summary["users"] or 0)
     if n_users == 0:
         raise InputError(f"table {schemas.USER_SEQUENCES}: no user has a test item to evaluate")
-    token, bc = broadcast_bundles(wh, bundles)
-    ranks_df = _ranks_frame(users, token, bc, len(bundles), cfg.k, cfg.negatives, cfg.seed, max_idx, holes,
-                            user_batch, item_chunk).persist()
-    try:
-        ranks = ranks_df.drop("top").toPandas()
-        recommended = (
-            ranks_df.select("variant", F.explode("top").alias("item")).where(F.col("item") > 0).distinct()
-            .groupBy("variant").agg(F.collect_list("item").alias("items")).collect()
-        )
-    finally:
-        ranks_df.unpersist()
-        bc.unpersist()
-    items_by_variant = {r["variant"]: np.asarray(r["items"], dtype=np.int64) for r in recommended}
     dataset = {"users": n_users, "items": int(catalogue.known.sum()), "interactions": int(summary["interactions"] or 0)}
-    tail_items = np.nonzero(catalogue.tail & catalogue.known)[0]
-    has_embeddings = bool(catalogue.has_embedding.any())
-    reports = []
-    for v, scorer in enumerate([plain] + ([blended] if use_hybrid else [])):
-        reports.append(build_report(
-            scorer.name, scorer.version, dataset, ranks[ranks["variant"] == v],
-            items_by_variant.get(v, np.zeros(0, dtype=np.int64)), int(catalogue.known.sum()), tail_items, cfg,
-            has_embeddings,
-        ))
-    with wh.job():
-        write_evaluation_rows(wh, reports, evaluated_at)
-    paths = [write_report(wh, rep) for rep in reports]
-    return EvaluationReport(
-        model=plain.name, model_version=plain.version, report=reports[0], path=paths[0],
-        seconds=time.perf_counter() - started,
-        variants={rep["model"]: rep for rep in reports[1:]},
-        variant_paths={rep["model"]: p for rep, p in zip(reports[1:], paths[1:])},
+    return users, dataset
+
+
+def _collect(ranks_df: DataFrame) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
+    """Per-user ranks on the driver; the distinct recommended items per variant, aggregated by Spark."""
+    ranks = ranks_df.drop("top").toPandas()
+    recommended = (
+        ranks_df.select("variant", F.explode("top").alias("item")).where(F.col("item") > 0).distinct()
+        .groupBy("variant").agg(F.collect_list("item").alias("items")).collect()
     )
+    return ranks, {r["variant"]: np.asarray(r["items"], dtype=np.int64) for r in recommended}

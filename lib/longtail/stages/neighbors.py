@@ -36,12 +36,12 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from longtail.core import schemas
 from longtail.core.config import NeighborsConfig
 from longtail.core.errors import ConfigError, EnvironmentProblem, SchemaError
 from longtail.core.files import absolute, read_bytes, remove_tree, write_bytes
+from longtail.ranking.vectors import unit_rows
 
 _NO_IDX = np.iinfo(np.int64).max
 
@@ -75,9 +75,7 @@ class NeighborsReport:
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float32); all-zero rows stay zero."""
-    x = np.asarray(x, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+    return unit_rows(np.asarray(x, dtype=np.float64)).astype(np.float32)
 
 
 def top_k_columns(scores: np.ndarray, k: int) -> np.ndarray:
@@ -247,25 +245,6 @@ def top_n_for_block(query: np.ndarray, query_idx: np.ndarray, candidate_blocks: 
     return best[0], np.where(missing, _NO_IDX, best[1]), np.where(missing, None, best[2])
 
 
-def exact_top_n(vectors: np.ndarray, idx: np.ndarray, ids: np.ndarray, n: int, block_size: int):
-    """Blockwise exact top-N in one process (tests, benchmarks).
-
-    Returns ``(sims, idx, ids)`` (users, n) for the query users in ascending ``idx`` order;
-    missing entries have similarity ``-inf`` and id None.
-    """
-    order = np.argsort(idx, kind="stable")
-    x = normalize_rows(vectors[order])
-    idx, ids = np.asarray(idx, dtype=np.int64)[order], np.asarray(ids, dtype=object)[order]
-    blocks = []
-    for s in range(0, len(x), block_size):
-        xb = x[s : s + block_size]
-        blocks.append((xb, idx[s : s + block_size], ids[s : s + block_size], duplicate_of(xb)))
-    parts = [top_n_for_block(b[0], b[1], blocks, n) for b in blocks]
-    if not parts:
-        return np.zeros((0, n), np.float32), np.zeros((0, n), np.int64), np.zeros((0, n), object)
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
-
-
 # --------------------------------------------------------------------------- Spark stage
 
 
@@ -294,12 +273,12 @@ def run_neighbors(wh, cfg: NeighborsConfig) -> NeighborsReport:
         raise ConfigError(f"neighbors.method {cfg.method!r}: not one of exact, faiss")
     emb = wh.read(schemas.USER_EMBEDDINGS)
     schemas.require_columns(
-        emb, T.StructType([f for f in schemas.USER_EMBEDDINGS_SCHEMA.fields if f.name in ("user_id", "embedding")]),
+        emb, schemas.subset(schemas.USER_EMBEDDINGS_SCHEMA, "user_id", "embedding"),
         schemas.USER_EMBEDDINGS,
     )
     seq = wh.read(schemas.USER_SEQUENCES)
     schemas.require_columns(
-        seq, T.StructType([f for f in schemas.USER_SEQUENCES_SCHEMA.fields if f.name in ("user_id", "user_idx")]),
+        seq, schemas.subset(schemas.USER_SEQUENCES_SCHEMA, "user_id", "user_idx"),
         schemas.USER_SEQUENCES,
     )
     users = emb.select("user_id", "embedding").join(seq.select("user_id", "user_idx"), "user_id")
@@ -457,26 +436,6 @@ def faiss_search(x: np.ndarray, n: int, faiss=None, m: int = 32, ef: int | None 
         d = np.pad(d, ((0, 0), (0, pad)), constant_values=-np.inf)
         p = np.pad(p, ((0, 0), (0, pad)), constant_values=-1)
     return d.astype(np.float32), p.astype(np.int64)
-
-
-def recall_at_n(exact_ids, approx_ids, exact_sims=None, approx_sims=None, tol: float = 1e-5) -> float:
-    """Mean over users of the share of the exact top-N the approximate search found.
-
-    Rows are lists of neighbour ids, best first (None = missing). With similarities given, an
-    approximate neighbour whose similarity is at least the exact N-th similarity (minus
-    ``tol``) counts as found even when it is another member of a group of tied users.
-    """
-    hits = total = 0
-    for row, (e, a) in enumerate(zip(exact_ids, approx_ids)):
-        es = [v for v in e if v is not None]
-        total += len(es)
-        if exact_sims is not None and approx_sims is not None and es:
-            cut = float(exact_sims[row][len(es) - 1]) - tol
-            good = sum(1 for v, s in zip(a, approx_sims[row]) if v is not None and float(s) >= cut)
-            hits += min(good, len(es))
-        else:
-            hits += len(set(es) & {v for v in a if v is not None})
-    return hits / total if total else 1.0
 
 
 def _write(wh, df: DataFrame) -> None:

@@ -5,11 +5,9 @@ import json
 
 import pytest
 from chispa import assert_df_equality
-
+from ingest_helpers import STRICT, table_rows, ts, write_file
 from longtail.core import schemas
 from longtail.stages.ingest import run_ingest
-
-from ingest_helpers import STRICT, table_rows, ts, write_file
 
 INTER = schemas.INTERACTIONS_SCHEMA
 

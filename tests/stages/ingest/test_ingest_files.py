@@ -5,10 +5,8 @@ import datetime as dt
 import json
 
 import pytest
-
-from longtail.stages.ingest import run_ingest
-
 from ingest_helpers import STRICT, table_rows, ts, write_file
+from longtail.stages.ingest import run_ingest
 
 
 @pytest.mark.spark

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
-from longtail.stages.ingest import run_ingest
-
 from ingest_helpers import STRICT, table_rows, ts, write_file
+from longtail.stages.ingest import run_ingest
 
 
 @pytest.mark.spark

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from longtail.stages.ingest.parsing import parse_object
 from longtail.stages.ingest.values import Bad
 

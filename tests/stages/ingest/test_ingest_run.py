@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
+from ingest_helpers import STRICT, bad_jsonl, table_rows, write_file
 from longtail.core import schemas
 from longtail.core.errors import InputError
 from longtail.stages.ingest import run_ingest
-
-from ingest_helpers import STRICT, bad_jsonl, table_rows, write_file
 
 
 @pytest.mark.spark

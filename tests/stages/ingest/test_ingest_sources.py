@@ -3,12 +3,10 @@ empty input and bad options are clear errors."""
 from __future__ import annotations
 
 import pytest
-
+from ingest_helpers import STRICT, write_file
 from longtail.core.config import IngestConfig
 from longtail.core.errors import ConfigError, InputError, SchemaError
 from longtail.stages.ingest import run_ingest
-
-from ingest_helpers import STRICT, write_file
 
 
 @pytest.mark.spark

@@ -5,8 +5,12 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-
-from longtail.stages.ingest import normalize_categories, normalize_id, normalize_rating, timestamp_micros
+from longtail.stages.ingest import (
+    normalize_categories,
+    normalize_id,
+    normalize_rating,
+    timestamp_micros,
+)
 
 
 def test_timestamp_micros_accepts_unix_seconds_and_iso_8601():

@@ -32,7 +32,11 @@ from pyspark.sql import DataFrame, SparkSession
 from longtail.core import schemas
 from longtail.core.config import IngestConfig
 from longtail.core.errors import ConfigError, InputError
-from longtail.stages.ingest.bad_rows import count_rows_by_reason, too_many_bad_rows, where
+from longtail.stages.ingest.bad_rows import (
+    count_rows_by_reason,
+    too_many_bad_rows,
+    where,
+)
 from longtail.stages.ingest.final import count_all, final_tables
 from longtail.stages.ingest.read import parse
 from longtail.stages.ingest.report import IngestReport

@@ -1,0 +1,185 @@
+"""Scoring a batch of users: the bundle the driver ships to every Python worker once.
+
+The driver computes the catalogue's item matrix of a scorer once (:func:`make_bundle`) and
+broadcasts the bundles of a job (:func:`broadcast_bundles`); each worker unpickles them once
+(:func:`worker_bundles`, cached in this importable module) and, per batch of users, gets
+their top-K lists (:meth:`ScoringBundle.top_k`, for ``score``) or the ranks of their
+held-out items under both protocols (:meth:`ScoringBundle.ranks`, for ``evaluate``).
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from longtail.core.config import HybridConfig
+from longtail.core.errors import InputError
+from longtail.inference.catalogue import Catalogue
+from longtail.inference.scorers import Scorer
+from longtail.ranking.metrics import target_ranks
+from longtail.ranking.topk import candidate_scores, chunked_topk, full_ranks, mmr_rerank
+
+#: Users per MMR re-rank step (memory: MMR_ROWS x candidates x embedding dimension floats).
+MMR_ROWS = 256
+
+
+@dataclass
+class ScoringBundle:
+    """Everything a task needs to score users: shipped once, unpickled once per worker."""
+
+    scorer: Any  # user side: .user_vectors(histories)
+    items: np.ndarray  # [N, D] float32
+    excluded: np.ndarray  # item idxs never ranked (not scorable)
+    unit_embeddings: np.ndarray | None  # [N, E] for MMR and diversity
+    tail: np.ndarray  # [N] bool
+    item_ids: list[str]
+    mmr_lambda: float | None = None
+    mmr_candidates: int = 100
+    # Filled on the executor from the arrays above.
+    _torch: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        if not self._torch:
+            self._torch = {
+                "items": torch.from_numpy(np.ascontiguousarray(self.items)),
+                "excluded": torch.from_numpy(self.excluded.astype(np.int64)),
+            }
+            if self.unit_embeddings is not None:
+                self._torch["unit"] = torch.from_numpy(np.ascontiguousarray(self.unit_embeddings))
+        return self._torch
+
+    def top_k(
+        self, histories: torch.Tensor, k: int, item_chunk: int, seen: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` items per user, excluding ``seen`` (default: the histories); MMR when configured."""
+        t = self.tensors()
+        seen = histories if seen is None else seen
+        users = self.scorer.user_vectors(histories).to(torch.float32)
+        if self.mmr_lambda is None or "unit" not in t:
+            return chunked_topk(users, t["items"], k, seen=seen, excluded=t["excluded"], item_chunk=item_chunk)
+        c = max(self.mmr_candidates, k)
+        scores, items = chunked_topk(users, t["items"], c, seen=seen, excluded=t["excluded"], item_chunk=item_chunk)
+        picked, picked_scores = self.rerank(items, scores, k)
+        return picked_scores, picked
+
+    def rerank(self, candidates: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """MMR re-rank of per-user candidates (see :func:`longtail.ranking.topk.mmr_rerank`): ``(items, scores)``."""
+        assert self.mmr_lambda is not None
+        unit = self.tensors()["unit"]
+        # The re-rank gathers [users, candidates, embedding] floats: bound it to MMR_ROWS users.
+        picks = [
+            mmr_rerank(candidates[s : s + MMR_ROWS], scores[s : s + MMR_ROWS], unit, k, self.mmr_lambda)
+            for s in range(0, candidates.shape[0], MMR_ROWS)
+        ]
+        return torch.cat([p[0] for p in picks]), torch.cat([p[1] for p in picks])
+
+    def ranks(
+        self, histories: torch.Tensor, targets: torch.Tensor, candidates: torch.Tensor, k: int, depth: int,
+        item_chunk: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ranks of each user's target: among ``candidates`` (sampled protocol, target in column 0)
+        and among the whole catalogue minus ``histories`` (full protocol); and the full top-``k``.
+
+        With MMR on, a rank is the target's pick position (a miss when it is not among the
+        first ``depth`` picks of the full ranking, or the ``k`` of the sampled one).
+
+        Returns:
+            ``(sampled ranks [B], full ranks [B], top-k items [B, k])``, ranks 0-based.
+        """
+        t = self.tensors()
+        users = self.scorer.user_vectors(histories).to(torch.float32)
+        # Padding and items this scorer cannot rank score -inf in both protocols alike.
+        padding = candidates == 0
+        if t["excluded"] is not None and len(t["excluded"]):
+            padding = padding | torch.isin(candidates, t["excluded"])
+        scores = candidate_scores(users, t["items"], candidates).masked_fill(padding, float("-inf"))
+        if self.mmr_lambda is None or "unit" not in t:
+            full, top = full_ranks(
+                users, t["items"], targets, seen=histories, excluded=t["excluded"], k=k, item_chunk=item_chunk
+            )
+            return target_ranks(scores.numpy(), 0), full.numpy(), top.numpy()
+        return self._mmr_ranks(users, scores, histories, targets, candidates, k, depth, item_chunk)
+
+    def _mmr_ranks(self, users, scores, histories, targets, candidates, k: int, depth: int, item_chunk: int):
+        # MMR changes the order, not the scores: the target's rank is its pick position.
+        t = self.tensors()
+        order_scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
+        picked, _ = self.rerank(torch.gather(candidates, 1, order), order_scores, k)
+        sampled = _pick_position(picked, candidates[:, 0], miss=float(candidates.shape[1]))
+        seen = histories.masked_fill(histories == targets[:, None], 0)
+        pool_scores, pool = chunked_topk(users, t["items"], max(self.mmr_candidates, depth), seen=seen,
+                                         excluded=t["excluded"], item_chunk=item_chunk)
+        picked, _ = self.rerank(pool, pool_scores, depth)
+        full = _pick_position(picked, targets, miss=float(t["items"].shape[0]))
+        return sampled, full, picked[:, :k].numpy()
+
+
+def make_bundle(
+    scorer: Scorer,
+    catalogue: Catalogue,
+    hybrid: HybridConfig | None = None,
+    restrict_to_known: bool = False,
+) -> ScoringBundle:
+    """Compute the item matrix on the driver and pack what the executors need."""
+    items = scorer.item_vectors().to(torch.float32).contiguous().numpy()
+    allowed = np.asarray(scorer.scorable(), dtype=bool).copy()
+    allowed[0] = False
+    if restrict_to_known:
+        allowed &= catalogue.known
+    mmr = hybrid.mmr_lambda if hybrid is not None else None
+    unit = catalogue.unit_embeddings()
+    if mmr is not None and unit is None:
+        raise InputError("score.hybrid.mmr_lambda: the MMR re-rank needs item_embeddings (run `longtail encode`)")
+    if mmr is not None and not 0.0 <= mmr <= 1.0:
+        raise InputError(f"score.hybrid.mmr_lambda: {mmr} is not in [0, 1]")
+    return ScoringBundle(
+        scorer=scorer,
+        items=items,
+        excluded=np.nonzero(~allowed)[0].astype(np.int64),
+        unit_embeddings=unit,
+        tail=catalogue.tail.copy(),
+        item_ids=list(catalogue.item_ids),
+        mmr_lambda=mmr,
+        mmr_candidates=hybrid.mmr_candidates if hybrid is not None else 100,
+    )
+
+
+def broadcast_bundles(wh, bundles: list[ScoringBundle]) -> tuple[str, Any]:
+    """Cloudpickle the bundles into one broadcast; returns ``(token, broadcast)`` for tasks."""
+    from pyspark import cloudpickle
+
+    payload = cloudpickle.dumps(bundles)
+    return uuid.uuid4().hex, wh.spark.sparkContext.broadcast(payload)
+
+
+#: Bundles unpickled in this Python worker, by (token, device): loaded once per worker.
+_BUNDLES: dict[tuple[str, str], list[ScoringBundle]] = {}
+
+
+def worker_bundles(token: str, broadcast: Any) -> list[ScoringBundle]:
+    """The job's bundles in this worker (unpickled on first use, then cached)."""
+    from pyspark import TaskContext, cloudpickle
+
+    context = TaskContext.get()
+    if context is not None:
+        torch.set_num_threads(max(1, int(context.cpus())))
+    key = (token, "cpu")
+    if key not in _BUNDLES:
+        _BUNDLES.clear()  # one job's bundles at a time: a reused worker does not accumulate models
+        _BUNDLES[key] = cloudpickle.loads(broadcast.value)
+    return _BUNDLES[key]
+
+
+def spread(df):
+    """``df`` with at least one partition per task slot, so that every slot scores."""
+    parallelism = df.sparkSession.sparkContext.defaultParallelism
+    return df.repartition(parallelism) if df.rdd.getNumPartitions() < parallelism else df
+
+
+def _pick_position(picked: torch.Tensor, targets: torch.Tensor, miss: float) -> np.ndarray:
+    hits = picked == targets[:, None]
+    first = torch.argmax(hits.to(torch.int8), dim=1).to(torch.float64)
+    return torch.where(hits.any(dim=1), first, torch.full_like(first, miss)).numpy()

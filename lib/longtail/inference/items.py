@@ -1,0 +1,92 @@
+"""The one item-idx space every stage and model uses, and the mapping between its versions.
+
+``sequences`` gives every item a dense, stable ``item_idx`` (1..n, 0 is padding) in
+``item_stats``; ids never change once given, new items get new idxs. Three views of that
+space exist, all as an :class:`ItemIndex`:
+
+- the warehouse's, read from ``item_stats`` (:func:`read_item_index`);
+- a trained model's, saved beside its weights (``item_ids.json``): ``item_stats`` as it was
+  when the model was trained;
+- the serving catalogue's: ``item_stats`` plus items that have text but no interactions yet,
+  appended after the last idx.
+
+They agree wherever both know an item; :meth:`ItemIndex.lookup` maps one onto another by
+item_id (0 where the other does not know the item), so a model trained before new items
+arrived still scores the catalogue of today.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from longtail.core.errors import InputError
+
+
+class ItemIndex:
+    """``ids[idx]`` is the item_id of item idx; ``""`` for padding (idx 0) and for unused idxs.
+
+    Args:
+        ids: item_id per idx, index 0 first (``""`` there).
+    """
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.ids = list(ids)
+        self._position: dict[str, int] | None = None
+
+    @classmethod
+    def from_pairs(cls, idxs: np.ndarray, ids: Sequence[str], table: str, size: int | None = None) -> "ItemIndex":
+        """The index of ``(item_idx, item_id)`` pairs, e.g. the rows of ``item_stats``.
+
+        Args:
+            idxs, ids: one pair per item. table: named in errors.
+            size: at least this many idxs (0..size-1), for appending after them.
+
+        Raises:
+            InputError: no items, an idx below 1 or missing, or an idx given twice.
+        """
+        idx = np.asarray(idxs)
+        if idx.size == 0:
+            raise InputError(f"table {table}: no items")
+        if np.isnan(idx.astype(float)).any() or idx.min() < 1:
+            raise InputError(f"table {table}: column item_idx must be 1 or more (0 is padding)")
+        idx = idx.astype(np.int64)
+        if len(np.unique(idx)) != len(idx):
+            raise InputError(f"table {table}: column item_idx has duplicates")
+        out = [""] * max(int(idx.max()) + 1, size or 0)
+        for i, item_id in zip(idx, ids):
+            out[int(i)] = item_id or ""
+        return cls(out)
+
+    @property
+    def size(self) -> int:
+        """Number of idxs, padding included (item vectors have this many rows)."""
+        return len(self.ids)
+
+    def position(self) -> dict[str, int]:
+        """item_id -> idx."""
+        if self._position is None:
+            self._position = {item_id: i for i, item_id in enumerate(self.ids) if i > 0 and item_id}
+        return self._position
+
+    def extended(self, new_ids: Sequence[str]) -> "ItemIndex":
+        """This index with ``new_ids`` appended after its last idx, in the given order."""
+        return ItemIndex(self.ids + list(new_ids))
+
+    def lookup(self, other: "ItemIndex") -> np.ndarray:
+        """``[self.size]`` int64: for each idx here, the idx of the same item in ``other`` (0: absent)."""
+        position = other.position()
+        return np.array([position.get(item_id, 0) if item_id else 0 for item_id in self.ids], dtype=np.int64)
+
+
+def read_item_index(stats) -> ItemIndex:
+    """The warehouse's index from an ``item_stats`` DataFrame (one small collect to the driver).
+
+    Raises:
+        InputError: as :meth:`ItemIndex.from_pairs`.
+    """
+    from longtail.core.schemas import ITEM_STATS
+
+    tbl = stats.select("item_idx", "item_id").toArrow()
+    idx = tbl.column("item_idx").to_numpy(zero_copy_only=False) if tbl.num_rows else np.zeros(0)
+    return ItemIndex.from_pairs(idx, tbl.column("item_id").to_pylist(), ITEM_STATS)

@@ -1,0 +1,136 @@
+"""``longtail train``: Spark writes the training data, torch processes train (TorchDistributor + DDP).
+
+1. :mod:`~longtail.stages.train.prepare` checks the inputs and writes the run folder
+   ``<warehouse>/_train/<version>/`` (users, shards per process, item index, LLM tables);
+2. :mod:`~longtail.stages.train.launch` runs :mod:`~longtail.stages.train.worker` in the
+   driver (``single``), in N processes on the driver (``local``: gloo on CPU) or as a Spark
+   barrier stage (``cluster``: one process per task / GPU, NCCL on GPU);
+3. rank 0 validates (:mod:`~longtail.stages.train.validation`), early-stops and saves the
+   best model to ``<warehouse>/_models/<model>/<version>/`` (:mod:`longtail.inference.store`);
+4. the driver registers it in the ``models`` table and removes the run folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from longtail.core.config import TrainConfig
+from longtail.core.errors import ConfigError
+from longtail.core.files import absolute, read_bytes, remove_tree
+from longtail.inference.store import register_model
+from longtail.models import check_model_name
+from longtail.stages.train.launch import (
+    check_task_slots,
+    launch,
+    new_version,
+    threads_per_process,
+)
+from longtail.stages.train.prepare import prepare_training_data
+
+#: Training shards per process; files are always a multiple of the number of processes.
+SHARDS_PER_PROCESS = 2
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`run_train` did; ``str()`` is the CLI's summary."""
+
+    model: str
+    version: str
+    path: str
+    best_epoch: int
+    valid_ndcg10: float
+    valid_hr10: float
+    epochs_run: int
+    seconds_per_epoch: float
+    sequences_per_second: float
+    processes: int
+    mode: str
+    train_users: int
+
+    def __str__(self) -> str:
+        return (
+            f"trained {self.model} version {self.version}: best epoch {self.best_epoch} of "
+            f"{self.epochs_run}, validation NDCG@10 {self.valid_ndcg10:.4f} HR@10 {self.valid_hr10:.4f}; "
+            f"{self.seconds_per_epoch:.2f} s/epoch ({self.sequences_per_second:.0f} sequences/s) on "
+            f"{self.processes} process(es), mode {self.mode}, {self.train_users} training users; "
+            f"saved to {self.path}"
+        )
+
+
+def run_train(
+    wh, model_name: str, cfg: TrainConfig, *, valid_negatives: int = 100, threads: int | None = None
+) -> TrainResult:
+    """Train ``model_name`` on the warehouse's tables and register it in ``models``.
+
+    Args:
+        wh: the :class:`~longtail.core.tables.Warehouse` (its session runs the Spark part).
+        model_name: a registered model name (``sasrec``, ..., ``llmesr_bert4rec``).
+        cfg: the ``train`` section (hyperparameters, ``mode``, ``processes``, ``seed``).
+        valid_negatives: sampled unseen items per validation user (``evaluate.negatives``).
+        threads: torch threads per process; None: torch's default in ``single`` mode, the
+            machine's cores split between processes in ``local`` mode, ``spark.task.cpus``
+            in ``cluster`` mode. (On a busy machine, more threads than free cores make
+            torch spin: 1 is then much faster.)
+
+    Returns:
+        The :class:`TrainResult`.
+
+    Raises:
+        ModelNotFoundError: unknown model name (lists the valid ones).
+        TableNotFoundError, SchemaError: an input table is missing or has wrong columns.
+        InputError: no training users, items without embeddings, idxs out of range.
+        ConfigError: the PCA width differs from ``train.hidden``, bad mode/processes.
+        EnvironmentProblem: too few Spark task slots for a cluster run.
+    """
+    check_model_name(model_name)
+    _check_config(cfg)
+    world = 1 if cfg.mode == "single" else cfg.processes
+    if cfg.mode == "cluster":
+        check_task_slots(wh.spark, world)
+    version = new_version(model_name, cfg)
+    root = absolute(wh.root)
+    run_dir = f"{root}/_train/{version}"
+    model_dir = f"{root}/_models/{model_name}/{version}"
+    try:
+        prepared = prepare_training_data(wh, model_name, cfg, run_dir, world * SHARDS_PER_PROCESS, world)
+        params = {
+            "model": model_name, "version": version, "run_dir": run_dir, "model_dir": model_dir,
+            "hp": dataclasses.asdict(cfg), "world": world, "valid_negatives": valid_negatives,
+            "threads": threads or threads_per_process(wh.spark, cfg, world), **prepared,
+        }
+        path = launch(wh.spark, cfg, params)
+        if path != model_dir:  # pragma: no cover - a broken worker
+            raise RuntimeError(f"training returned {path!r}, expected {model_dir!r}")
+        metrics = json.loads(read_bytes(f"{model_dir}/metrics.json"))
+        _register(wh, model_name, version, model_dir, metrics)
+    finally:
+        remove_tree(run_dir)
+    return TrainResult(
+        model=model_name, version=version, path=model_dir, best_epoch=int(metrics["best_epoch"]),
+        valid_ndcg10=float(metrics["valid_ndcg10"]), valid_hr10=float(metrics["valid_hr10"]),
+        epochs_run=int(metrics["epochs_run"]), seconds_per_epoch=float(metrics["seconds_per_epoch"]),
+        sequences_per_second=float(metrics["sequences_per_second"]), processes=world, mode=cfg.mode,
+        train_users=int(prepared["train_users"]),
+    )
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    for key in ("processes", "epochs", "batch_size", "max_len", "hidden", "layers", "heads"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"config key train.{key}: must be at least 1, got {getattr(cfg, key)}")
+    if cfg.hidden % cfg.heads:
+        raise ConfigError(f"config key train.heads: {cfg.heads} does not divide train.hidden {cfg.hidden}")
+
+
+def _register(wh, model_name: str, version: str, model_dir: str, metrics: dict) -> None:
+    # A model folder no table row points at would never be used: remove it if registering fails.
+    try:
+        register_model(wh, model_name, version, model_dir, metrics)
+    except BaseException:
+        remove_tree(model_dir)
+        raise
+
+
+__all__ = ["SHARDS_PER_PROCESS", "TrainResult", "run_train"]

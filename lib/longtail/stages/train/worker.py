@@ -1,0 +1,259 @@
+"""The training loop of one torch process (``single``, or a DDP rank under TorchDistributor).
+
+Rank r reads only its own shards; ranks agree on a step count (all-reduce MIN) so that DDP
+stays in lock-step; negatives come from a generator seeded by (seed, rank, epoch). Rank 0
+validates, early-stops with patience and saves the best model. Every rank returns the
+model folder's path (TorchDistributor keeps whichever process's value it sees last).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from longtail.core.files import read_bytes
+from longtail.inference.store import save_model_dir
+from longtail.stages.train.data import RankData, UserTable
+from longtail.stages.train.validation import ValidationSet
+
+log = logging.getLogger("longtail.stages.train")
+
+
+def train_worker(params: dict) -> str:
+    """Train in one process (rank from the torchrun / barrier environment); return the model path.
+
+    Module-level and fed plain values only, so TorchDistributor can pickle it small.
+
+    Args:
+        params: ``model``, ``version``, ``run_dir``, ``model_dir``, ``hp`` (TrainConfig as a
+            dict), ``world``, ``threads``, ``n_items``, ``n_shards``, ``objective``, ``text``,
+            ``llm_dim``, ``encoder``, ``train_users``, ``valid_negatives``.
+    """
+    import torch
+    import torch.distributed as dist
+
+    # torchrun and Spark's barrier tasks tell a process its place through these variables.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = bool(params["hp"].get("use_gpu")) and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if params.get("threads"):
+        torch.set_num_threads(int(params["threads"]))
+    if rank == 0:
+        _show_progress()
+    distributed = world > 1
+    if distributed:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        return _train(params, rank, world, device, distributed)
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+def _show_progress() -> None:
+    # A torchrun / barrier-task process has no logging set up: show rank 0's epoch lines on
+    # its stdout, which TorchDistributor streams to the driver.
+    if not logging.getLogger().handlers and not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s longtail.train %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+@dataclass
+class _Best:
+    """Early stopping: the best validation so far and its weights."""
+
+    patience: int
+    epoch: int = 0
+    ndcg: float = -1.0
+    hr: float = 0.0
+    state: dict | None = field(default=None, repr=False)
+
+    def update(self, epoch: int, ndcg: float, hr: float, module) -> bool:
+        """Record a validation; True when patience ran out."""
+        if ndcg > self.ndcg:
+            self.epoch, self.ndcg, self.hr = epoch, ndcg, hr
+            self.state = {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
+            return False
+        return epoch - self.epoch >= self.patience
+
+
+def _train(params: dict, rank: int, world: int, device, distributed: bool) -> str:
+    import torch
+
+    hp = params["hp"]
+    seed, n_items, max_len = int(hp["seed"]), int(params["n_items"]), int(hp["max_len"])
+    cloze = params["objective"] == "cloze"
+    users, data = _load_data(params, rank, world)
+    module, model = _build(params, device, distributed)
+    optimizer = torch.optim.Adam(
+        [p for p in module.parameters() if p.requires_grad], lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]),
+    )
+    per_rank, rows, steps, seen_per_epoch = _schedule(data.n, cloze, int(hp["batch_size"]), world, device, distributed)
+    validation = (
+        ValidationSet.build(users, n_items, max_len, seed, int(params["valid_negatives"])) if rank == 0 else None
+    )
+    best = _Best(int(hp["patience"]))
+    history: list[dict] = []
+    epochs, eval_every = int(hp["epochs"]), max(1, int(hp["eval_every"]))
+    epoch, stopped_early = 0, False
+    for epoch in range(1, epochs + 1):
+        rng = np.random.default_rng([seed, rank, epoch])
+        torch.manual_seed(_mix(seed, rank, epoch))
+        order = rng.permutation(rows)
+        loss, seconds = _run_epoch(model, optimizer, data, rng, order, steps, per_rank, hp, n_items, cloze, device)
+        entry = {"epoch": epoch, "loss": loss, "seconds": seconds}
+        history.append(entry)
+        if epoch % eval_every == 0 or epoch == epochs:
+            stop = _validate(validation, best, module, entry, device) if rank == 0 else False
+            if _agree(stop, device, distributed):
+                stopped_early = True
+                break
+    if rank == 0:
+        _save(params, module, best, history, epoch, stopped_early, seen_per_epoch, world, validation)
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return params["model_dir"]
+
+
+def _load_data(params: dict, rank: int, world: int) -> tuple[UserTable | None, RankData]:
+    """The user table (rank 0 and distillation need it) and this rank's training rows."""
+    run_dir = params["run_dir"]
+    distill = bool(params["text"]) and float(params["hp"]["alpha"]) > 0
+    users = UserTable.load(f"{run_dir}/users") if (distill or rank == 0) else None
+    data = RankData.load(f"{run_dir}/shards", rank, world, int(params["n_shards"]), users if distill else None)
+    return users, data
+
+
+def _build(params: dict, device, distributed: bool):
+    """``(module, model)``: the freshly initialised model and what the loop calls (DDP-wrapped)."""
+    import torch
+
+    from longtail.models import TextTables, build_model
+
+    text = None
+    if params["text"]:
+        with np.load(io.BytesIO(read_bytes(f"{params['run_dir']}/text.npz"))) as arrays:
+            text = TextTables.from_arrays(arrays["llm"], arrays["pca"], arrays["pca_mean"], arrays["pca_components"])
+    torch.manual_seed(int(params["hp"]["seed"]))
+    module = build_model(params["model"], int(params["n_items"]), params["hp"], text).to(device)
+    if not distributed:
+        return module, module
+    from torch.nn.parallel import DistributedDataParallel
+
+    # The frozen LLM table is a buffer: synced once at init, never re-broadcast per step.
+    ddp = DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
+    )
+    return module, ddp
+
+
+def _schedule(n: int, cloze: bool, batch_size: int, world: int, device, distributed: bool) -> tuple[int, int, int, int]:
+    """``(rows per rank per step, rows per epoch, steps, sequences seen per epoch by all ranks)``.
+
+    The global batch is ``batch_size`` whatever the number of processes; ranks run the
+    smallest step count among them so that DDP stays in lock-step.
+    """
+    import torch
+
+    per_rank = max(1, math.ceil(batch_size / world))
+    rows = n * (2 if cloze else 1)  # cloze: every row once masked at random, once at its last item
+    steps = math.ceil(rows / per_rank)
+    seen = min(rows, steps * per_rank)
+    if distributed:
+        import torch.distributed as dist
+
+        t = torch.tensor([steps], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        steps = int(t.item())
+        t = torch.tensor([min(rows, steps * per_rank)], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        seen = int(t.item())
+    return per_rank, rows, steps, seen
+
+
+def _run_epoch(model, optimizer, data: RankData, rng, order, steps: int, per_rank: int, hp: dict, n_items: int,
+               cloze: bool, device) -> tuple[float, float]:
+    """One pass over this rank's rows in ``order``; returns ``(mean loss, seconds)``."""
+    import torch
+
+    model.train()
+    total = torch.zeros((), device=device)
+    started = time.perf_counter()
+    for step in range(steps):
+        ids = order[step * per_rank : (step + 1) * per_rank]
+        batch = data.batch(ids, rng, n_items, int(hp["max_len"]), cloze, float(hp["bert_mask_prob"]))
+        batch = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(batch)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return float(total.item()) / max(steps, 1), time.perf_counter() - started
+
+
+def _validate(validation: ValidationSet, best: _Best, module, entry: dict, device) -> bool:
+    """Rank 0: validate, record in ``entry`` and ``best``; True when training should stop."""
+    started = time.perf_counter()
+    ndcg, hr = validation.evaluate(module, device)
+    entry.update({"valid_ndcg10": ndcg, "valid_hr10": hr, "valid_seconds": time.perf_counter() - started})
+    log.info(
+        "epoch %d: loss %.4f, %.1fs training, valid NDCG@10 %.4f HR@10 %.4f",
+        entry["epoch"], entry["loss"], entry["seconds"], ndcg, hr,
+    )
+    return best.update(entry["epoch"], ndcg, hr, module)
+
+
+def _agree(stop: bool, device, distributed: bool) -> bool:
+    """Rank 0's stop decision, shared with every rank."""
+    if not distributed:
+        return stop
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([int(stop)], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _save(params: dict, module, best: _Best, history: list[dict], epochs_run: int, stopped_early: bool,
+          seen_per_epoch: int, world: int, validation: ValidationSet) -> None:
+    """Rank 0: put the best weights back and write the model folder."""
+    module.load_state_dict(best.state)
+    seconds = float(np.mean([e["seconds"] for e in history])) if history else 0.0
+    metrics = {
+        "model": params["model"], "version": params["version"],
+        "best_epoch": best.epoch, "valid_ndcg10": best.ndcg, "valid_hr10": best.hr,
+        "epochs_run": epochs_run, "stopped_early": stopped_early,
+        "seconds_per_epoch": seconds,
+        "sequences_per_second": seen_per_epoch / seconds if seconds > 0 else 0.0,
+        "sequences_per_epoch": seen_per_epoch, "processes": world, "seed": int(params["hp"]["seed"]),
+        "validation_users": validation.n, "validation_negatives": validation.negatives.shape[1],
+        "history": history,
+    }
+    config = {
+        "model": params["model"], "version": params["version"], "n_items": int(params["n_items"]),
+        "llm_dim": int(params.get("llm_dim") or 0), "encoder": params.get("encoder"),
+        "objective": params["objective"], "max_len": int(params["hp"]["max_len"]),
+        "hyperparameters": params["hp"],
+    }
+    item_ids = read_bytes(f"{params['run_dir']}/item_ids.json")
+    save_model_dir(params["model_dir"], module, config, item_ids, metrics)
+
+
+def _mix(*values: int) -> int:
+    return int(np.random.SeedSequence(list(values)).generate_state(1)[0])
