@@ -118,7 +118,33 @@ class TrainConfig:
     #: How many of each user's retrieved similar users the distillation uses.
     distill_neighbors: int = 10
     cross_attention: bool = True
+    #: LLM-ESR ablations: ``semantic_view: false`` keeps only the collaborative view (no
+    #: cross-attention); ``pca_init: false`` starts the collaborative view at random.
+    semantic_view: bool = True
+    pca_init: bool = True
     bert_mask_prob: float = 0.6
+    #: Objective: ``bce`` (the paper: one sampled negative per position), ``ce`` (softmax over
+    #: the whole catalogue) or ``sampled_softmax`` (``negatives`` shared negatives per batch).
+    #: Bert4Rec applies the same choice at its masked positions.
+    loss: Literal["bce", "ce", "sampled_softmax"] = "bce"
+    #: Items per block of the ``ce`` log-partition (bounds memory to positions x chunk).
+    ce_item_chunk: int = 16384
+    #: Score = ``dot(u, v) / temperature`` or, with ``cosine``, the cosine / temperature.
+    similarity: Literal["dot", "cosine"] = "dot"
+    temperature: float = 1.0
+    #: ``sampled_softmax``: negatives per batch, their draw (``uniform`` or ``popularity``) and
+    #: the logQ correction (subtract the log probability of the draw from every logit).
+    negatives: int = 256
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
+    logq: bool = False
+    #: Model selection: ``full`` (validation item against the whole catalogue minus the user's
+    #: training items) or ``sampled`` (against ``evaluate.negatives`` unseen items).
+    validate: Literal["full", "sampled"] = "sampled"
+    #: Distillation targets: ``step`` (encode the similar users' histories in every step) or
+    #: ``epoch`` (every user's representation once per epoch, from the weights at its start).
+    teachers: Literal["step", "epoch"] = "step"
+    #: Torch threads per process; 0: the default of the mode.
+    threads: int = 0
     seed: int = 42
     #: ``single``: one process in the driver; ``local``: TorchDistributor with
     #: ``processes`` ranks on the driver; ``cluster``: one rank per Spark task slot / GPU.
