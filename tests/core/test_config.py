@@ -92,3 +92,63 @@ def test_replace_returns_a_new_validated_config():
     assert other.train.epochs == 4 and cfg.train.epochs == 200
     with pytest.raises(ConfigError):
         cfg.replace(**{"train.nope": 1})
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["score.item_chunk=0"], "config key score.item_chunk: must be >= 1, got 0"),
+        (["score.top_k=100000"], "config key score.top_k: must be <= 1000"),
+        (["evaluate.k=0"], "config key evaluate.k: must be >= 1"),
+        (["evaluate.k=500"], "config key evaluate.k: 500 is more than the evaluate.negatives=100"),
+        (["evaluate.protocols=[sampled, leave-two-out]"], "config key evaluate.protocols"),
+        (["sequences.segments.head_item_share=1.5"], "sequences.segments.head_item_share: must be <= 1"),
+        (["sequences.max_len=2"], "sequences.max_len: must be >= 3"),
+        (["train.dropout=1.0"], "train.dropout: must be < 1"),
+        (["train.lr=0"], "train.lr: must be > 0"),
+        (["train.heads=3"], "train.heads: train.hidden 64 is not divisible by 3 heads"),
+        (["encode.pca_dim=32"], "encode.pca_dim: 32 differs from train.hidden=64"),
+        (["score.hybrid.mmr_lambda=0.5", "score.top_k=200"], "score.hybrid.mmr_candidates"),
+        (["spark.driver_memory=lots"], "spark.driver_memory"),
+        (["encode.item_template={title"], "encode.item_template: not a valid template"),
+        (["vacuum.retention_hours=0.5"], "vacuum.retention_hours: must be >= 1"),
+        (["vacuum.keep_models=0"], "vacuum.keep_models: must be >= 1"),
+        (["warehouse="], "warehouse: must not be empty"),
+        (["ingest.max_bad_rows=-1"], "ingest.max_bad_rows: must be >= 0"),
+    ],
+)
+def test_bad_settings_fail_at_load_with_one_line_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_pca_dim_may_differ_for_models_that_do_not_start_from_it():
+    cfg = load_config(None, ["encode.pca_dim=32", "train.model=sasrec"])
+    assert cfg.encode.pca_dim == 32
+    assert load_config(None, ["encode.pca_dim=32", "train.pca_init=false"]).train.hidden == 64
+    from longtail.core.config import check_model
+
+    with pytest.raises(ConfigError, match="llmesr_gru4rec"):
+        check_model(cfg, "llmesr_gru4rec")
+
+
+def test_sections_built_in_code_are_type_checked_but_ranges_wait_for_loading():
+    import dataclasses
+
+    from longtail.core.config import ScoreConfig, TrainConfig
+    from pydantic import ValidationError
+
+    assert ScoreConfig(item_chunk=0).item_chunk == 0  # each stage checks what it uses
+    with pytest.raises(ValidationError):
+        TrainConfig(epochs="many")
+    cfg = Config()
+    assert dataclasses.replace(cfg.train, epochs=3).epochs == 3
+    assert dataclasses.asdict(cfg)["score"]["top_k"] == 10
+    assert hash(cfg.train) == hash(TrainConfig())
+
+
+def test_spark_properties_are_strings():
+    cfg = load_config(None, ["spark.conf={spark.sql.shuffle.partitions: 4, spark.python.worker.reuse: true}"])
+    assert cfg.spark.conf == {"spark.sql.shuffle.partitions": "4", "spark.python.worker.reuse": "true"}

@@ -2,139 +2,239 @@
 
 Configuration flows one way: ``conf/*.yaml`` -> :func:`load_config` -> :class:`Config`
 -> library functions take the sections or values they need as arguments.
-Unknown keys and values of the wrong type are errors that name the dotted key.
+
+Sections are frozen dataclasses validated by pydantic: a value of the wrong type is an error
+wherever a section is built. Ranges (``Positive``, ``Share``, ...) and the checks across
+sections (:func:`check_config`) apply when a config is *loaded* (:func:`load_config`,
+:func:`from_dict`, :meth:`Config.replace`), before Spark starts; a section built in code is only
+type-checked, and each stage still checks the values it uses. Every error is one
+:class:`~longtail.core.errors.ConfigError` line naming the dotted key.
 """
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field
+import re
+import string
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, ValidationError, ValidationInfo
+from pydantic.dataclasses import dataclass
+from pydantic_core import ArgsKwargs
 
 from longtail.core.errors import ConfigError
+
+#: The largest K anything ranks (``score.top_k``, ``--top-k``, ``evaluate.k``, ``evaluate.recall_at``).
+MAX_K = 1000
+#: Below this, ``longtail vacuum`` could delete the files of a write still in progress.
+MIN_RETENTION_HOURS = 1.0
+#: Model names a ``llmesr_`` prefix marks as dual-view (their PCA view has ``train.hidden`` dimensions).
+DUAL_VIEW_PREFIX = "llmesr_"
+
+_LOADING = "longtail-load"
+
+
+def section(cls: type) -> type:
+    """A frozen config section: a dataclass whose fields pydantic type-checks (strictly: no
+    ``"3"`` for an int, no ``2.5`` for an int, no ``1`` for a bool; an int is a fine float)."""
+    return dataclass(frozen=True, config=ConfigDict(extra="forbid", strict=True))(cls)
+
+
+def _range(ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None):
+    """A range checked when a config is loaded (see the module doc)."""
+    words = [(ge, ">=", lambda v, b: v >= b), (gt, ">", lambda v, b: v > b),
+             (le, "<=", lambda v, b: v <= b), (lt, "<", lambda v, b: v < b)]
+
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if value is None or not (info.context or {}).get(_LOADING):
+            return value
+        for bound, word, ok in words:
+            if bound is not None and not ok(value, bound):
+                raise ValueError(f"must be {word} {bound:g}, got {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _at_load(check):
+    def run(value: Any, info: ValidationInfo) -> Any:
+        if value is not None and (info.context or {}).get(_LOADING):
+            check(value)
+        return value
+
+    return AfterValidator(run)
+
+
+def _memory(value: str) -> None:
+    if not re.fullmatch(r"\d+[kmgtp]?b?", value.strip().lower()):
+        raise ValueError(f"expected a JVM memory size such as 4g or 2048m, got {value!r}")
+
+
+def _template(value: str) -> None:
+    try:
+        fields = [name for _, name, spec, conv in string.Formatter().parse(value) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"not a valid template ({exc}): {value!r}") from None
+    if any(not name.isidentifier() for name in fields):
+        raise ValueError(f"fields are plain names such as {{title}}, got {value!r}")
+
+
+def _protocols(value: list[str]) -> None:
+    unknown = [p for p in value if p not in ("sampled", "full")]
+    if unknown or not value:
+        raise ValueError(f"expected a non-empty list of sampled and/or full, got {value!r}")
+
+
+def _non_empty(value: str) -> None:
+    if not value.strip():
+        raise ValueError("must not be empty")
+
+
+def _strings(value: Any) -> Any:
+    """Spark properties as strings (YAML makes ``8`` an int and ``true`` a bool)."""
+    if not isinstance(value, dict):
+        return value
+    return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+
+
+Positive = Annotated[int, _range(ge=1)]
+NonNegative = Annotated[int, _range(ge=0)]
+Seed = Annotated[int, _range(ge=0, lt=2**32)]
+TopK = Annotated[int, _range(ge=1, le=MAX_K)]
+#: A sequence must hold train, validation and test items.
+SeqLen = Annotated[int, _range(ge=3)]
+PositiveFloat = Annotated[float, _range(gt=0)]
+NonNegativeFloat = Annotated[float, _range(ge=0)]
+Retention = Annotated[float, _range(ge=0)]
+Share = Annotated[float, _range(ge=0, le=1)]
+Probability = Annotated[float, _range(gt=0, le=1)]
+Dropout = Annotated[float, _range(ge=0, lt=1)]
+Memory = Annotated[str, _at_load(_memory)]
+Template = Annotated[str, _at_load(_template)]
+Protocols = Annotated[list[str], _at_load(_protocols)]
+NonEmpty = Annotated[str, _at_load(_non_empty)]
+StringMap = Annotated[dict[str, str], BeforeValidator(_strings)]
 
 # --------------------------------------------------------------------------- sections
 
 
-@dataclass(frozen=True)
+@section
 class SparkConfig:
     #: ``local[N]`` for the embedded default; ``null`` to use the session a cluster
     #: manager or Databricks already built (spark-submit, notebooks).
     master: str | None = "local[2]"
     app_name: str = "longtail"
-    driver_memory: str = "4g"
-    shuffle_partitions: int = 8
-    arrow_max_records_per_batch: int = 2048
+    driver_memory: Memory = "4g"
+    shuffle_partitions: Positive = 8
+    arrow_max_records_per_batch: Positive = 2048
     #: Extra Spark properties, passed through as they are.
-    conf: dict[str, str] = field(default_factory=dict)
+    conf: StringMap = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@section
 class DeltaConfig:
     #: ``auto``: native delta-spark when its classes are on the classpath, else delta-rs.
     engine: Literal["auto", "native", "delta-rs"] = "auto"
 
 
-@dataclass(frozen=True)
+@section
 class IngestConfig:
     #: How many malformed rows may be skipped (and reported) before ingest fails.
-    max_bad_rows: int = 0
+    max_bad_rows: NonNegative = 0
 
 
-@dataclass(frozen=True)
+@section
 class SegmentConfig:
     #: ``pareto``: the ``head_item_share`` most popular items and the ``head_user_share``
     #: longest-history users are head; ``threshold``: tail if count < threshold
     #: (LLM-ESR's ``ts_item``/``ts_user``); ``share``: head items (users) are the most
     #: popular (longest) ones that together hold ``head_interaction_share`` of interactions.
     method: Literal["pareto", "threshold", "share"] = "pareto"
-    head_item_share: float = 0.2
-    head_user_share: float = 0.2
+    head_item_share: Share = 0.2
+    head_user_share: Share = 0.2
     #: ``threshold`` rule: an item is tail if its training popularity < item_threshold.
-    item_threshold: int = 4
+    item_threshold: NonNegative = 4
     #: ``threshold`` rule: a user is tail if their whole filtered history is shorter. LLM-ESR
     #: counts train + valid (one fewer), so its ``ts_user = 9`` is ``user_threshold: 10`` here.
-    user_threshold: int = 10
-    head_interaction_share: float = 0.8
+    user_threshold: NonNegative = 10
+    head_interaction_share: Share = 0.8
 
 
-@dataclass(frozen=True)
+@section
 class SequencesConfig:
     #: Keep only interactions with rating >= this (None keeps all, implicit feedback).
     min_rating: float | None = None
-    k_core: int = 5
-    max_len: int = 200
+    k_core: Positive = 5
+    max_len: SeqLen = 200
     segments: SegmentConfig = field(default_factory=SegmentConfig)
 
 
-@dataclass(frozen=True)
+@section
 class EncodeConfig:
     #: A local Hugging Face model directory, or ``minilm`` for the bundled all-MiniLM-L6-v2.
     model: str = "minilm"
     #: ``auto`` picks from the model type: mean for encoders, last-token for decoder LLMs.
     pooling: Literal["auto", "mean", "last_token", "cls"] = "auto"
     normalize: bool = True
-    batch_size: int = 64
-    max_tokens: int = 128
+    batch_size: Positive = 64
+    max_tokens: Positive = 128
     #: ``auto``: the GPU Spark assigned to the task when there is one, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    item_template: str = "{title}. Brand: {brand}. Categories: {categories}. {description}"
-    user_template: str = "The user bought these items, most recent last: {titles}"
+    item_template: Template = "{title}. Brand: {brand}. Categories: {categories}. {description}"
+    user_template: Template = "The user bought these items, most recent last: {titles}"
     #: How many of the user's most recent training items go into the user text.
-    user_history_items: int = 50
+    user_history_items: Positive = 50
     #: Keep the last N characters of the user text (LLM-ESR keeps 8000).
-    user_max_chars: int = 8000
+    user_max_chars: Positive = 8000
     #: Dimension of the PCA-reduced item embedding that initialises the collaborative view.
-    pca_dim: int = 64
+    pca_dim: Positive = 64
 
 
-@dataclass(frozen=True)
+@section
 class NeighborsConfig:
-    top_n: int = 10
+    top_n: Positive = 10
     #: Users per block in the exact blockwise search; bounds memory per task.
-    block_size: int = 2048
+    block_size: Positive = 2048
     method: Literal["exact", "faiss"] = "exact"
 
 
-@dataclass(frozen=True)
+@section
 class TrainConfig:
     model: str = "llmesr_sasrec"
-    epochs: int = 200
-    patience: int = 20
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    hidden: int = 64
-    max_len: int = 200
-    dropout: float = 0.5
-    layers: int = 2
-    heads: int = 1
+    epochs: Positive = 200
+    patience: Positive = 20
+    batch_size: Positive = 128
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.0
+    hidden: Positive = 64
+    max_len: Positive = 200
+    dropout: Dropout = 0.5
+    layers: Positive = 2
+    heads: Positive = 1
     #: Self-distillation weight (MSE towards the similar users' mean representation).
-    alpha: float = 0.1
+    alpha: NonNegativeFloat = 0.1
     #: How many of each user's retrieved similar users the distillation uses.
-    distill_neighbors: int = 10
+    distill_neighbors: NonNegative = 10
     cross_attention: bool = True
     #: LLM-ESR ablations: ``semantic_view: false`` keeps only the collaborative view (no
     #: cross-attention); ``pca_init: false`` starts the collaborative view at random.
     semantic_view: bool = True
     pca_init: bool = True
-    bert_mask_prob: float = 0.6
+    bert_mask_prob: Probability = 0.6
     #: Objective: ``bce`` (the paper: one sampled negative per position), ``ce`` (softmax over
     #: the whole catalogue) or ``sampled_softmax`` (``negatives`` shared negatives per batch).
     #: Bert4Rec applies the same choice at its masked positions.
     loss: Literal["bce", "ce", "sampled_softmax"] = "bce"
     #: Items per block of the ``ce`` log-partition (bounds memory to positions x chunk).
-    ce_item_chunk: int = 16384
+    ce_item_chunk: Positive = 16384
     #: Score = ``dot(u, v) / temperature`` or, with ``cosine``, the cosine / temperature.
     similarity: Literal["dot", "cosine"] = "dot"
-    temperature: float = 1.0
+    temperature: PositiveFloat = 1.0
     #: ``sampled_softmax``: negatives per batch, their draw (``uniform`` or ``popularity``) and
     #: the logQ correction (subtract the log probability of the draw from every logit).
-    negatives: int = 256
+    negatives: Positive = 256
     negative_sampling: Literal["uniform", "popularity"] = "uniform"
     logq: bool = False
     #: Model selection: ``full`` (validation item against the whole catalogue minus the user's
@@ -144,68 +244,80 @@ class TrainConfig:
     #: ``epoch`` (every user's representation once per epoch, from the weights at its start).
     teachers: Literal["step", "epoch"] = "step"
     #: Torch threads per process; 0: the default of the mode.
-    threads: int = 0
-    seed: int = 42
+    threads: NonNegative = 0
+    seed: Seed = 42
     #: ``single``: one process in the driver; ``local``: TorchDistributor with
     #: ``processes`` ranks on the driver; ``cluster``: one rank per Spark task slot / GPU.
     mode: Literal["single", "local", "cluster"] = "single"
-    processes: int = 1
+    processes: Positive = 1
     use_gpu: bool = False
     #: Validate every N epochs (NDCG@10 on the validation item).
-    eval_every: int = 1
+    eval_every: Positive = 1
 
 
-@dataclass(frozen=True)
+@section
 class EvaluateConfig:
-    negatives: int = 100
-    seed: int = 42
-    k: int = 10
+    negatives: Positive = 100
+    seed: Seed = 42
+    k: TopK = 10
     #: Cut-off of the full protocol's recall (``recall@N`` in the report).
-    recall_at: int = 20
-    protocols: list[str] = field(default_factory=lambda: ["sampled", "full"])
+    recall_at: TopK = 20
+    protocols: Protocols = field(default_factory=lambda: ["sampled", "full"])
     #: ALS baseline settings (Spark MLlib).
-    als_rank: int = 64
-    als_max_iter: int = 10
-    als_reg: float = 0.1
+    als_rank: Positive = 64
+    als_max_iter: Positive = 10
+    als_reg: NonNegativeFloat = 0.1
     #: Users per batch and items per matrix product in each task (bounds memory).
-    user_batch: int = 1024
-    item_chunk: int = 8192
+    user_batch: Positive = 1024
+    item_chunk: Positive = 8192
 
 
-@dataclass(frozen=True)
+@section
 class HybridConfig:
     """Optional blend of model, ALS and content scores; off by default."""
 
-    model_weight: float = 1.0
-    als_weight: float = 0.0
-    content_weight: float = 0.0
+    model_weight: NonNegativeFloat = 1.0
+    als_weight: NonNegativeFloat = 0.0
+    content_weight: NonNegativeFloat = 0.0
     #: MMR re-rank for diversity: None is off; 1.0 is pure relevance.
-    mmr_lambda: float | None = None
+    mmr_lambda: Share | None = None
     #: Candidates kept per user before the MMR re-rank.
-    mmr_candidates: int = 100
+    mmr_candidates: Positive = 100
 
 
-@dataclass(frozen=True)
+@section
 class ScoreConfig:
-    top_k: int = 10
+    top_k: TopK = 10
     #: Items scored per matrix product; bounds memory per task.
-    item_chunk: int = 8192
-    user_batch: int = 1024
+    item_chunk: Positive = 8192
+    user_batch: Positive = 1024
     hybrid: HybridConfig = field(default_factory=HybridConfig)
 
 
-@dataclass(frozen=True)
+@section
 class DemoConfig:
-    users: int = 2000
-    items: int = 800
-    seed: int = 7
+    users: Positive = 2000
+    items: Positive = 800
+    seed: Seed = 7
     #: The demo caps training epochs so it finishes in a few minutes on a laptop.
-    train_epochs: int = 15
+    train_epochs: Positive = 15
 
 
-@dataclass(frozen=True)
+@section
+class VacuumConfig:
+    """What ``longtail vacuum`` keeps (see ``docs/reliability.md``)."""
+
+    #: Files no current table version needs (removed by a commit, or never committed: a killed
+    #: write's) and scratch folders (``_tmp/``, ``_train/``, ``*.tmp-*``) are deleted once they
+    #: are older than this. At least 1 hour, so that no write still in progress loses its files.
+    retention_hours: Retention = 168.0
+    #: Model versions kept per model (the latest by ``trained_at``); older folders are deleted.
+    keep_models: Positive = 3
+
+
+@section
 class Config:
-    warehouse: str = "./warehouse"
+    warehouse: NonEmpty = "./warehouse"
     spark: SparkConfig = field(default_factory=SparkConfig)
     delta: DeltaConfig = field(default_factory=DeltaConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -216,6 +328,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    vacuum: VacuumConfig = field(default_factory=VacuumConfig)
 
     def replace(self, **overrides: Any) -> "Config":
         """A copy with dotted-key overrides applied, e.g. ``replace(**{"train.epochs": 3})``."""
@@ -243,8 +356,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         The validated, frozen config.
 
     Raises:
-        ConfigError: the file is missing or not a mapping, a key is unknown, or a value
-            has the wrong type; the message names the file or dotted key.
+        ConfigError: the file is missing or not a mapping, a key is unknown, a value has the
+            wrong type or is out of range, or two sections disagree; the message names the file
+            or dotted key.
     """
     data: dict[str, Any] = {}
     if path is None and DEFAULT_CONF.exists():
@@ -255,8 +369,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {p}: not found")
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p}: not valid YAML: {exc}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {p}: not valid YAML: {_one_line(exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -280,8 +394,53 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    """Validate nested dicts into a :class:`Config`; see :func:`load_config` for errors."""
-    return _build(Config, data, "")
+    """Validate nested dicts into a :class:`Config` (types, ranges, cross-section checks);
+    see :func:`load_config` for errors."""
+    cfg = _build(Config, data, "")
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: Config) -> None:
+    """Checks across sections, at load time (and by the CLI for the model it was given).
+
+    Raises:
+        ConfigError: naming both keys.
+    """
+    check_model(cfg, cfg.train.model)
+    t, s, e = cfg.train, cfg.score, cfg.evaluate
+    if t.hidden % t.heads:
+        raise ConfigError(f"config key train.heads: train.hidden {t.hidden} is not divisible by {t.heads} heads")
+    if s.hybrid.mmr_lambda is not None and s.hybrid.mmr_candidates < s.top_k:
+        raise ConfigError(
+            f"config key score.hybrid.mmr_candidates: {s.hybrid.mmr_candidates} candidates cannot fill "
+            f"score.top_k={s.top_k} lists; set it to at least {s.top_k}"
+        )
+    if "sampled" in e.protocols and e.k > e.negatives:
+        raise ConfigError(
+            f"config key evaluate.k: {e.k} is more than the evaluate.negatives={e.negatives} sampled items "
+            "it ranks against (every test item would be a hit)"
+        )
+    if cfg.vacuum.retention_hours < MIN_RETENTION_HOURS:
+        raise ConfigError(
+            f"config key vacuum.retention_hours: must be >= {MIN_RETENTION_HOURS:g} (a shorter retention could "
+            f"delete the files of a write still in progress), got {cfg.vacuum.retention_hours:g}"
+        )
+
+
+def check_model(cfg: Config, model: str) -> None:
+    """Settings that must agree for ``model`` (a dual-view ``llmesr_`` model, or any other).
+
+    Raises:
+        ConfigError: ``encode.pca_dim`` differs from ``train.hidden`` for a dual-view model whose
+            collaborative view starts from the PCA embeddings.
+    """
+    dual = model.startswith(DUAL_VIEW_PREFIX)
+    if dual and cfg.train.semantic_view and cfg.train.pca_init and cfg.encode.pca_dim != cfg.train.hidden:
+        raise ConfigError(
+            f"config key encode.pca_dim: {cfg.encode.pca_dim} differs from train.hidden={cfg.train.hidden}, but "
+            f"{model} starts its collaborative view from the PCA item embeddings; set both to the same value"
+        )
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -298,65 +457,61 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
+    """``cls`` from a mapping: sections first (depth first), then pydantic checks the fields."""
     where = prefix.rstrip(".") or "top level"
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config key {where}: expected a section (mapping), got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"config key {prefix}{unknown[0]}: unknown (known keys here: {', '.join(sorted(names))})"
+        raise ConfigError(f"config key {prefix}{unknown[0]}: unknown (known keys here: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, value in data.items():
+        sub = fields[name].type
+        sub = _SECTIONS.get(sub, sub) if isinstance(sub, str) else sub
+        kwargs[name] = _build(sub, value, f"{prefix}{name}.") if sub in _SECTIONS.values() else value
+    instance = cls.__new__(cls)
+    try:
+        cls.__pydantic_validator__.validate_python(
+            ArgsKwargs((), kwargs), self_instance=instance, context={_LOADING: True}
         )
-    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
-    return cls(**kwargs)
+    except ValidationError as exc:
+        raise ConfigError(_message(exc, prefix)) from None
+    return instance
 
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"config key {key}: invalid value {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"config key {key}: {value!r} is not one of {', '.join(map(str, args))}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config key {key}: expected a list, got {value!r}")
-        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key}: expected a mapping, got {value!r}")
-        return {str(k): str(v) for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key {key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key {key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config key {key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"config key {key}: unsupported type {tp}")  # pragma: no cover
+def _message(exc: ValidationError, prefix: str) -> str:
+    """The first pydantic error as ``config key a.b: what is wrong, got value``."""
+    error = exc.errors()[0]
+    loc = [str(p) for p in error["loc"] if not isinstance(p, int) and p not in _TYPE_WORDS]
+    key = f"{prefix}{'.'.join(loc)}" if loc else prefix.rstrip(".")
+    kind, value = error["type"], error.get("input")
+    if kind == "value_error":
+        what = str(error["msg"]).removeprefix("Value error, ")
+        return f"config key {key}: {what}"
+    expected = _EXPECTED.get(kind)
+    if expected is None:
+        expected = str(error["msg"]).replace("Input should be", "expected").replace("'", "")
+    return f"config key {key}: {expected}, got {value!r}"
+
+
+_EXPECTED = {
+    "int_type": "expected an integer", "int_from_float": "expected an integer",
+    "float_type": "expected a number", "bool_type": "expected true or false",
+    "string_type": "expected a string", "list_type": "expected a list", "dict_type": "expected a mapping",
+}
+#: Parts of pydantic error locations that name a type tried in a union, not a key.
+_TYPE_WORDS = {"int", "float", "str", "bool", "list", "dict", "none", "function-after[run(), str]"}
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+_SECTIONS: dict[str, type] = {
+    c.__name__: c
+    for c in (SparkConfig, DeltaConfig, IngestConfig, SegmentConfig, SequencesConfig, EncodeConfig, NeighborsConfig,
+              TrainConfig, EvaluateConfig, HybridConfig, ScoreConfig, DemoConfig, VacuumConfig)
+}
