@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
     [
         ("quickstart.py", []),
         ("longtail_analysis.py", ["popularity_curve.png", "head_tail_shares.png"]),
-        ("model_report.py", ["segments_sampled.png", "segments_full.png"]),
+        ("model_report.py", ["segments_sampled.png", "segments_full.png", "tail_items_by_protocol.png",
+                             "exposure_by_popularity_decile.png"]),
     ],
 )
 def test_notebook_runs_and_saves_plots(demo_warehouse, monkeypatch, notebook, plots):

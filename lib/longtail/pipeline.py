@@ -37,39 +37,55 @@ class PipelineResult:
         lines = ["", "longtail pipeline summary", "=" * 25]
         seq = self._report("sequences")
         if seq is not None:
-            lines.append(str(seq))
-        lines.append("")
-        rows = []
-        for name, report in self.reports.items():
-            for protocol in ("sampled", "full"):
-                block = report.get("protocols", {}).get(protocol)
-                if not block:
-                    continue
-                cells = [name, protocol]
-                for segment in ("overall", "tail_item", "head_item", "tail_user", "head_user"):
-                    figures = block.get(segment) or {}
-                    cells.append(f"{figures.get('hr@10', float('nan')):.4f}/{figures.get('ndcg@10', float('nan')):.4f}")
-                rows.append(cells)
-        if rows:
-            header = ["model", "protocol", "overall", "tail item", "head item", "tail user", "head user"]
-            widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-            lines.append("HR@10/NDCG@10 on the test split")
-            for r in [header, *rows]:
-                lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
-            lines.append("")
-        for name, report in self.reports.items():
-            cat = report.get("catalog")
-            if cat:
-                lines.append(
-                    f"{name}: coverage@10 {cat.get('coverage@10', 0):.3f}, tail coverage@10 "
-                    f"{cat.get('tail_coverage@10', 0):.3f}, diversity@10 {cat.get('diversity@10', 0):.3f}"
-                )
+            lines += [str(seq), ""]
+        lines += _accuracy_table(self.reports)
+        lines += _catalog_lines(self.reports)
         lines.append(f"tables: {self.warehouse}/<table> (Delta); reports: {self.warehouse}/_reports/")
         lines.append("stage seconds: " + ", ".join(f"{n} {s:.1f}" for n, _, s in self.stages))
         return "\n".join(lines)
 
     def _report(self, stage: str) -> Any:
         return next((r for n, r, _ in self.stages if n == stage), None)
+
+
+def _accuracy_table(reports: dict[str, dict]) -> list[str]:
+    """HR@k/NDCG@k by segment, the served (full-catalogue) protocol first."""
+    rows, k = [], 10
+    for name, report in reports.items():
+        k = report.get("k", k)
+        for protocol in ("full", "sampled"):
+            block = report.get("protocols", {}).get(protocol)
+            if not block:
+                continue
+            cells = [name, protocol]
+            for segment in ("overall", "tail_item", "head_item", "tail_user", "head_user"):
+                figures = block.get(segment) or {}
+                nan = float("nan")
+                cells.append(f"{figures.get(f'hr@{k}', nan):.4f}/{figures.get(f'ndcg@{k}', nan):.4f}")
+            rows.append(cells)
+    if not rows:
+        return []
+    header = ["model", "protocol", "overall", "tail item", "head item", "tail user", "head user"]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [f"HR@{k}/NDCG@{k} on the test split"]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    return lines + [""]
+
+
+def _catalog_lines(reports: dict[str, dict]) -> list[str]:
+    """One line per model: what its full-catalogue lists do for the long tail."""
+    lines = []
+    for name, report in reports.items():
+        cat, k = report.get("catalog"), report.get("k", 10)
+        if cat:
+            div = cat.get(f"diversity@{k}")
+            lines.append(
+                f"{name}: coverage@{k} {cat.get(f'coverage@{k}', 0):.3f}, tail coverage@{k} "
+                f"{cat.get(f'tail_coverage@{k}', 0):.3f}, gini@{k} {cat.get(f'gini@{k}', 0):.3f}, "
+                f"tail share@{k} {cat.get(f'tail_share@{k}', 0):.3f}, "
+                f"diversity@{k} {'n/a' if div is None else f'{div:.3f}'}"
+            )
+    return lines
 
 
 def run_pipeline(

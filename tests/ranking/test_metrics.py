@@ -5,17 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from longtail.ranking.metrics import (
-    coverage,
-    hit_rate,
-    intra_list_diversity,
-    list_diversities,
-    ndcg,
-    sample_negatives,
-    tail_coverage,
-    tail_share,
-    target_ranks,
-)
+from longtail.ranking.metrics import gini, hit_rate, list_diversities, mrr, ndcg, sample_negatives, target_ranks
 
 
 def test_target_ranks_plain_and_with_target_column():
@@ -77,12 +67,18 @@ def test_sample_negatives_too_few_items():
         sample_negatives(np.random.default_rng(0), 4, np.array([1, 2]), 3)
 
 
-def test_coverage_and_tail_coverage_hand_computed():
-    lists = np.array([[1, 2, 3], [2, 3, 4]])
-    assert coverage(lists, 10) == pytest.approx(4 / 10)
-    assert tail_coverage(lists, np.array([4, 5, 6, 7])) == pytest.approx(1 / 4)
-    assert tail_share(lists, np.array([4, 5])) == pytest.approx(1 / 6)
-    assert coverage(np.array([[0, 0]]), 10) == 0.0  # padding is not an item
+def test_mrr_hand_computed():
+    ranks = np.array([0.0, 1.0, 3.0, 12.0, 2.5])
+    # 1/1 + 1/2 + 1/4 + 0 (beyond k) + 1/3.5 (a half rank from a tie)
+    assert mrr(ranks, 10) == pytest.approx((1 + 0.5 + 0.25 + 0 + 1 / 3.5) / 5)
+    assert mrr(ranks, 1) == pytest.approx(1 / 5) and mrr(np.array([]), 10) == 0.0
+
+
+def test_gini_of_recommendation_counts():
+    assert gini(np.array([5, 5, 5, 5])) == pytest.approx(0.0)  # every item equally exposed
+    assert gini(np.array([0, 0, 0, 12])) == pytest.approx(0.75)  # one of four items takes every slot: (n-1)/n
+    assert gini(np.array([1, 2, 3, 4])) == pytest.approx(0.25)  # hand-computed: 2*30/(4*10) - 5/4
+    assert gini(np.zeros(3)) == 0.0 and gini(np.array([])) == 0.0
 
 
 def test_diversity_hand_computed():
@@ -90,6 +86,5 @@ def test_diversity_hand_computed():
     # list (1, 2): orthogonal -> 1; list (1, 4): identical direction -> 0
     assert list_diversities(np.array([[1, 2], [1, 4]]), vecs).tolist() == pytest.approx([1.0, 0.0])
     # list (1, 2, 3): cosines 0, 1/sqrt2, 1/sqrt2 -> mean 1 - sqrt2/3
-    assert intra_list_diversity(np.array([[1, 2, 3]]), vecs) == pytest.approx(1 - math.sqrt(2) / 3)
-    assert intra_list_diversity(np.array([[1, 2], [1, 4]]), vecs) == pytest.approx(0.5)
-    assert intra_list_diversity(np.array([[1]]), vecs) == 0.0
+    assert list_diversities(np.array([[1, 2, 3]]), vecs)[0] == pytest.approx(1 - math.sqrt(2) / 3)
+    assert list_diversities(np.array([[1]]), vecs).tolist() == [0.0]

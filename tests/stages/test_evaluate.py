@@ -12,15 +12,7 @@ import torch
 from longtail.core import schemas
 from longtail.core.config import EvaluateConfig, HybridConfig
 from longtail.core.errors import InputError, ModelNotFoundError
-from longtail.ranking.metrics import (
-    coverage,
-    hit_rate,
-    intra_list_diversity,
-    ndcg,
-    sample_negatives,
-    tail_coverage,
-    target_ranks,
-)
+from longtail.ranking.metrics import gini, hit_rate, list_diversities, mrr, ndcg, sample_negatives, target_ranks
 from longtail.stages.evaluate import run_evaluate
 from pyspark import cloudpickle
 
@@ -41,6 +33,9 @@ TABLE = torch.from_numpy(RNG.normal(size=(N_ITEMS + 1, 8)).astype(np.float32))
 TABLE[0] = 0
 
 CONTRACT_SEGMENTS = {"overall", "tail_item", "head_item", "tail_user", "head_user"}
+#: Table rows of one report: 5 segments x (3 sampled + 4 full metrics), 6 catalogue figures overall and
+#: for tail and head users, 10 deciles of slots and of interactions.
+ROWS_PER_REPORT = 5 * (3 + 4) + 3 * 6 + 2 * 10
 
 
 class FakeTrained:
@@ -125,14 +120,19 @@ def _expected_report(rows, with_catalog: bool):
     for seg, keep in masks.items():
         s = np.array([r[2] for r in rows if keep(r[0], r[1])])
         f = np.array([r[3] for r in rows if keep(r[0], r[1])])
-        out["sampled"][seg] = {"hr@10": hit_rate(s, 10), "ndcg@10": ndcg(s, 10)}
-        out["full"][seg] = {"hr@10": hit_rate(f, 10), "ndcg@10": ndcg(f, 10), "recall@20": hit_rate(f, 20)}
+        out["sampled"][seg] = {"hr@10": hit_rate(s, 10), "ndcg@10": ndcg(s, 10), "mrr@10": mrr(s, 10)}
+        out["full"][seg] = {"hr@10": hit_rate(f, 10), "ndcg@10": ndcg(f, 10), "mrr@10": mrr(f, 10),
+                            "recall@20": hit_rate(f, 20)}
     if with_catalog:
         lists = np.stack([r[4] for r in rows])
+        flat = lists.ravel()
         out["catalog"] = {
-            "coverage@10": coverage(lists, N_ITEMS),
-            "tail_coverage@10": tail_coverage(lists, np.array(sorted(TAIL_ITEMS))),
-            "diversity@10": intra_list_diversity(lists, EMB),
+            "coverage@10": len(set(flat.tolist())) / N_ITEMS,
+            "tail_coverage@10": len(set(flat.tolist()) & TAIL_ITEMS) / len(TAIL_ITEMS),
+            "diversity@10": float(list_diversities(lists, EMB).mean()),
+            "gini@10": gini(np.bincount(flat, minlength=N_ITEMS + 1)[1:]),
+            "tail_share@10": float(np.isin(flat, sorted(TAIL_ITEMS)).mean()),
+            "avg_popularity@10": float(_train_popularity()[flat].mean()),
         }
     return out
 
@@ -160,16 +160,20 @@ def test_popularity_report_matches_brute_force_and_the_contract(wh):
     on_disk = json.loads(Path(wh.root, "_reports", "evaluation-popularity.json").read_text())
     assert on_disk == report.as_dict()
     # The contract's shape, key for key.
-    seg = {"hr@10": "float", "ndcg@10": "float"}
+    seg = {"hr@10": "float", "ndcg@10": "float", "mrr@10": "float"}
     full_seg = {**seg, "recall@20": "float"}
+    catalog = {f"{m}@10": "float" for m in ("coverage", "tail_coverage", "diversity", "gini", "tail_share",
+                                              "avg_popularity")}
     assert _shape(on_disk) == {
-        "model": "str", "model_version": "str",
+        "model": "str", "model_version": "str", "k": "int",
         "dataset": {"users": "int", "items": "int", "interactions": "int"},
         "protocols": {
             "sampled": {"negatives": "int", **{s: seg for s in CONTRACT_SEGMENTS}},
             "full": {s: full_seg for s in CONTRACT_SEGMENTS},
         },
-        "catalog": {"coverage@10": "float", "tail_coverage@10": "float", "diversity@10": "float"},
+        "catalog": catalog,
+        "catalog_by_segment": {"tail_user": catalog, "head_user": catalog},
+        "exposure": {"slots": "list", "interactions": "list"},
     }
     assert on_disk["dataset"] == {"users": N_USERS, "items": N_ITEMS,
                                   "interactions": sum(len(h) for h in HISTORIES.values())}
@@ -177,8 +181,8 @@ def test_popularity_report_matches_brute_force_and_the_contract(wh):
     pop = _train_popularity()
     _assert_close(on_disk, _expected_report(_brute_force(lambda inputs: pop, cfg), with_catalog=False))
     rows = wh.read(schemas.EVALUATION).toPandas()
-    assert set(rows["protocol"]) == {"sampled", "full", "catalog"}
-    assert len(rows) == 2 * 5 * 2 + 5 + 3 and (rows["model"] == "popularity").all()
+    assert set(rows["protocol"]) == {"sampled", "full", "catalog", "exposure"}
+    assert len(rows) == ROWS_PER_REPORT and (rows["model"] == "popularity").all()
 
 
 @pytest.mark.slow
@@ -202,7 +206,7 @@ def test_trained_model_ranks_lists_hybrid_and_table_rows(wh):
     # evaluation is append-only: a rerun adds the model's rows again, later; the variant's stay as they were.
     run_evaluate(wh, "fake_model", CFG, model_loader=load_fake)
     rows = wh.read(schemas.EVALUATION).toPandas()
-    assert len(rows) == 3 * (2 * 5 * 2 + 5 + 3)
+    assert len(rows) == 3 * ROWS_PER_REPORT
     assert rows.groupby("model")["evaluated_at"].nunique().to_dict() == {"fake_model": 2, "fake_model+hybrid": 1}
     again = rows.groupby("model")["evaluated_at"].max()
     assert again["fake_model"] > first["fake_model"] and again["fake_model+hybrid"] == first["fake_model+hybrid"]

@@ -67,20 +67,6 @@ def gini(counts: np.ndarray) -> float:
     return float((2.0 * np.sum(np.arange(1, n + 1) * x) / (n * total)) - (n + 1.0) / n)
 
 
-def list_means(lists: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per list, the mean of ``values[item]`` over its items (item 0, padding, left out; NaN if none).
-
-    With ``values`` the items' training popularity this is a list's average popularity; with a
-    0/1 tail flag, its tail share.
-    """
-    lists = np.asarray(lists)
-    present = lists > 0
-    picked = np.where(present, np.asarray(values, dtype=np.float64)[lists], 0.0)
-    n = present.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, picked.sum(axis=1) / np.maximum(n, 1), np.nan)
-
-
 def sample_negatives(
     rng: np.random.Generator, n_items: int, seen: np.ndarray, n: int
 ) -> np.ndarray:
@@ -105,28 +91,6 @@ def sample_negatives(
                 if len(out) == n:
                     break
     return np.asarray(out, dtype=np.int64)
-
-
-def coverage(lists: np.ndarray, n_items: int) -> float:
-    """Share of the catalogue that appears in at least one list (``lists``: ``[U, K]`` item idxs)."""
-    items = np.unique(np.asarray(lists).ravel())
-    items = items[items > 0]
-    return float(items.size / n_items) if n_items else 0.0
-
-
-def tail_coverage(lists: np.ndarray, tail_items: np.ndarray) -> float:
-    """Share of the tail items that appear in at least one list."""
-    tail = np.unique(np.asarray(tail_items))
-    if not tail.size:
-        return 0.0
-    return float(np.isin(tail, np.asarray(lists).ravel()).mean())
-
-
-def tail_share(lists: np.ndarray, tail_items: np.ndarray) -> float:
-    """Share of recommended slots that hold a tail item."""
-    flat = np.asarray(lists).ravel()
-    flat = flat[flat > 0]
-    return float(np.isin(flat, tail_items).mean()) if flat.size else 0.0
 
 
 def list_diversities(lists: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
@@ -155,14 +119,3 @@ def list_diversities(lists: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
         off_diag = (sims.sum(axis=(1, 2)) - np.einsum("bkk->b", sims)) / pairs
         out[start : start + 4096] = 1.0 - off_diag
     return out
-
-
-def intra_list_diversity(lists: np.ndarray, item_vectors: np.ndarray) -> float:
-    """Mean over lists of the mean pairwise ``1 - cosine`` of the items' vectors.
-
-    Args:
-        lists: ``[U, K]`` item idxs (K >= 2).
-        item_vectors: ``[n_items + 1, E]`` (row = item idx), e.g. semantic embeddings.
-    """
-    values = list_diversities(lists, item_vectors)
-    return float(values.mean()) if values.size else 0.0

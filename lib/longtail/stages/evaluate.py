@@ -11,7 +11,10 @@ plus ``valid_item_idx`` and the target is ``test_item_idx``.
 - ``full``: the target against the whole catalogue minus the input history (the target is
   never removed, even if the user had it before).
 - Ties with the target count half (expected rank under a random tie-break).
-- ``catalog``: coverage, tail coverage and diversity of the full-catalogue top-``k`` lists.
+- ``catalog``: coverage, tail coverage, Gini index of recommendation counts, tail share and
+  average popularity of the slots, and diversity of the full-catalogue top-``k`` lists; the
+  same for the lists of tail users and of head users; ``exposure``: the share of slots by
+  item-popularity decile beside the deciles' share of interactions.
 
 Baselines learn from the same data as the trained models' parameters: ``train_item_idxs``
 (popularity counts, ALS item factors); at test time their user side, like the sequence
@@ -62,7 +65,7 @@ from longtail.inference import (
 from longtail.inference.scorers import ModelLoader
 from longtail.models.histories import pad_histories
 from longtail.ranking.metrics import list_diversities, sample_negatives
-from longtail.ranking.report import build_report, report_rows
+from longtail.ranking.report import USER_SEGMENTS, build_report, report_rows
 
 _RANKS_SCHEMA = T.StructType(
     [
@@ -105,24 +108,32 @@ class EvaluationReport:
 
 
 def _summary_line(name: str, rep: dict[str, Any]) -> str:
+    k = rep.get("k", 10)
     parts = [f"{name} {rep['model_version']}:"]
     for protocol, block in rep["protocols"].items():
         o, t = block["overall"], block["tail_item"]
-        parts.append(f"{protocol} HR@10 {o['hr@10']:.4f} NDCG@10 {o['ndcg@10']:.4f} (tail items {t['hr@10']:.4f}/{t['ndcg@10']:.4f});")
+        parts.append(
+            f"{protocol} HR@{k} {o[f'hr@{k}']:.4f} NDCG@{k} {o[f'ndcg@{k}']:.4f} "
+            f"(tail items {t[f'hr@{k}']:.4f}/{t[f'ndcg@{k}']:.4f});"
+        )
     cat = rep["catalog"]
-    div = "n/a" if cat["diversity@10"] is None else f"{cat['diversity@10']:.3f}"
-    parts.append(f"coverage@10 {cat['coverage@10']:.3f}, tail coverage@10 {cat['tail_coverage@10']:.3f}, diversity@10 {div}")
+    div = "n/a" if cat[f"diversity@{k}"] is None else f"{cat[f'diversity@{k}']:.3f}"
+    parts.append(
+        f"coverage@{k} {cat[f'coverage@{k}']:.3f}, tail coverage@{k} {cat[f'tail_coverage@{k}']:.3f}, "
+        f"gini@{k} {cat[f'gini@{k}']:.3f}, tail share@{k} {cat[f'tail_share@{k}']:.3f}, diversity@{k} {div}"
+    )
     return " ".join(parts)
 
 
 def _effect(plain: dict[str, Any], other: dict[str, Any]) -> str:
+    k = plain.get("k", 10)
     out = []
     for protocol in plain["protocols"]:
-        for metric in ("hr@10", "ndcg@10"):
+        for metric in (f"hr@{k}", f"ndcg@{k}"):
             a = plain["protocols"][protocol]["overall"][metric]
             b = other["protocols"][protocol]["overall"][metric]
             out.append(f"{protocol} {metric} {b - a:+.4f}")
-    for metric in ("coverage@10", "tail_coverage@10", "diversity@10"):
+    for metric in (f"coverage@{k}", f"tail_coverage@{k}", f"gini@{k}", f"tail_share@{k}", f"diversity@{k}"):
         a, b = plain["catalog"][metric], other["catalog"][metric]
         if a is not None and b is not None:
             out.append(f"{metric} {b - a:+.4f}")
@@ -259,15 +270,14 @@ def run_evaluate(
     token, bc = broadcast_bundles(wh, bundles)
     ranks_df = _ranks_frame(users, token, bc, settings, catalogue.n_known - 1, holes, user_batch, item_chunk).persist()
     try:
-        ranks, recommended = _collect(ranks_df)
+        ranks, counts = _collect(ranks_df, len(bundles), catalogue.size)
     finally:
         ranks_df.unpersist()
         bc.unpersist()
-    tail_items = np.nonzero(catalogue.tail & catalogue.known)[0]
+    items = {"known": catalogue.known, "tail": catalogue.tail, "popularity": catalogue.popularity}
     reports = [
         build_report(
-            scorer.name, scorer.version, dataset, ranks[ranks["variant"] == v],
-            recommended.get(v, np.zeros(0, dtype=np.int64)), dataset["items"], tail_items, settings,
+            scorer.name, scorer.version, dataset, ranks[ranks["variant"] == v], counts[v], items, settings,
             bool(catalogue.has_embedding.any()),
         )
         for v, scorer in enumerate(scorers)
@@ -314,11 +324,15 @@ def _evaluation_users(seqs: DataFrame, user_stats: DataFrame, catalogue: Catalog
     return users, dataset
 
 
-def _collect(ranks_df: DataFrame) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
-    """Per-user ranks on the driver; the distinct recommended items per variant, aggregated by Spark."""
+def _collect(ranks_df: DataFrame, variants: int, size: int) -> tuple[pd.DataFrame, list[dict[str, np.ndarray]]]:
+    """Per-user ranks on the driver; per variant and user segment, how many top-k lists hold each
+    item (``[size]`` counts, aggregated by Spark: a catalogue-sized result, never a user-sized one)."""
     ranks = ranks_df.drop("top").toPandas()
-    recommended = (
-        ranks_df.select("variant", F.explode("top").alias("item")).where(F.col("item") > 0).distinct()
-        .groupBy("variant").agg(F.collect_list("item").alias("items")).collect()
+    rows = (
+        ranks_df.select("variant", "tail_user", F.explode("top").alias("item")).where(F.col("item") > 0)
+        .groupBy("variant", "tail_user", "item").count().collect()
     )
-    return ranks, {r["variant"]: np.asarray(r["items"], dtype=np.int64) for r in recommended}
+    counts = [{s: np.zeros(size, dtype=np.int64) for s in USER_SEGMENTS} for _ in range(variants)]
+    for r in rows:
+        counts[r["variant"]]["tail_user" if r["tail_user"] else "head_user"][r["item"]] = r["count"]
+    return ranks, counts
