@@ -10,6 +10,7 @@ import os
 import pytest
 from chispa import assert_df_equality
 from longtail.core.errors import (
+    ConflictError,
     EnvironmentProblem,
     InputError,
     TableNotFoundError,
@@ -340,6 +341,92 @@ def test_job_keeps_what_a_successful_block_wrote_and_nests(spark, warehouse):
                 raise ValueError("inner failed")
         warehouse.write(events(spark, [("c", 3, D3)]), "outer", mode="append")
     assert_same_rows(warehouse.read("outer"), events(spark, [("a", 1, D1), ("c", 3, D3)]))
+
+
+def test_a_job_conflicts_with_a_change_to_what_it_read(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1)]), "ids")
+    other = Warehouse(spark, warehouse.root)  # another job on the same tables
+    with pytest.raises(ConflictError, match=r"table ids: concurrent write: commit 1 .*read at version 0"):
+        with warehouse.job():
+            top = warehouse.read("ids").agg(F.max("n")).first()[0]
+            other.write(events(spark, [("b", 2, D1)]), "ids", mode="append")
+            warehouse.write(events(spark, [("c", top + 1, D1)]), "ids", mode="append")
+    assert_same_rows(warehouse.read("ids"), events(spark, [("a", 1, D1), ("b", 2, D1)]))
+    assert len(parquet_files(warehouse.path("ids"))) == 2  # the refused write's files are gone
+
+
+def test_blind_appends_and_other_partitions_do_not_conflict(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1)]), "recs", partition_by=["run_date"])
+    other = Warehouse(spark, warehouse.root)
+    with warehouse.job():
+        warehouse.read("runs") if warehouse.exists("runs") else None
+        other.write(events(spark, [("x", 9, D2)]), "recs", replace_partitions={"run_date": D2})
+        other.write(events(spark, [("x", 9, D2)]), "runs", mode="append")
+        warehouse.write(events(spark, [("b", 2, D1)]), "recs", replace_partitions={"run_date": D1})
+        warehouse.write(events(spark, [("b", 2, D1)]), "runs", mode="append")
+    assert_same_rows(warehouse.read("recs"), events(spark, [("b", 2, D1), ("x", 9, D2)]))
+    assert warehouse.read("runs").count() == 2
+
+
+def test_replacing_a_partition_conflicts_with_a_concurrent_write_to_it(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1)]), "recs", partition_by=["run_date"])
+    other = Warehouse(spark, warehouse.root)
+    raced = []
+
+    def race(name):  # the other writer commits while our files wait for their commit
+        if name == "commit:recs" and not raced:
+            raced.append(name)
+            other.write(events(spark, [("x", 9, D1)]), "recs", mode="append")
+
+    from longtail.core import faults
+
+    faults.install(race)
+    try:
+        with pytest.raises(ConflictError, match="added data in run_date=2024-01-01"):
+            warehouse.write(events(spark, [("b", 2, D1)]), "recs", replace_partitions={"run_date": D1})
+    finally:
+        faults.install(None)
+    assert_same_rows(warehouse.read("recs"), events(spark, [("a", 1, D1), ("x", 9, D1)]))
+
+
+def test_rollback_never_erases_another_writers_commit(spark, warehouse):
+    warehouse.write(events(spark, [("a", 1, D1), ("b", 1, D2)]), "recs", partition_by=["run_date"])
+    warehouse.write(events(spark, [("a", 1, D1)]), "flat")
+    other = Warehouse(spark, warehouse.root)
+    with pytest.raises(RuntimeError, match="stage failed") as err:
+        with warehouse.job():
+            warehouse.write(events(spark, [("new", 2, D1)]), "recs", replace_partitions={"run_date": D1})
+            warehouse.write(events(spark, [("new", 2, D1)]), "flat", mode="append")
+            other.write(events(spark, [("theirs", 3, D2)]), "recs", replace_partitions={"run_date": D2})
+            other.write(events(spark, [("theirs", 3, D1)]), "flat", mode="append")
+            raise RuntimeError("stage failed")
+    # Another partition changed: ours goes back, theirs stays.
+    assert_same_rows(warehouse.read("recs"), events(spark, [("a", 1, D1), ("theirs", 3, D2)]))
+    # The same (only) partition changed after ours: left as it is, and the error says so.
+    assert_same_rows(warehouse.read("flat"),
+                     events(spark, [("a", 1, D1), ("new", 2, D1), ("theirs", 3, D1)]))
+    assert any("table flat:" in note and "left as it is" in note for note in err.value.__notes__)
+
+
+def test_three_concurrent_score_like_runs_keep_every_partition_and_run_row(spark, warehouse):
+    import threading
+
+    def run(day, n):
+        wh = Warehouse(spark, warehouse.root)
+        with wh.job():
+            wh.write(events(spark, [(f"u{n}", n, day)]), "recs", partition_by=["run_date"],
+                     replace_partitions={"run_date": day})
+            wh.write(events(spark, [("run", n, day)]), "runs", mode="append")
+
+    warehouse.write(events(spark, [("u0", 0, D1)]), "recs", partition_by=["run_date"])
+    warehouse.write(events(spark, [("run", 0, D1)]), "runs")
+    threads = [threading.Thread(target=run, args=(d, n)) for n, d in enumerate((D1, D2, D3), start=1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r["n"] for r in warehouse.read("recs").collect()) == [1, 2, 3]
+    assert sorted(r["n"] for r in warehouse.read("runs").collect()) == [0, 1, 2, 3]
 
 
 def test_file_uri_root(spark, tmp_path):

@@ -1,9 +1,11 @@
 """Delta tables through Spark without the JVM Delta jars: a Spark 4 Python Data Source over delta-rs.
 
 Writing stays distributed: every task writes its rows as Parquet files straight into the table folder
-(:meth:`DeltaRsWriter.write`, on the executors) and returns their Delta ``add`` actions; the driver commits
-all of them in ONE Delta transaction (:meth:`DeltaRsWriter.commit`). A job that fails never reaches
-``commit``, so the table keeps its last version; ``abort`` deletes the files of the tasks that finished.
+(:meth:`DeltaRsWriter.write`, on the executors) and returns their Delta ``add`` actions; all of them go
+into ONE Delta transaction (:meth:`DeltaRsWriter.commit`; through the Warehouse, a manifest that the
+job's driver commits against the version it read, :mod:`longtail.core.commits`). A job that fails never
+reaches ``commit``, so the table keeps its last version; ``abort`` deletes the files of the tasks that
+finished.
 
 Reading pins one table version and makes one input partition per data file (:class:`DeltaRsReader`).
 ``longtail.core.tables`` reads most tables faster through Spark's own Parquet reader and keeps this reader
@@ -14,6 +16,8 @@ Options (strings; :class:`longtail.core.tables.Warehouse` sets them):
     table_schema: Spark ``StructType`` JSON of the table after the write (all fields nullable).
     partition_by: JSON list of partition columns.  replace_partitions: JSON ``{column: value}``, the only
     partition an overwrite replaces.  write_id: tags the files of one write.  table: name for messages.
+    stage_dir: when set, ``commit`` only writes ``<stage_dir>/<write_id>.json`` with the files' add actions
+    and the caller commits them (:mod:`longtail.core.commits`); without it ``commit`` commits at once.
 Not supported here (refused by :func:`check_supported`): deletion vectors, column mapping.
 """
 from __future__ import annotations
@@ -38,7 +42,7 @@ from pyspark.sql.datasource import (
 from pyspark.sql.types import ArrayType, DataType, MapType, StructField, StructType
 
 from longtail.core.errors import EnvironmentProblem
-from longtail.core.files import filesystem
+from longtail.core.files import filesystem, read_bytes, remove_file, write_bytes
 
 NAME = "delta_rs"
 #: Raised inside a write task when a row lies outside the partition being replaced; the driver
@@ -289,6 +293,8 @@ class DeltaRsWriter(DataSourceArrowWriter):
         self.partition_by: list[str] = json.loads(options.get("partition_by") or "[]")
         self.replace: dict[str, str | None] = json.loads(options.get("replace_partitions") or "{}")
         self.write_id = options.get("write_id") or uuid.uuid4().hex[:12]
+        #: Folder for the manifest of a staged write (set by the Warehouse), '' to commit here.
+        self.stage_dir = (options.get("stage_dir") or "").rstrip("/")
 
     # ---- executors
 
@@ -322,41 +328,19 @@ class DeltaRsWriter(DataSourceArrowWriter):
     # ---- driver
 
     def commit(self, messages: list[DeltaFiles | None]) -> None:
-        from deltalake import DeltaTable, Schema
-        from deltalake.transaction import AddAction, create_table_with_add_actions
-
-        adds = [AddAction(**a) for m in messages if m is not None for a in m.adds]
-        schema = Schema.from_json(self.schema_json)
-        if not DeltaTable.is_deltatable(self.path):
-            create_table_with_add_actions(self.path, schema, adds, mode="error", partition_by=self.partition_by)
+        adds = [a for m in messages if m is not None for a in m.adds]
+        if self.stage_dir:
+            # The Warehouse commits on its own driver, against the version its job read
+            # (longtail.core.commits): hand it the files in a manifest.
+            write_bytes(f"{self.stage_dir}/{self.write_id}.json", json.dumps({"adds": adds}).encode())
             return
-        table = DeltaTable(self.path)
-        if self.overwrite and not self.replace and table.metadata().partition_columns != self.partition_by:
-            # create_write_transaction keeps the old partition columns (a corrupt table when they
-            # change); a create-or-replace commit swaps metadata and files at once.
-            create_table_with_add_actions(self.path, schema, adds, mode="overwrite", partition_by=self.partition_by)
-        elif self.overwrite:
-            filters = [(c, "=", v) for c, v in self.replace.items()] or None
-            table.create_write_transaction(adds, "overwrite", schema, self.partition_by, filters)
-        else:
-            self._append(table, schema, adds)
+        from longtail.core.commits import Intent, commit, latest_version
 
-    def _append(self, table, schema, adds) -> None:
-        from deltalake import DeltaTable
-
-        known = {f.name for f in table.schema().fields}
-        new_fields = [f for f in schema.fields if f.name not in known]
-        before = table.version()
-        # An append commit does not change the table schema, so merged columns are added by a
-        # commit of their own just before it, and taken back if the append fails.
-        if new_fields:
-            table.alter.add_columns(new_fields)
-        try:
-            DeltaTable(self.path).create_write_transaction(adds, "append", schema, self.partition_by)
-        except Exception:
-            if new_fields:
-                DeltaTable(self.path).restore(before)
-            raise
+        commit(Intent(
+            self.table, self.path, adds, "overwrite" if self.overwrite else "append", self.schema_json,
+            self.partition_by, self.replace, read_version=latest_version(self.path), write=self.write_id,
+            schema_mode="merge" if not self.overwrite else None,
+        ))
 
     def abort(self, messages: list[DeltaFiles | None]) -> None:
         remove_files(self.path, [a["path"] for m in messages if m is not None for a in m.adds])
@@ -484,3 +468,11 @@ def _stat_value(value: Any, up: bool) -> Any:
         # A prefix is still a lower bound; a truncated max would not be an upper bound.
         return None if up else value[:STRING_STATS_CHARS]
     return value
+
+
+def take_manifest(stage_dir: str, write_id: str) -> list[dict[str, Any]]:
+    """The add actions a staged write left in its manifest; the manifest is deleted."""
+    path = f"{stage_dir.rstrip('/')}/{write_id}.json"
+    adds = json.loads(read_bytes(path))["adds"]
+    remove_file(path)
+    return adds

@@ -35,3 +35,9 @@ class ModelNotFoundError(LongtailError, LookupError):
 
 class EnvironmentProblem(LongtailError, RuntimeError):
     """The machine lacks something a job needs (Java, task slots, a local model directory)."""
+
+
+class ConflictError(LongtailError, RuntimeError):
+    """Another writer committed to a table in a way that conflicts with this job's write (Delta's
+    concurrent append / delete / metadata-change conflicts); nothing of the write was committed.
+    Rerunning the command reads the new version and succeeds."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import uuid
 
+from longtail.core import faults
+
 
 def filesystem(path: str):
     """``(pyarrow FileSystem, path inside it)`` for a local path or a URI."""
@@ -50,6 +52,7 @@ def write_bytes(path: str, data: bytes, atomic: bool = True) -> None:
     try:
         with fs.open_output_stream(target) as out:
             out.write(data)
+        faults.point(f"file:{p.rsplit('/', 1)[-1]}")
         if atomic:
             fs.move(target, p)
     except BaseException:
@@ -69,6 +72,15 @@ def remove_tree(path: str, missing_ok: bool = True) -> None:
     if missing_ok and fs.get_file_info(p).type == pafs.FileType.NotFound:
         return
     fs.delete_dir(p)
+
+
+def remove_file(path: str) -> None:
+    """Delete one file; a missing one is fine."""
+    fs, p = filesystem(path)
+    try:
+        fs.delete_file(p)
+    except FileNotFoundError:
+        pass
 
 
 def parquet_files(directory: str) -> list[str]:

@@ -10,6 +10,13 @@ Two engines behind one API (:class:`Warehouse`):
 
 Both check a write's schema against the table first (:class:`TableSchemaMismatchError` unless
 ``evolve_schema``), and :meth:`Warehouse.job` puts every table written in a failed block back.
+
+Concurrency (delta-rs; native Delta keeps its own guarantees): every write commits against the
+version its job read (:mod:`longtail.core.commits`): a table read inside :meth:`Warehouse.job` is
+remembered at the version read, and a later write to it conflicts with any other writer's change
+since; an overwrite conflicts with changes to what it replaces; a blind append never conflicts
+(it is retried). A failed job undoes only its own commits (tagged with its id), never another
+writer's. See ``docs/reliability.md``.
 """
 from __future__ import annotations
 
@@ -21,16 +28,17 @@ import re
 import time
 import urllib.parse
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DataType, StructField, StructType
 
-from longtail.core import delta_rs
+from longtail.core import commits, delta_rs, faults
 from longtail.core.errors import (
     ConfigError,
+    ConflictError,
     EnvironmentProblem,
     InputError,
     TableNotFoundError,
@@ -70,9 +78,9 @@ class Warehouse:
                 "--packages io.delta:delta-spark_2.13:<version> (or on Databricks), or use engine auto/delta-rs"
             )
         self.engine = "native" if engine == "native" or (engine == "auto" and jvm_delta) else "delta-rs"
-        self._impl = _Native(spark) if self.engine == "native" else _DeltaRs(spark)
-        #: One dict per open job(): table -> version before its first write there (None: did not exist).
-        self._jobs: list[dict[str, int | None]] = []
+        self._impl = _Native(spark) if self.engine == "native" else _DeltaRs(spark, f"{self.root}/_tmp/staged")
+        #: The open job() blocks, outermost first; the outermost one's id tags every commit.
+        self._jobs: list[_Job] = []
 
     def path(self, table: str) -> str:
         """Folder or URI of ``table``."""
@@ -98,7 +106,10 @@ class Warehouse:
         latest = self._impl.version(self.path(table))
         if version is not None and not 0 <= version <= latest:
             raise TableNotFoundError(f"table {table}: no version {version} at {self.path(table)} (latest is {latest})")
-        return self._impl.read(table, self.path(table), latest if version is None else version)
+        pinned = latest if version is None else version
+        for frame in self._jobs:  # a job's writes commit against what it read
+            frame.reads.setdefault(table, pinned)
+        return self._impl.read(table, self.path(table), pinned)
 
     def write(
         self,
@@ -124,6 +135,7 @@ class Warehouse:
         Raises:
             TableSchemaMismatchError: ``df``'s columns or types differ from the table's (names both).
             InputError: rows outside the partition being replaced.
+            ConflictError: another writer changed what this write read (see the module doc).
             ValueError: unknown mode, or ``replace_partitions`` with append.
         """
         if mode not in MODES:
@@ -133,10 +145,15 @@ class Warehouse:
         path = self.path(table)
         existing = self._impl.describe(table, path) if self._impl.exists(path) else None
         plan = _plan(table, df.schema, existing, mode, partition_by, replace_partitions or {}, evolve_schema)
-        for frame in self._jobs:  # remember the version to go back to before the first write in each job
-            frame.setdefault(table, self._impl.version(path) if existing else None)
-        self._impl.write(_conform(df, plan.schema), table, path, plan)
-        return self._impl.version(path)
+        job = self._jobs[0].id if self._jobs else uuid.uuid4().hex[:12]
+        read = self._jobs[0].reads.get(table) if self._jobs else None
+        current = existing.version if existing else None
+        txn = _Txn(job, read if read is not None else current, [{}] if read is not None else [])
+        for frame in self._jobs:  # what to go back to if the job fails
+            frame.base.setdefault(table, current)
+        version = self._impl.write(_conform(df, plan.schema), table, path, plan, txn)
+        faults.point(f"committed:{table}")
+        return version
 
     def append_rows(self, table: str, rows: list[tuple]) -> int:
         """Append ``rows`` (tuples in the contract's column order) to a record table in one commit.
@@ -151,21 +168,29 @@ class Warehouse:
 
     @contextlib.contextmanager
     def job(self) -> Iterator["Warehouse"]:
-        """Run a block as one job: if it raises, every table written inside goes back to its earlier version.
+        """Run a block as one job: its writes commit against the versions it read, and if it raises,
+        what it committed is undone.
 
-        Tables created inside the block are removed. Nested blocks each restore what was written in them.
+        Tables created inside the block are removed. Nested blocks each undo what was written in
+        them. Only this job's own commits are undone: a table another writer changed after this
+        job's commit, in the same partition, is left as it is (a note on the error says so).
+        A :class:`longtail.core.faults.Killed` (a simulated kill -9) passes through untouched.
         """
-        frame: dict[str, int | None] = {}
+        frame = _Job(self._jobs[0].id if self._jobs else uuid.uuid4().hex[:12])
         self._jobs.append(frame)
         try:
             yield self
+        except faults.Killed:
+            raise
         except BaseException as exc:
-            for table, version in frame.items():
+            for table, version in frame.base.items():
                 try:
-                    self._restore(table, version)
-                except Exception as problem:  # noqa: BLE001 - keep restoring the others, report on the error
-                    exc.add_note(f"could not restore table {table} to version {version}: {problem}")
-                    log.error("could not restore table %s to version %s: %s", table, version, problem)
+                    left = self._undo(table, version, frame.id)
+                except Exception as problem:  # noqa: BLE001 - keep undoing the others, report on the error
+                    left = f"could not undo this job's commits: {problem}"
+                if left:
+                    exc.add_note(f"table {table}: {left}")
+                    log.error("table %s: %s", table, left)
             raise
         finally:
             self._jobs.remove(frame)
@@ -176,13 +201,28 @@ class Warehouse:
         if not self.exists(table):
             raise TableNotFoundError(f"table {table}: no Delta table at {self.path(table)}")
 
-    def _restore(self, table: str, version: int | None) -> None:
-        path = self.path(table)
-        if version is None:
-            if self._impl.exists(path):
-                _remove_tree(path)
-        elif self._impl.version(path) != version:
-            self._impl.restore(path, version)
+    def _undo(self, table: str, version: int | None, job: str) -> str | None:
+        return self._impl.undo(table, self.path(table), version, job)
+
+
+@dataclass
+class _Job:
+    """One open :meth:`Warehouse.job` block."""
+
+    id: str
+    #: table -> version the job first read.
+    reads: dict[str, int] = field(default_factory=dict)
+    #: table -> version before the block's first write there (None: the table did not exist).
+    base: dict[str, int | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Txn:
+    """What a write commits against: the job's id, the version it read, what it read there."""
+
+    job: str
+    read_version: int | None
+    reads: list[dict[str, str | None]]
 
 
 # ---------------------------------------------------------------------------- schema plan
@@ -192,6 +232,7 @@ class Warehouse:
 class _Existing:
     schema: StructType
     partition_by: list[str]
+    version: int
 
 
 @dataclass(frozen=True)
@@ -327,8 +368,10 @@ def _conform(df: DataFrame, schema: StructType) -> DataFrame:
 class _DeltaRs:
     """delta-rs through the Python Data Source (writes) and Spark's Parquet reader (reads)."""
 
-    def __init__(self, spark: SparkSession) -> None:
+    def __init__(self, spark: SparkSession, stage_dir: str) -> None:
         self.spark = spark
+        #: Where write tasks leave the manifest of the files to commit (see delta_rs.take_manifest).
+        self.stage_dir = stage_dir
 
     def exists(self, path: str) -> bool:
         from deltalake import DeltaTable
@@ -345,7 +388,7 @@ class _DeltaRs:
 
         dt = DeltaTable(path)
         delta_rs.check_supported(dt, table, path)
-        return _Existing(delta_rs.spark_schema(dt), list(dt.metadata().partition_columns))
+        return _Existing(delta_rs.spark_schema(dt), list(dt.metadata().partition_columns), dt.version())
 
     def read(self, table: str, path: str, version: int) -> DataFrame:
         from deltalake import DeltaTable
@@ -370,7 +413,7 @@ class _DeltaRs:
             .load(path)
         )
 
-    def write(self, df: DataFrame, table: str, path: str, plan: _Plan) -> None:
+    def write(self, df: DataFrame, table: str, path: str, plan: _Plan, txn: _Txn) -> int:
         write_id = uuid.uuid4().hex[:12]
         writer = (
             df.write.format(delta_rs.NAME)
@@ -380,6 +423,7 @@ class _DeltaRs:
             .option("partition_by", json.dumps(plan.partition_by))
             .option("replace_partitions", json.dumps(plan.replace))
             .option("write_id", write_id)
+            .option("stage_dir", self.stage_dir)
         )
         with _job_group(self.spark, write_id) as settle:
             try:
@@ -391,11 +435,19 @@ class _DeltaRs:
                 delta_rs.sweep_write(path, write_id)
                 _raise_known(exc)
                 raise
+        adds = delta_rs.take_manifest(self.stage_dir, write_id)
+        intent = commits.Intent(
+            table, path, adds, plan.mode, plan.schema.json(), plan.partition_by, plan.replace,
+            read_version=txn.read_version, reads=txn.reads, job=txn.job, write=write_id, schema_mode=plan.schema_mode,
+        )
+        try:
+            return commits.commit(intent, before=lambda: faults.point(f"commit:{table}"))
+        except ConflictError:
+            delta_rs.remove_files(path, [a["path"] for a in adds])  # never to be committed
+            raise
 
-    def restore(self, path: str, version: int) -> None:
-        from deltalake import DeltaTable
-
-        DeltaTable(path).restore(version)
+    def undo(self, table: str, path: str, base: int | None, job: str) -> str | None:
+        return commits.revert(path, table, base, job)
 
 
 @contextlib.contextmanager
@@ -448,13 +500,15 @@ class _Native:
 
     def describe(self, table: str, path: str) -> _Existing:
         detail = self._table(path).detail().select("partitionColumns").first()
-        return _Existing(self.spark.read.format("delta").load(path).schema, list(detail[0]))
+        return _Existing(self.spark.read.format("delta").load(path).schema, list(detail[0]), self.version(path))
 
     def read(self, table: str, path: str, version: int) -> DataFrame:
         return self.spark.read.format("delta").option("versionAsOf", version).load(path)
 
-    def write(self, df: DataFrame, table: str, path: str, plan: _Plan) -> None:
-        writer = df.write.format("delta").mode(plan.mode)
+    def write(self, df: DataFrame, table: str, path: str, plan: _Plan, txn: _Txn) -> int:
+        # delta-spark checks conflicts itself (against the snapshot it read when the write began);
+        # the job's id goes into commitInfo.userMetadata so that undo() can tell its commits.
+        writer = df.write.format("delta").mode(plan.mode).option("userMetadata", f"{commits.JOB_KEY}={txn.job}")
         if plan.partition_by:
             writer = writer.partitionBy(*plan.partition_by)
         if plan.replace:
@@ -469,9 +523,21 @@ class _Native:
         except Exception as exc:
             _raise_known(exc, table)
             raise
+        return self.version(path)
 
-    def restore(self, path: str, version: int) -> None:
-        self._table(path).restoreToVersion(version)
+    def undo(self, table: str, path: str, base: int | None, job: str) -> str | None:
+        if not self.exists(path):
+            return None
+        tag = f"{commits.JOB_KEY}={job}"
+        history = self._table(path).history().select("version", "userMetadata").collect()
+        others = [r["version"] for r in history if (base is None or r["version"] > base) and r["userMetadata"] != tag]
+        if others:
+            return f"commits {sorted(others)} by other writers followed this job's; left as it is"
+        if base is None:
+            _remove_tree(path)
+        else:
+            self._table(path).restoreToVersion(base)
+        return None
 
 
 # ---------------------------------------------------------------------------- small helpers
