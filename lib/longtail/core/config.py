@@ -125,6 +125,9 @@ class SparkConfig:
     #: ``local[N]`` for the embedded default; ``null`` to use the session a cluster
     #: manager or Databricks already built (spark-submit, notebooks).
     master: str | None = "local[2]"
+    #: Spark Connect instead of a classic session: ``local[N]`` (or ``local-cluster[...]``) starts a
+    #: Connect server on this machine, ``sc://host:port`` connects to a running one; None: classic.
+    remote: str | None = None
     app_name: str = "longtail"
     driver_memory: Memory = "4g"
     shuffle_partitions: Positive = 8
@@ -316,6 +319,19 @@ class VacuumConfig:
 
 
 @section
+class TrackingConfig:
+    """MLflow tracking of ``train`` and ``evaluate`` (the ``mlflow`` extra); off by default."""
+
+    mlflow: bool = False
+    #: None: Databricks' tracking server when running there, else a file store in
+    #: ``<warehouse>/_mlruns`` (local warehouses only); or any MLflow tracking URI.
+    uri: str | None = None
+    experiment: str = "longtail"
+    #: Also register each trained model version in the MLflow model registry under its model name.
+    register: bool = False
+
+
+@section
 class Config:
     warehouse: NonEmpty = "./warehouse"
     spark: SparkConfig = field(default_factory=SparkConfig)
@@ -329,6 +345,7 @@ class Config:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     vacuum: VacuumConfig = field(default_factory=VacuumConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def replace(self, **overrides: Any) -> "Config":
         """A copy with dotted-key overrides applied, e.g. ``replace(**{"train.epochs": 3})``."""
@@ -340,8 +357,9 @@ class Config:
 
 # --------------------------------------------------------------------------- loading
 
-#: The embedded default, next to the package in a source checkout or editable install.
-DEFAULT_CONF = Path(__file__).resolve().parents[3] / "conf" / "local.yaml"
+#: The embedded default, inside the package (``conf/local.yaml`` in the checkout links to it). Where
+#: the package is not on a disk (a zip on ``--py-files``) the built-in defaults, equal to it, apply.
+DEFAULT_CONF = Path(__file__).resolve().parents[1] / "conf" / "local.yaml"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -513,5 +531,6 @@ def _one_line(exc: Exception) -> str:
 _SECTIONS: dict[str, type] = {
     c.__name__: c
     for c in (SparkConfig, DeltaConfig, IngestConfig, SegmentConfig, SequencesConfig, EncodeConfig, NeighborsConfig,
-              TrainConfig, EvaluateConfig, HybridConfig, ScoreConfig, DemoConfig, VacuumConfig)
+              TrainConfig, EvaluateConfig, HybridConfig, ScoreConfig, DemoConfig, VacuumConfig,
+              TrackingConfig)
 }
