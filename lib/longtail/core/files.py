@@ -1,28 +1,156 @@
 """Plain files next to the tables (models, reports, PCA maps, scratch blocks), local or object store.
 
-Every path may be a local path, a ``file:`` URI or an object-store URI (``s3a://``, ``abfss://``,
-...); pyarrow's filesystems do the I/O so that driver and executors use the same code.
+One URI mapping for everything the package stores (:func:`location`): Delta tables through delta-rs
+(:func:`delta_uri`, :func:`storage_options`) and side files through pyarrow (:func:`filesystem`)
+resolve a warehouse path the same way, on the driver, on executors and in training processes.
+
+==========================================  ==============================  ===========================
+warehouse path                              pyarrow filesystem, path        delta-rs URI
+==========================================  ==============================  ===========================
+``/data/wh``, ``wh``, ``file:/data/wh``     local, absolute path            the same absolute path
+``/Volumes/cat/schema/vol/wh``              local (the Volume's FUSE mount)  the same path
+``dbfs:/wh``                                local, ``/dbfs/wh`` (FUSE)      ``/dbfs/wh``
+``s3a://b/wh``, ``s3n://b/wh``, ``s3://b/wh``  S3, ``b/wh``                  ``s3://b/wh``
+``gs://b/wh``, ``gcs://b/wh``               GCS, ``b/wh``                   ``gs://b/wh``
+``abfss://c@acct.dfs.core.windows.net/wh``  Azure (account ``acct``), ``c/wh``  the same URI
+==========================================  ==============================  ===========================
+
+Credentials and endpoints come from each cloud SDK's standard environment, read the same way by
+pyarrow and delta-rs in every process: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (or an
+instance profile), ``AWS_REGION``, ``AWS_ENDPOINT_URL`` (an S3-compatible server: MinIO, a test
+server; ``http://`` endpoints need ``AWS_ALLOW_HTTP=true`` for delta-rs); ``AZURE_STORAGE_ACCOUNT_KEY``
+or a managed identity; ``GOOGLE_APPLICATION_CREDENTIALS``. On a cluster, give executors the same
+variables (``spark.executorEnv.<NAME>``).
 """
 from __future__ import annotations
 
 import os
+import re
+import urllib.parse
 import uuid
+from dataclasses import dataclass
 
 from longtail.core import faults
 
+#: Schemes of Amazon S3 and S3-compatible stores (Hadoop's ``s3a``, EMR's ``s3``, the old ``s3n``).
+S3_SCHEMES = ("s3", "s3a", "s3n")
+GCS_SCHEMES = ("gs", "gcs")
+AZURE_SCHEMES = ("abfs", "abfss")
+_URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a warehouse path lives.
+
+    Attributes:
+        kind: ``local``, ``s3``, ``gcs``, ``azure`` or ``other`` (a URI pyarrow resolves itself).
+        path: the path inside the filesystem (``bucket/key`` for object stores, absolute for local).
+        delta: the URI delta-rs opens (``s3://``, ``gs://``, ``abfss://`` or a local path).
+    """
+
+    kind: str
+    path: str
+    delta: str
+    netloc: str = ""
+
+    @property
+    def local(self) -> bool:
+        return self.kind == "local"
+
+
+def scheme(path: str) -> str:
+    """The URI scheme of ``path`` (lower case), '' for a plain local path (Windows drives included)."""
+    match = _URI.match(path)
+    return match.group(1).lower() if match and len(match.group(1)) > 1 else ""
+
+
+def location(path: str) -> Location:
+    """Resolve a local path or a URI (see the module doc for the table)."""
+    kind = scheme(path)
+    if kind in ("", "file"):
+        local = urllib.parse.unquote(urllib.parse.urlparse(path).path) if kind else path
+        local = os.path.abspath(local or "/")
+        return Location("local", local, local)
+    if kind == "dbfs":  # Databricks' file system, mounted at /dbfs on the driver and the workers
+        local = "/dbfs/" + urllib.parse.urlparse(path).path.lstrip("/")
+        return Location("local", local.rstrip("/") or "/dbfs", local.rstrip("/") or "/dbfs")
+    parsed = urllib.parse.urlparse(path)
+    key = parsed.path.lstrip("/")
+    if kind in S3_SCHEMES:
+        inside = f"{parsed.netloc}/{key}".rstrip("/")
+        return Location("s3", inside, f"s3://{inside}", parsed.netloc)
+    if kind in GCS_SCHEMES:
+        inside = f"{parsed.netloc}/{key}".rstrip("/")
+        return Location("gcs", inside, f"gs://{inside}", parsed.netloc)
+    if kind in AZURE_SCHEMES:
+        container, _, account = parsed.netloc.partition("@")
+        inside = f"{container}/{key}".rstrip("/")
+        return Location("azure", inside, path, account.split(".", 1)[0])
+    return Location("other", path, path)
+
+
+def is_local(path: str) -> bool:
+    """Whether ``path`` is on a local (or FUSE-mounted) disk."""
+    return location(path).local
+
+
+def delta_uri(path: str) -> str:
+    """The URI delta-rs opens for ``path`` (``s3a://`` becomes ``s3://``, ``dbfs:/`` its FUSE mount)."""
+    return location(path).delta
+
+
+def storage_options(path: str) -> dict[str, str] | None:
+    """delta-rs ``storage_options`` for ``path``: None (delta-rs reads the SDK environment itself)."""
+    return None
+
+
+#: pyarrow filesystems of this process, by (kind, account/endpoint): one client per store.
+_FILESYSTEMS: dict[tuple[str, str], object] = {}
+
 
 def filesystem(path: str):
-    """``(pyarrow FileSystem, path inside it)`` for a local path or a URI."""
+    """``(pyarrow FileSystem, path inside it)`` for a local path or a URI (see :func:`location`)."""
     from pyarrow import fs
 
-    if "://" in path or path.startswith("file:"):
+    where = location(path)
+    if where.kind == "local":
+        return fs.LocalFileSystem(), where.path
+    if where.kind == "other":
         return fs.FileSystem.from_uri(path)
-    return fs.LocalFileSystem(), os.path.abspath(path)
+    key = (where.kind, where.netloc if where.kind == "azure" else _s3_endpoint() if where.kind == "s3" else "")
+    store = _FILESYSTEMS.get(key)
+    if store is None:
+        store = _FILESYSTEMS[key] = _open_store(where)
+    return store, where.path
+
+
+def _s3_endpoint() -> str:
+    # The AWS SDKs' variables for an S3-compatible endpoint (delta-rs reads them itself; pyarrow does not).
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+
+
+def _open_store(where: Location):
+    from pyarrow import fs
+
+    if where.kind == "s3":
+        options: dict[str, object] = {}
+        endpoint = _s3_endpoint()
+        if endpoint:
+            parsed = urllib.parse.urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+            options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            options["region"] = region
+        return fs.S3FileSystem(**options)
+    if where.kind == "gcs":
+        return fs.GcsFileSystem()
+    return fs.AzureFileSystem(account_name=where.netloc)
 
 
 def absolute(path: str) -> str:
     """A local path made absolute (processes may run elsewhere); URIs unchanged."""
-    return path if "://" in path else os.path.abspath(path)
+    return path if scheme(path) else os.path.abspath(path)
 
 
 def read_bytes(path: str, missing_ok: bool = False) -> bytes | None:

@@ -1,10 +1,28 @@
-"""The SparkSession, built once per job from :class:`~longtail.core.config.SparkConfig`."""
+"""The SparkSession, built once per job from :class:`~longtail.core.config.SparkConfig`.
+
+Four ways to get one, all returning a session the stages use alike (DataFrame APIs only: no
+``sparkContext``, no RDDs, no ``_jvm``, so every one of them also works on Spark Connect):
+
+- ``master: local[N]`` (the embedded default) or ``local-cluster[E,C,M]`` (E executor JVMs with their
+  own Python workers, on this machine): a classic session started here;
+- ``remote: local[N]``: a Spark Connect server started on this machine, and a Connect session to it;
+- ``remote: sc://host:port``: a Connect session to a running server (Databricks Connect, Spark 4);
+- ``master: null``: the session spark-submit, a notebook or Databricks already built.
+
+JVMs started here log errors only (``longtail/conf/log4j2.properties``): no start-up WARN lines and no
+console progress bars between a job's own progress lines.
+"""
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+import socket
 import subprocess
+import sys
+import uuid
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -17,6 +35,11 @@ class JavaNotFoundError(EnvironmentProblem):
 
 
 log = logging.getLogger(__name__)
+
+#: The log4j 2 configuration of the JVMs started here.
+LOG4J_CONF = Path(__file__).resolve().parents[1] / "conf" / "log4j2.properties"
+_LOCAL = re.compile(r"^local(\[(\d+|\*)(,\d+)?\])?$")
+_LOCAL_CLUSTER = re.compile(r"^local-cluster\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]$")
 
 
 def check_java() -> None:
@@ -39,19 +62,66 @@ def check_java() -> None:
         raise JavaNotFoundError(f"Java at {java} does not run: {exc}") from None
 
 
-def build_spark(cfg: SparkConfig, extra_conf: dict[str, str] | None = None) -> SparkSession:
-    """Return the job's SparkSession.
+def is_connect(spark) -> bool:
+    """Whether ``spark`` is a Spark Connect session (no SparkContext, no RDDs)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
 
-    With ``cfg.master`` set (the embedded default, ``local[N]``) a local session is built
-    with settings for a small machine; with ``master: null`` the session that spark-submit
-    or Databricks already configured is used, adding only the properties in ``cfg.conf``.
+
+def describe(spark) -> str:
+    """``local[2]``, ``local-cluster[2,1,2048] (2 slots)``, ``Spark Connect sc://...``: for progress lines."""
+    master = _conf(spark, "spark.master") or "?"
+    kind = "Spark Connect, " if is_connect(spark) else ""
+    return f"{kind}{master}, {default_parallelism(spark)} task slots"
+
+
+def default_parallelism(spark) -> int:
+    """Task slots of the session's cluster, on a classic session and on Spark Connect alike.
+
+    Classic: ``SparkContext.defaultParallelism``. Connect has no SparkContext: the
+    ``spark.default.parallelism`` property when set, else what the master URL says
+    (``local[N]``, ``local-cluster[E,C,M]``), else ``spark.sql.shuffle.partitions``.
+    """
+    if not is_connect(spark):
+        try:
+            return int(spark.sparkContext.defaultParallelism)
+        except Exception:  # noqa: BLE001 - a session without a usable context: use the properties
+            pass
+    explicit = _conf(spark, "spark.default.parallelism")
+    if explicit:
+        return max(1, int(explicit))
+    slots = master_slots(_conf(spark, "spark.master") or "")
+    if slots:
+        return slots
+    return max(1, int(_conf(spark, "spark.sql.shuffle.partitions") or "8"))
+
+
+def master_slots(master: str) -> int | None:
+    """Task slots a ``local[N]``/``local[*]``/``local-cluster[E,C,M]`` master gives; None for others."""
+    local = _LOCAL.match(master)
+    if local:
+        n = local.group(2)
+        return (os.cpu_count() or 1) if n in (None, "*") else int(n)
+    cluster = _LOCAL_CLUSTER.match(master)
+    if cluster:
+        return int(cluster.group(1)) * int(cluster.group(2))
+    return None
+
+
+def build_spark(
+    cfg: SparkConfig, extra_conf: dict[str, str] | None = None, delta_engine: str = "auto"
+) -> SparkSession:
+    """Return the job's SparkSession (see the module doc for the four kinds).
 
     Args:
         cfg: the ``spark`` section of the config.
-        extra_conf: properties a caller needs on top (e.g. Delta's SQL extension).
+        extra_conf: properties a caller needs on top.
+        delta_engine: ``delta.engine``; ``native`` on a session started here adds delta-spark's jars
+            (``configure_spark_with_delta_pip``: the ``delta`` extra, and Maven Central or a local
+            Ivy cache to resolve them).
 
     Raises:
-        JavaNotFoundError: local mode and no usable Java.
+        JavaNotFoundError: a session to start here and no usable Java.
+        EnvironmentProblem: ``delta.engine: native`` and delta-spark's jars cannot be resolved.
     """
     conf = {
         "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
@@ -62,6 +132,10 @@ def build_spark(cfg: SparkConfig, extra_conf: dict[str, str] | None = None) -> S
         **(extra_conf or {}),
         **cfg.conf,
     }
+    if cfg.remote:
+        if cfg.remote.startswith("sc://"):
+            return _connect(cfg.remote, conf)
+        return _local_connect(cfg, conf, delta_engine)
     active = SparkSession.getActiveSession()
     if cfg.master is None or active is not None:
         builder = SparkSession.builder
@@ -73,44 +147,187 @@ def build_spark(cfg: SparkConfig, extra_conf: dict[str, str] | None = None) -> S
         for key, value in conf.items():
             _try_set(spark, key, value)
         return spark
+    return _start_local(cfg.master, cfg, conf, delta_engine)
+
+
+def _local_static_conf(master: str, cfg: SparkConfig) -> dict[str, str]:
+    """Static properties of a session started on this machine."""
+    java_opts = f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}" if LOG4J_CONF.is_file() else ""
+    static = {
+        "spark.driver.memory": cfg.driver_memory,
+        "spark.ui.showConsoleProgress": "false",
+        "spark.ui.enabled": "false",
+        "spark.sql.adaptive.enabled": "true",
+        # Python workers (and local-cluster executors) run this interpreter, where longtail is installed.
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+    }
+    if java_opts:
+        static["spark.driver.extraJavaOptions"] = java_opts
+        static["spark.executor.extraJavaOptions"] = java_opts
+    if master.startswith("local-cluster"):
+        # Executors are separate JVMs: give them the driver's environment for object stores.
+        for name in _FORWARDED_ENV:
+            if name in os.environ:
+                static[f"spark.executorEnv.{name}"] = os.environ[name]
+    return static
+
+
+#: Variables local-cluster executors get from the driver (object-store endpoints and credentials,
+#: offline model hubs, thread caps).
+_FORWARDED_ENV = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ALLOW_HTTP", "AZURE_STORAGE_ACCOUNT_KEY",
+    "GOOGLE_APPLICATION_CREDENTIALS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS",
+)
+
+
+def _start_local(master: str, cfg: SparkConfig, conf: dict[str, str], delta_engine: str) -> SparkSession:
     check_java()
-    builder = (
-        SparkSession.builder.master(cfg.master)
-        .appName(cfg.app_name)
-        .config("spark.driver.memory", cfg.driver_memory)
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.adaptive.enabled", "true")
-    )
-    for key, value in conf.items():
+    builder = SparkSession.builder.master(master).appName(cfg.app_name)
+    for key, value in {**_local_static_conf(master, cfg), **conf}.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    if delta_engine == "native":
+        builder = _with_delta_jars(builder)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:
+        if delta_engine == "native" and "delta" in str(exc).lower():
+            raise _delta_jars_problem(exc) from None
+        raise
     spark.sparkContext.setLogLevel("ERROR")
-    _quiet_task_failures(spark)
+    _wait_for_executors(spark, master)
     return spark
 
 
-def _quiet_task_failures(spark: SparkSession) -> None:
-    # A task that fails on purpose (bad input found on an executor) would otherwise print its
-    # whole Python trace at ERROR before our one-line message; the error still propagates.
+def _with_delta_jars(builder):
+    """``builder`` with delta-spark's jars and SQL extension (``delta.engine: native``)."""
     try:
-        log4j = spark.sparkContext._jvm.org.apache.logging.log4j  # type: ignore[union-attr]
-        configurator = log4j.core.config.Configurator
-        off = log4j.Level.OFF
-        for name in (
-            "org.apache.spark.executor.Executor",
-            "org.apache.spark.scheduler.TaskSetManager",
-            "org.apache.spark.sql.execution.datasources.v2",
-            "org.apache.spark.sql.execution.python",
-        ):
-            configurator.setLevel(name, off)
-    except Exception:  # noqa: BLE001 - logging tweaks must never stop a job
-        pass
+        from delta import configure_spark_with_delta_pip
+    except ImportError:
+        raise EnvironmentProblem(
+            "delta.engine is native but delta-spark is not installed: pip install 'longtail[delta]' "
+            "(or use delta.engine: delta-rs)"
+        ) from None
+    builder = builder.config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension").config(
+        "spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+    )
+    return configure_spark_with_delta_pip(builder)
+
+
+def _delta_jars_problem(exc: Exception) -> EnvironmentProblem:
+    first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return EnvironmentProblem(
+        "delta.engine is native but delta-spark's jars could not be resolved (Spark fetches "
+        "io.delta:delta-spark from Maven Central into ~/.ivy2 on first use; this machine could not): "
+        f"{first[:300]}. Run once with network access, pass the jars with --jars, or use delta.engine: delta-rs"
+    )
+
+
+def _wait_for_executors(spark, master: str, timeout: float = 120.0) -> None:
+    """local-cluster: wait until every executor has registered, so task slots are all there."""
+    import time
+
+    match = _LOCAL_CLUSTER.match(master)
+    if not match:
+        return
+    wanted = int(match.group(1))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # statusTracker lists the driver too; executors are the rest.
+        if len(spark.sparkContext.statusTracker().getExecutorInfos()) - 1 >= wanted:
+            return
+        time.sleep(0.5)
+    raise EnvironmentProblem(f"spark.master={master}: only some of the {wanted} executors started in {timeout:.0f}s")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _local_connect(cfg: SparkConfig, conf: dict[str, str], delta_engine: str) -> SparkSession:
+    """A Spark Connect server on this machine (a classic session with the Connect plugin, on a
+    free port) and a Connect session to it."""
+    master = cfg.remote or "local[2]"
+    port = _free_port()
+    token = os.environ.setdefault("SPARK_CONNECT_AUTHENTICATE_TOKEN", uuid.uuid4().hex)
+    server_conf = {
+        "spark.plugins": "org.apache.spark.sql.connect.SparkConnectPlugin",
+        "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": str(port),
+        "spark.connect.authenticate.token": token,
+    }
+    server = _start_local(master, cfg, {**conf, **server_conf}, delta_engine)
+    del server  # kept alive by pyspark as the process's classic session; jobs use the Connect one
+    # pyspark's own switch: SparkSession.active() (TorchDistributor, pandas UDF helpers) returns the
+    # Connect session from now on.
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    return _connect(f"sc://localhost:{port}", conf)
+
+
+def _connect(url: str, conf: dict[str, str]) -> SparkSession:
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    try:
+        spark = ConnectSession.builder.remote(url).getOrCreate()
+    except ImportError as exc:  # grpcio and friends: the pyspark[connect] dependencies
+        raise EnvironmentProblem(
+            f"spark.remote={url}: Spark Connect needs pyspark's connect dependencies "
+            f"(pip install 'longtail[connect]'): {exc}"
+        ) from None
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    for key, value in conf.items():
+        _try_set(spark, key, value)
+    return spark
+
+
+def _conf(spark, key: str) -> str | None:
+    try:
+        return spark.conf.get(key, None)
+    except Exception:  # noqa: BLE001 - an unknown key on some servers
+        return None
 
 
 def _try_set(spark: SparkSession, key: str, value: str) -> None:
     # Static properties of an existing session cannot change; runtime ones can.
+    import warnings
+
     try:
-        spark.conf.set(key, value)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Connect warns instead of raising for static keys
+            spark.conf.set(key, value)
     except Exception as exc:  # noqa: BLE001 - a static conf on a running cluster is not our error
         log.debug("spark conf %s cannot change on a running session: %s", key, exc)
+
+
+#: (session, scheme) -> whether Spark's own file sources reach that scheme.
+_REACH: dict[tuple[int, str], bool] = {}
+_NO_FILESYSTEM = ("no filesystem for scheme", "unsupportedfilesystem", "classnotfound", "s3afilesystem")
+
+
+def can_reach(spark, uri: str) -> bool:
+    """Whether Spark's own Parquet reader and writer reach ``uri`` (a Hadoop filesystem for its scheme).
+
+    Local paths always; ``s3a://``, ``abfss://``, ``gs://`` only where the cluster has the
+    connector (Databricks, EMR, ``--packages org.apache.hadoop:hadoop-aws``); pip's pyspark has none.
+    Where Spark cannot, longtail's own Python data sources (:mod:`longtail.core.delta_rs`,
+    :mod:`longtail.core.scratch`) read and write through pyarrow instead. Probed once per session and scheme.
+    """
+    from longtail.core import files
+
+    kind = files.scheme(uri)
+    if kind in ("", "file"):
+        return True
+    key = (id(spark), kind)
+    if key not in _REACH:
+        probe = f"{uri.rstrip('/')}/_longtail_probe_{uuid.uuid4().hex[:8]}"
+        try:
+            spark.read.format("text").load(probe).schema  # analysis lists the path (Connect too)
+            _REACH[key] = True
+        except Exception as exc:  # noqa: BLE001 - only a missing filesystem means "cannot reach"
+            text = str(exc).lower()
+            _REACH[key] = not any(marker in text for marker in _NO_FILESYSTEM)
+        log.debug("spark reaches %s:// itself: %s", kind, _REACH[key])
+    return _REACH[key]

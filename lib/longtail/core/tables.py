@@ -44,6 +44,7 @@ from longtail.core.errors import (
     TableNotFoundError,
     TableSchemaMismatchError,
 )
+from longtail.core.session import can_reach
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +401,8 @@ class _DeltaRs:
         files = delta_rs.data_files(dt)
         if not files:
             return self.spark.createDataFrame([], schema)
-        if _spark_can_read(files, parts, schema):
+        # Spark's own Parquet reader where it reaches the folder (an object store needs its Hadoop connector).
+        if _spark_can_read(files, parts, schema) and can_reach(self.spark, path):
             uris = [f"{path}/{urllib.parse.unquote(p)}" for p, _ in files]
             reader = self.spark.read.schema(schema)
             if parts:  # partition values come back from the col=value folders

@@ -13,9 +13,12 @@
 """
 from longtail.inference.bundle import (
     ScoringBundle,
+    Staged,
     broadcast_bundles,
     make_bundle,
     spread,
+    stage,
+    stage_bundles,
     worker_bundles,
 )
 from longtail.inference.catalogue import Catalogue, load_catalogue
@@ -31,7 +34,8 @@ from longtail.inference.scorers import (
 from longtail.inference.store import TrainedModel, load_model
 
 __all__ = [
-    "Catalogue", "ItemIndex", "ModelScorer", "Scorer", "ScorerFactory", "ScoringBundle", "TrainedModel",
+    "Catalogue", "ItemIndex", "ModelScorer", "Scorer", "ScorerFactory", "ScoringBundle", "Staged", "TrainedModel",
     "broadcast_bundles", "hybrid_on", "load_catalogue", "load_model", "make_bundle", "read_item_index",
-    "read_user_sequences", "recommend_users", "spread", "worker_bundles",
+    "read_user_sequences", "recommend_users", "spread", "stage", "stage_bundles",
+    "worker_bundles",
 ]

@@ -1,20 +1,27 @@
 """Scoring a batch of users: the bundle the driver ships to every Python worker once.
 
 The driver computes the catalogue's item matrix of a scorer once (:func:`make_bundle`) and
-broadcasts the bundles of a job (:func:`broadcast_bundles`); each worker unpickles them once
+stages the bundles of a job as one side file in the warehouse (:func:`stage_bundles`:
+``<warehouse>/_tmp/bundles/<token>.pkl``, cloudpickled); each worker reads and unpickles it once
 (:func:`worker_bundles`, cached in this importable module) and, per batch of users, gets
 their top-K lists (:meth:`ScoringBundle.top_k`, for ``score``) or the ranks of their
 held-out items under both protocols (:meth:`ScoringBundle.ranks`, for ``evaluate``).
+
+A side file instead of a Spark broadcast: it works on Spark Connect (no SparkContext there), on
+every cluster manager and with the warehouse on an object store, and a worker that reads it keeps
+it for the job's later tasks.
 """
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from longtail.core import files
 from longtail.core.config import HybridConfig
 from longtail.core.errors import InputError
 from longtail.inference.catalogue import Catalogue
@@ -147,36 +154,73 @@ def make_bundle(
     )
 
 
-def broadcast_bundles(wh, bundles: list[ScoringBundle]) -> tuple[str, Any]:
-    """Cloudpickle the bundles into one broadcast; returns ``(token, broadcast)`` for tasks."""
+@dataclass(frozen=True)
+class Staged:
+    """A driver-side object pickled once into a side file; tasks load it once per Python worker.
+
+    Small to ship in a task's closure (a token and a path). :meth:`unpersist` deletes the file.
+    """
+
+    token: str
+    path: str
+
+    def value(self) -> Any:
+        """The object, read and unpickled on first use in this worker, then cached."""
+        from pyspark import cloudpickle
+
+        if self.token not in _STAGED:
+            while len(_STAGED) >= _STAGED_KEEP:  # a reused worker does not accumulate old jobs' models
+                _STAGED.popitem(last=False)
+            _STAGED[self.token] = cloudpickle.loads(files.read_bytes(self.path))
+        return _STAGED[self.token]
+
+    def unpersist(self) -> None:
+        """Delete the side file (the job is done with it)."""
+        files.remove_file(self.path)
+
+
+#: Objects loaded in this Python worker, by token, oldest first (a job stages at most a few).
+_STAGED: "OrderedDict[str, Any]" = OrderedDict()
+_STAGED_KEEP = 4
+
+
+def stage(root: str, obj: Any) -> Staged:
+    """Pickle ``obj`` (cloudpickle: fakes and models defined anywhere travel) into
+    ``<root>/_tmp/bundles/<token>.pkl`` and return its handle for tasks."""
     from pyspark import cloudpickle
 
-    payload = cloudpickle.dumps(bundles)
-    return uuid.uuid4().hex, wh.spark.sparkContext.broadcast(payload)
+    token = uuid.uuid4().hex
+    path = f"{files.absolute(root.rstrip('/'))}/_tmp/bundles/{token}.pkl"
+    files.write_bytes(path, cloudpickle.dumps(obj))
+    return Staged(token, path)
 
 
-#: Bundles unpickled in this Python worker, by (token, device): loaded once per worker.
-_BUNDLES: dict[tuple[str, str], list[ScoringBundle]] = {}
+def stage_bundles(wh, bundles: list[ScoringBundle]) -> tuple[str, Staged]:
+    """Stage the job's bundles in the warehouse; returns ``(token, handle)`` for tasks
+    (:func:`worker_bundles`). Call ``handle.unpersist()`` when the job is done."""
+    staged = stage(wh.root, bundles)
+    return staged.token, staged
 
 
-def worker_bundles(token: str, broadcast: Any) -> list[ScoringBundle]:
-    """The job's bundles in this worker (unpickled on first use, then cached)."""
-    from pyspark import TaskContext, cloudpickle
+#: The former name (bundles went out as a Spark broadcast, which Spark Connect does not have).
+broadcast_bundles = stage_bundles
+
+
+def worker_bundles(token: str, staged: Staged) -> list[ScoringBundle]:
+    """The job's bundles in this worker (read and unpickled on first use, then cached)."""
+    from pyspark import TaskContext
 
     context = TaskContext.get()
     if context is not None:
         torch.set_num_threads(max(1, int(context.cpus())))
-    key = (token, "cpu")
-    if key not in _BUNDLES:
-        _BUNDLES.clear()  # one job's bundles at a time: a reused worker does not accumulate models
-        _BUNDLES[key] = cloudpickle.loads(broadcast.value)
-    return _BUNDLES[key]
+    return staged.value()
 
 
 def spread(df):
-    """``df`` with at least one partition per task slot, so that every slot scores."""
-    parallelism = df.sparkSession.sparkContext.defaultParallelism
-    return df.repartition(parallelism) if df.rdd.getNumPartitions() < parallelism else df
+    """``df`` in one partition per task slot, so that every slot scores (Spark Connect too)."""
+    from longtail.core.session import default_parallelism
+
+    return df.repartition(default_parallelism(df.sparkSession))
 
 
 def _pick_position(picked: torch.Tensor, targets: torch.Tensor, miss: float) -> np.ndarray:

@@ -38,6 +38,7 @@ from pyspark.sql import types as T
 from longtail.core import schemas
 from longtail.core.config import EncodeConfig
 from longtail.core.errors import ConfigError, SchemaError
+from longtail.core.session import default_parallelism
 from longtail.encoders import text as encoders
 from longtail.encoders.pca import PcaMap, from_moments, load_pca, save_pca
 
@@ -387,10 +388,7 @@ def _embed_rows(rows: DataFrame, key: str, name: str, spec, parts: int) -> DataF
 
 
 def _partitions(spark, rows: int, batch_size: int) -> int:
-    try:
-        slots = int(spark.sparkContext.defaultParallelism)
-    except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext
-        slots = int(spark.conf.get("spark.sql.shuffle.partitions", "8"))
+    slots = default_parallelism(spark)  # a classic session and Spark Connect alike
     # One partition per task slot: each worker loads the model once and sorts a large window.
     return max(1, min(slots, math.ceil(rows / max(batch_size, 1))))
 

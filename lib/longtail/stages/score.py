@@ -6,8 +6,9 @@ Shape of the job:
    ``item_embeddings``/``items`` but no interactions yet) and a scorer for the model (a
    trained model, a baseline, or a hybrid blend; :mod:`longtail.inference`), computes the item
    matrix once, and ships one :class:`~longtail.inference.bundle.ScoringBundle` to the
-   executors as a broadcast (cloudpickled, so fakes and models defined anywhere travel).
-2. ``mapInPandas`` over ``user_sequences``: each Python worker unpickles the bundle once
+   executors as a side file in the warehouse (cloudpickled, so fakes and models defined anywhere
+   travel; no Spark broadcast, so it works on Spark Connect and with object-store warehouses).
+2. ``mapInPandas`` over ``user_sequences``: each Python worker reads and unpickles the bundle once
    and, per batch of ``user_batch`` users, builds the user
    vectors from the whole history (nothing held out at serving time), scores the catalogue
    in ``item_chunk`` slices with one matrix product each, masks the user's items and keeps
@@ -52,12 +53,14 @@ from longtail.inference import (
     Catalogue,
     ScorerFactory,
     ScoringBundle,
-    broadcast_bundles,
+    Staged,
     hybrid_on,
     load_catalogue,
     make_bundle,
     read_user_sequences,
     spread,
+    stage,
+    stage_bundles,
     worker_bundles,
 )
 from longtail.inference.scorers import ModelLoader
@@ -136,7 +139,7 @@ def _list_rows(user_ids: list[str], items: np.ndarray, scores: np.ndarray, bundl
 
 
 def score_users_frame(
-    users: DataFrame, token: str, broadcast: Any, k: int, user_batch: int, item_chunk: int
+    users: DataFrame, token: str, staged: Staged, k: int, user_batch: int, item_chunk: int
 ) -> DataFrame:
     """Top-``k`` rows for every ``(user_id, item_idxs, seen_idxs)`` row of ``users`` (lazy).
 
@@ -145,7 +148,7 @@ def score_users_frame(
     """
 
     def score_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        bundle = worker_bundles(token, broadcast)[0]
+        bundle = worker_bundles(token, staged)[0]
         for frame in frames:
             for start in range(0, len(frame), user_batch):
                 part = frame.iloc[start : start + user_batch]
@@ -264,31 +267,32 @@ def _fallback_users(wh: Warehouse, seqs: DataFrame) -> DataFrame | None:
 
 
 def _fallback_frame(
-    wh: Warehouse, seqs: DataFrame, catalogue: Catalogue, popularity: np.ndarray, k: int, token: str, broadcast: Any
-) -> DataFrame | None:
+    wh: Warehouse, seqs: DataFrame, catalogue: Catalogue, popularity: np.ndarray, k: int, token: str, staged: Staged
+) -> tuple[DataFrame, Staged] | None:
     """Popularity lists for users without a usable history, or None when there are none to find.
 
     Users come from ``users`` and ``interactions``; those in ``user_sequences`` are scored by
     the model. A fallback user's list is the most popular known items sharing a category with
     an item the user touched (most popular first), then global popularity; never an item the
     user touched. Scores: popularity share of the item (``count / max count``), plus 1 for a
-    category match, so they fall with the rank.
+    category match, so they fall with the rank. Returns the lists and the staged
+    :class:`FallbackPlan` (to unpersist when the job is done).
     """
     candidates = _fallback_users(wh, seqs)
     if candidates is None:
         return None
-    plan_bc = wh.spark.sparkContext.broadcast(_fallback_plan(wh, catalogue, popularity))
+    plan_staged = stage(wh.root, _fallback_plan(wh, catalogue, popularity))
 
     def fallback_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        bundle = worker_bundles(token, broadcast)[0]
-        plan = plan_bc.value
+        bundle = worker_bundles(token, staged)[0]
+        plan = plan_staged.value()
         for frame in frames:
             lists = [plan.list_for([] if seen is None else list(seen), k) for seen in frame["seen"]]
             if lists:
                 items, scores = np.stack([a for a, _ in lists]), np.stack([b for _, b in lists])
                 yield _list_rows(list(frame["user_id"]), items, scores, bundle, True)
 
-    return candidates.mapInPandas(fallback_partition, _SCORED_SCHEMA)
+    return candidates.mapInPandas(fallback_partition, _SCORED_SCHEMA), plan_staged
 
 
 def run_score(
@@ -334,12 +338,14 @@ def run_score(
     hybrid = cfg.hybrid if hybrid_on(cfg.hybrid) else None
     scorer = factory.hybrid(model_name, version, hybrid) if hybrid is not None else factory.scorer(model_name, version)
     bundle = make_bundle(scorer, catalogue, hybrid)
-    token, bc = broadcast_bundles(wh, [bundle])
-    scored = score_users_frame(seen_items(wh, seqs, catalogue), token, bc, k, cfg.user_batch, cfg.item_chunk)
+    token, staged = stage_bundles(wh, [bundle])
+    shipped = [staged]
+    scored = score_users_frame(seen_items(wh, seqs, catalogue), token, staged, k, cfg.user_batch, cfg.item_chunk)
     # Fallback lists rank by item_stats popularity (training part): already loaded, no extra pass.
-    fallback = _fallback_frame(wh, seqs, catalogue, catalogue.popularity, k, token, bc)
+    fallback = _fallback_frame(wh, seqs, catalogue, catalogue.popularity, k, token, staged)
     if fallback is not None:
-        scored = scored.unionByName(fallback)
+        scored = scored.unionByName(fallback[0])
+        shipped.append(fallback[1])
     scored = scored.persist()
     rankable = max(catalogue.size - len(bundle.excluded), 1)
     try:
@@ -354,7 +360,8 @@ def run_score(
             )])
     finally:
         scored.unpersist()
-        bc.unpersist()
+        for handle in shipped:
+            handle.unpersist()
     new_items = int(np.isin(np.arange(catalogue.n_known, catalogue.size), bundle.excluded, invert=True).sum())
     return ScoreReport(
         model=scorer.name, model_version=scorer.version, run_date=run_date, top_k=k, new_items=new_items,

@@ -10,6 +10,7 @@ import uuid
 
 from longtail.core.config import TrainConfig
 from longtail.core.errors import EnvironmentProblem
+from longtail.core.session import default_parallelism
 from longtail.stages.train.worker import train_worker
 
 
@@ -29,14 +30,13 @@ def check_task_slots(spark, processes: int) -> None:
     Raises:
         EnvironmentProblem: naming the slots found and how they were counted.
     """
-    sc = spark.sparkContext
     cpus = max(1, int(spark.conf.get("spark.task.cpus", "1") or "1"))
-    parallelism = sc.defaultParallelism
+    parallelism = default_parallelism(spark)  # a classic session and Spark Connect alike
     slots = parallelism // cpus
     if slots < processes:
         raise EnvironmentProblem(
             f"train.mode=cluster needs {processes} concurrent task slots for one barrier stage, but "
-            f"Spark has {slots} (spark.master={sc.master}, default parallelism {parallelism}, "
+            f"Spark has {slots} (spark.master={spark.conf.get('spark.master', '?')}, default parallelism {parallelism}, "
             f"spark.task.cpus={cpus}); lower train.processes or add executors"
         )
 

@@ -22,6 +22,7 @@ from longtail.core import schemas as S
 from longtail.core.config import TrainConfig
 from longtail.core.errors import ConfigError, InputError
 from longtail.core.files import parquet_rows, read_parquet_dir, write_bytes
+from longtail.core.scratch import read_parquet, write_parquet
 from longtail.encoders.pca import require_pca
 from longtail.inference.items import read_item_index
 from longtail.models import needs_text, objective
@@ -58,7 +59,7 @@ def prepare_training_data(wh, model_name: str, cfg: TrainConfig, run_dir: str, n
     else:
         users = users.withColumn("neighbor_idxs", F.lit(None).cast("array<int>"))
     users_dir = f"{run_dir}/users"
-    users.drop("user_id").write.mode("overwrite").parquet(users_dir)
+    write_parquet(users.drop("user_id"), users_dir)  # Spark's writer, or pyarrow where Spark cannot reach
     _check_users(users_dir, n_items)
     min_len = 2 if obj == "next" else 1
     per_rank = _write_shards(wh, users_dir, f"{run_dir}/shards", n_shards, world, min_len)
@@ -97,16 +98,14 @@ def _check_users(users_dir: str, n_items: int) -> None:
 
 def _write_shards(wh, users_dir: str, shards_dir: str, n_shards: int, world: int, min_len: int) -> list[int]:
     """Write the training rows in ``n_shards`` shards; returns the rows each rank will read."""
-    (
-        wh.spark.read.parquet(users_dir)
+    shards = (
+        read_parquet(wh.spark, users_dir)
         .filter(F.size("train_item_idxs") >= min_len)
         .withColumn("shard", F.pmod(F.col("user_idx"), F.lit(n_shards)))
         .select("user_idx", "train_item_idxs", "neighbor_idxs", "shard")
         .repartition(n_shards, "shard")
-        .write.mode("overwrite")
-        .partitionBy("shard")
-        .parquet(shards_dir)
     )
+    write_parquet(shards, shards_dir, partition_by=["shard"])
     per_rank = [0] * world
     for shard in range(n_shards):
         per_rank[shard % world] += parquet_rows(shard_dir(shards_dir, shard))
