@@ -102,3 +102,57 @@ def test_parquet_timestamp_column_is_kept_as_an_instant(spark, warehouse, tmp_pa
 
     assert table_rows(warehouse, "interactions") == [("u", "i", ts(2020, 1, 2, 3, 4, 5), None)]
     assert table_rows(warehouse, "items", "item_id", "title") == [("i", None)]  # derived: ids only
+
+
+@pytest.mark.spark
+def test_csv_quoted_fields_may_hold_commas_quotes_and_line_breaks(spark, warehouse, tmp_path):
+    inter = write_file(tmp_path / "events.csv", "user_id,item_id,timestamp\nu1,i1,1400000000\nu1,i2,1400000001\n")
+    items = write_file(
+        tmp_path / "items.csv",
+        "item_id,title,description\r\n"
+        'i1,"Soap, ""lavender""","Line one\r\nline two\r\n"\r\n'
+        'i2,Towel,"Soft,\nwarm"\r\n',
+    )
+    run_ingest(spark, warehouse, "files", inter, items, None, STRICT)
+    rows = {r.item_id: r for r in warehouse.read("items").collect()}
+    assert rows["i1"].title == 'Soap, "lavender"'
+    assert rows["i1"].description == "Line one\r\nline two"
+    assert rows["i2"].description == "Soft,\nwarm"
+
+
+@pytest.mark.spark
+def test_a_bad_row_after_a_multi_line_record_names_its_own_line(spark, warehouse, tmp_path):
+    from longtail.core.errors import InputError
+
+    inter = write_file(tmp_path / "events.csv", "user_id,item_id,timestamp\nu1,i1,1400000000\n")
+    items = write_file(tmp_path / "items.csv", 'item_id,title\ni1,"two\nlines"\n,no id\n')
+    with pytest.raises(InputError, match=r"items file .*items\.csv line 4: null item_id"):
+        run_ingest(spark, warehouse, "files", inter, items, None, STRICT)
+
+
+@pytest.mark.spark
+def test_a_folder_of_csv_files_matches_columns_by_name_in_every_file(spark, warehouse, tmp_path):
+    folder = tmp_path / "events"
+    folder.mkdir()
+    write_file(folder / "part-1.csv", "user_id,item_id,timestamp,rating\nu1,i1,1400000000,5\n")
+    write_file(folder / "part-2.csv.gz", "rating,timestamp,item_id,user_id\n2,1400000001,i2,u2\n")
+    write_file(folder / "part-3.csv", "timestamp,user_id,item_id\n1400000002,u3,i3\n")
+    run_ingest(spark, warehouse, "files", str(folder), None, None, STRICT)
+    assert table_rows(warehouse, "interactions") == [
+        ("u1", "i1", ts(2014, 5, 13, 16, 53, 20), 5.0),
+        ("u2", "i2", ts(2014, 5, 13, 16, 53, 21), 2.0),
+        ("u3", "i3", ts(2014, 5, 13, 16, 53, 22), None),
+    ]
+
+
+@pytest.mark.spark
+def test_every_csv_file_of_a_folder_needs_its_own_header(spark, warehouse, tmp_path):
+    from longtail.core.errors import SchemaError
+
+    folder = tmp_path / "events"
+    folder.mkdir()
+    write_file(folder / "a.csv", "user_id,item_id,timestamp\nu1,i1,1400000000\n")
+    write_file(folder / "b.csv", "user_id,item,timestamp\nu2,i2,1400000001\n")
+    with pytest.raises(SchemaError, match=r"interactions file .*b\.csv: missing column 'item_id'"):
+        run_ingest(spark, warehouse, "files", str(folder), None, None, STRICT)
+    assert not warehouse.exists("interactions")

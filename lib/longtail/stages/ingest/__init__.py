@@ -8,14 +8,17 @@ Formats (see ``docs/contracts.md``), one module each with its records:
 - ``movielens`` (:mod:`.movielens`): MovieLens-1M ``ratings.dat``, ``movies.dat``,
   ``users.dat`` (``::``, latin-1).
 - ``files`` (:mod:`.files`): ``.csv``, ``.parquet``, ``.jsonl``/``.json`` (JSON lines), each
-  optionally ``.gz``, or a folder of Parquet files; columns as in the contract, further
-  item/user columns kept as string attributes.
+  optionally ``.gz``, or a folder of Parquet or CSV files; columns as in the contract, further
+  item/user columns kept as string attributes. CSV is read by a real CSV reader (quoted fields
+  with commas, quotes and line breaks), with every file's own header: columns are matched by
+  name in each file.
 
-How it runs: :mod:`.sources` plans how each file is read. Text files are read by Spark as raw
-lines (bytes, so any encoding survives) with their file and split (``_metadata``); one
-``mapInArrow`` function per table (:mod:`.read`, :mod:`.parsing`) parses and normalises
-(:mod:`.values`) the lines on the executors, numbering them per split so that an error can
-name the file and line. Parquet is read by Spark and normalised by the same function. Every
+How it runs: :mod:`.sources` plans how each file is read. Line-based text files (JSON lines,
+``.dat``) are read by Spark as raw lines (bytes, so any encoding survives) with their file and
+split (``_metadata``); CSV files are listed, their headers checked on the driver, and each is
+read whole in one task; one ``mapInArrow`` function per table (:mod:`.read`, :mod:`.parsing`)
+parses and normalises (:mod:`.values`) the rows on the executors, keeping each row's file and
+line so that an error can name them. Parquet is read by Spark and normalised by the same function. Every
 row that cannot be used carries a reason instead of values; one aggregation over the
 (cached) parsed rows counts them per reason (:mod:`.bad_rows`). Too many bad rows fail the
 job before anything is written; otherwise good rows are de-duplicated (:mod:`.final`) and

@@ -2,8 +2,10 @@
 
 Runs inside ``mapInArrow``. Lines arrive as bytes with their file and split; they are
 numbered per split (so that an error can name the file and line), decoded, split into
-fields by the source's syntax (CSV, ``::``, JSON or Python literal), mapped to the table's
-fields by the format's records and normalised. A row that cannot be used carries a reason
+fields by the source's syntax (``::``, JSON or Python literal), mapped to the table's
+fields by the format's records and normalised. CSV files are read whole, one file at a time,
+by Python's CSV reader (:func:`parse_csv_files`): quoted fields may hold commas, quotes and
+line breaks, and every file's own header names its columns. A row that cannot be used carries a reason
 (:class:`~.values.Bad`) instead of values. The closures shipped to the executors carry plain
 values only and import this module there.
 """
@@ -23,6 +25,16 @@ PQ_FILE, PQ_ROW = "__longtail_file", "__longtail_row"
 
 # Each format's records per table: a parsed line or row -> the table's fields.
 _RECORDS = {"files": files.RECORDS, "amazon": amazon.RECORDS, "movielens": movielens.RECORDS}
+
+
+def csv_parser(table: str, tz: str) -> Callable:
+    """The ``mapInArrow`` function reading whole CSV files (``file``: a URI per row)."""
+    def parse(batches):
+        from longtail.stages.ingest.parsing import parse_csv_files
+
+        return parse_csv_files(batches, table, tz)
+
+    return parse
 
 
 def line_parser(src: Source, tz: str) -> Callable:
@@ -51,14 +63,13 @@ def parquet_parser(table: str, tz: str) -> Callable:
 
 
 def parse_line_batches(batches: Iterator, spec: dict) -> Iterator:
-    """Batches of raw lines -> batches of the table's rows, one per line that is not blank
-    (nor a CSV header); lines are numbered from 0 within each (file, split)."""
+    """Batches of raw lines -> batches of the table's rows, one per line that is not blank;
+    lines are numbered from 0 within each (file, split)."""
     table, syntax = spec["table"], spec["syntax"]
     encoding, columns = spec["encoding"], tuple(spec["columns"])
     out = Output(table, spec["tz"])
     to_record = _RECORDS[spec["dialect"]][table]
     row_in_split: dict[tuple[str, int], int] = {}
-    headers: dict[str, tuple[str, ...]] = {}
     for batch in batches:
         lines = batch.column(0).to_pylist()
         uris = batch.column(1).to_pylist()
@@ -71,7 +82,7 @@ def parse_line_batches(batches: Iterator, spec: dict) -> Iterator:
                 text = _decode(raw, encoding, first=(row == 0 and split == 0))
                 if not text.strip():
                     continue  # blank lines are not rows
-                rec = _fields(text, syntax, columns, headers, file, split)
+                rec = _fields(text, syntax, columns)
                 if rec is not None:
                     out.add(to_record(rec), file, split, row)
             except Bad as bad:
@@ -80,6 +91,95 @@ def parse_line_batches(batches: Iterator, spec: dict) -> Iterator:
             yield out.flush()
     if out.size:
         yield out.flush()
+
+
+def parse_csv_files(batches: Iterator, table: str, tz: str) -> Iterator:
+    """Batches of CSV file URIs -> batches of the table's rows, every file read whole by Python's
+    CSV reader (RFC 4180 quoting, fields spanning lines) with its own header: columns are matched
+    by name in every file. A row's location is the line its record starts on."""
+    out = Output(table, tz)
+    to_record = files.RECORDS[table]
+    for batch in batches:
+        for uri in batch.column(0).to_pylist():
+            for rec, line, bad in csv_records(uri):
+                try:
+                    if bad is not None:
+                        raise bad
+                    out.add(to_record(rec), uri, 0, line - 1)
+                except Bad as problem:
+                    out.bad(problem, uri, 0, line - 1)
+                if out.size >= 4096:
+                    yield out.flush()
+    if out.size:
+        yield out.flush()
+
+
+def csv_records(uri: str, encoding: str = "utf-8") -> Iterator[tuple[dict | None, int, Bad | None]]:
+    """``(record by header name, first line, None)`` or ``(None, line, Bad)`` for each CSV record.
+
+    The first non-blank record is the header; blank lines are not records; blank fields are None.
+
+    Raises:
+        OSError: the file cannot be read (``FAILED_READ_FILE`` and the URI in the message).
+    """
+    import io
+
+    from longtail.core.files import filesystem
+
+    fs, path = filesystem(uri)
+    compression = "gzip" if uri.lower().endswith(".gz") else None
+    try:
+        with fs.open_input_stream(path, compression=compression) as raw:
+            text = io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline="")
+            reader = csv.reader(text, strict=True)
+            header: tuple[str, ...] | None = None
+            start = 1
+            while True:
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    yield None, start, Bad("malformed line", f"CSV: {exc}")
+                    start = reader.line_num + 1
+                    continue
+                line, start = start, reader.line_num + 1
+                if not fields or (len(fields) == 1 and not fields[0].strip()):
+                    continue  # blank lines are not records
+                if header is None:
+                    header = tuple(h.strip() for h in fields)
+                    header = (header[0].lstrip("\ufeff"), *header[1:])
+                    continue
+                if len(fields) != len(header):
+                    yield None, line, Bad("malformed line", f"{len(fields)} CSV fields, header has {len(header)}")
+                    continue
+                if any(_undecodable(v) for v in fields):
+                    yield None, line, Bad("invalid encoding", f"not {encoding}")
+                    continue
+                yield {k: (v if v != "" else None) for k, v in zip(header, fields)}, line, None
+    except (OSError, EOFError, ValueError) as exc:
+        raise OSError(f"FAILED_READ_FILE {uri}: {' '.join(str(exc).split())}") from None
+
+
+def csv_header(uri: str, encoding: str = "utf-8") -> tuple[str, ...] | None:
+    """The header (first non-blank record) of a CSV file; None for a file without one."""
+    import io
+
+    from longtail.core.files import filesystem
+
+    fs, path = filesystem(uri)
+    compression = "gzip" if uri.lower().endswith(".gz") else None
+    with fs.open_input_stream(path, compression=compression) as raw:
+        text = io.TextIOWrapper(raw, encoding=encoding, errors="strict", newline="")
+        for fields in csv.reader(text, strict=True):
+            if fields and not (len(fields) == 1 and not fields[0].strip()):
+                names = tuple(h.strip() for h in fields)
+                return (names[0].lstrip("\ufeff"), *names[1:])
+    return None
+
+
+def _undecodable(value: str) -> bool:
+    return any("\udc80" <= c <= "\udcff" for c in value)
 
 
 def parse_parquet_batches(batches: Iterator, table: str, tz: str) -> Iterator:
@@ -106,35 +206,11 @@ def _decode(raw: bytes, encoding: str, first: bool) -> str:
     return text.lstrip("\ufeff") if first else text
 
 
-def _fields(text: str, syntax: str, columns: tuple, headers: dict, file: str, split: int) -> dict | None:
-    """A line's fields by name; None for a CSV file's header line."""
-    if syntax == "csv":
-        return _csv_record(text, columns, headers, file, split)
+def _fields(text: str, syntax: str, columns: tuple) -> dict:
+    """A line's fields by name (JSON, Python literal or ``::``-separated)."""
     if syntax == "dat":
         return movielens.split_line(text, columns)
     return parse_object(text, literal=(syntax == "json_or_literal"))
-
-
-def _csv_record(text: str, columns: tuple, headers: dict, file: str, split: int) -> dict | None:
-    """A CSV line by its file's header (``columns``, the first file's, in later splits);
-    blank fields are None. The first line of a file's first split is its header: None."""
-    if split == 0 and file not in headers:
-        # This file's own header: files of one folder may order columns differently.
-        headers[file] = tuple(h.strip() for h in csv_fields(text))
-        return None
-    fields = headers.get(file, columns)
-    values = csv_fields(text)
-    if len(values) != len(fields):
-        raise Bad("malformed line", f"{len(values)} CSV fields, header has {len(fields)}")
-    return {k: (v if v != "" else None) for k, v in zip(fields, values)}
-
-
-def csv_fields(text: str) -> list[str]:
-    """The fields of one CSV line; raises :class:`Bad` (malformed line) when it is not CSV."""
-    try:
-        return next(csv.reader([text.rstrip("\r\n")], strict=True))
-    except (csv.Error, StopIteration) as exc:
-        raise Bad("malformed line", f"CSV: {exc}") from None
 
 
 def parse_object(text: str, literal: bool) -> dict:

@@ -1,9 +1,11 @@
 """Driver side of ingest's reading: each source as a Spark DataFrame of parsed rows.
 
 Text files are read by Spark as raw lines (bytes, so any encoding survives) with their file
-and split (``_metadata``); Parquet is read by Spark with its file and row index. Either way
-one ``mapInArrow`` function (:mod:`.parsing`) turns them into the table's columns plus
-``_reason``/``_detail`` and the row's location. Spark's read errors become one-line
+and split (``_metadata``); CSV files are listed here, their headers checked one by one, and
+each is read whole by one task (a CSV record may span lines, so a file cannot be split at line
+ends); Parquet is read by Spark with its file and row index. Either way one ``mapInArrow``
+function (:mod:`.parsing`) turns them into the table's columns plus ``_reason``/``_detail``
+and the row's location. Spark's read errors become one-line
 :class:`InputError` messages naming the file.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pyspark.sql import functions as F
 
 from longtail.core import schemas
 from longtail.core.errors import InputError
-from longtail.stages.ingest.parsing import PQ_FILE, PQ_ROW, line_parser, parquet_parser
+from longtail.stages.ingest.parsing import PQ_FILE, PQ_ROW, csv_header, csv_parser, line_parser, parquet_parser
 from longtail.stages.ingest.sources import Source, display, local_path, require_columns
 
 # Columns the parse step adds: why a row is unusable (null when it is fine), a detail for the
@@ -42,13 +44,17 @@ def parse(spark: SparkSession, src: Source, tz: str) -> DataFrame:
         SchemaError: the CSV header or Parquet schema lacks a required column.
     """
     out_schema = f"{_DATA_SPARK[src.table]}, {_META_SPARK}"
+    if src.reader == "csv":
+        files = csv_files(src)
+        # One task per file (up to the shuffle partitions): each reads its files whole.
+        listing = spark.createDataFrame([(f,) for f in files], "file string")
+        listing = listing.repartition(max(1, min(len(files), int(spark.conf.get("spark.sql.shuffle.partitions")))))
+        return listing.mapInArrow(csv_parser(src.table, tz), out_schema)
     if src.reader == "parquet":
         raw = _read_parquet(spark, src)
         fn = parquet_parser(src.table, tz)
     else:
         raw = _read_lines(spark, src)
-        if src.syntax == "csv":
-            src = _with_csv_header(spark, src, raw)
         fn = line_parser(src, tz)
     return raw.mapInArrow(fn, out_schema)
 
@@ -89,60 +95,59 @@ def _read_parquet(spark: SparkSession, src: Source) -> DataFrame:
     )
 
 
-def _with_csv_header(spark: SparkSession, src: Source, lines: DataFrame) -> Source:
-    """Read the header (first non-blank line) once on the driver and check its columns.
+def csv_files(src: Source) -> list[str]:
+    """The CSV files of ``src`` (a file, a folder of ``.csv``/``.csv.gz`` files, or a glob) as
+    URIs, each with a header naming every required column.
 
-    Executors use each file's own header for its first split and this one for later splits.
+    Raises:
+        InputError: no CSV file there, or one is empty or unreadable (naming it).
+        SchemaError: a file's header lacks a required column (naming the file).
     """
-    local = local_path(src.path)
-    if local is not None and os.path.isfile(local):
-        # A local file: read its first line here rather than start a Spark job for it.
-        first = _first_line_local(local)
-    else:
-        first = None
-    if first is None:
-        first = _first_line_spark(src, lines)
-    if not first:
-        raise InputError(f"{src.table} file {src.path}: empty, expected a CSV header line")
-    try:
-        text = bytes(first[0]["line"]).decode(src.encoding).lstrip("\ufeff")
-        header = tuple(h.strip() for h in next(csv.reader([text], strict=True)))
-    except (UnicodeDecodeError, csv.Error, StopIteration) as exc:
-        raise InputError(
-            f"{src.table} file {display(first[0]['file'])} line 1: unreadable CSV header ({exc})"
-        ) from None
-    require_columns(src, header)
-    return Source(src.table, src.path, src.reader, src.syntax, src.dialect, src.encoding, header)
+    files = _list_csv(src.path)
+    if not files:
+        raise InputError(f"{src.table} file {src.path}: no .csv or .csv.gz files there")
+    for uri in files:
+        try:
+            header = csv_header(uri, src.encoding)
+        except (OSError, EOFError, ValueError, csv.Error) as exc:
+            raise InputError(f"{src.table} file {display(uri)}: unreadable CSV ({_short(str(exc))})") from None
+        if not header:
+            raise InputError(f"{src.table} file {display(uri)}: empty, expected a CSV header line")
+        require_columns(Source(src.table, display(uri), "csv", "csv", "files"), header)
+    return files
 
 
-def _first_line_local(path: str) -> list[dict] | None:
-    """``[{"line": bytes, "file": path}]`` of a local file's first non-blank line, ``[]`` if none.
+def _list_csv(path: str) -> list[str]:
+    """URIs of the CSV files a path names (the file itself, the files in a folder, a glob's matches)."""
+    import fnmatch
 
-    None when the file cannot be read here (Spark then reads it and reports the problem).
-    """
-    import gzip
-    import zlib
+    from pyarrow import fs as pafs
 
-    try:
-        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as fh:
-            for line in fh:
-                if line.strip():
-                    return [{"line": line.rstrip(b"\r\n"), "file": path}]
-        return []
-    except (OSError, EOFError, zlib.error):
-        return None
+    from longtail.core.files import filesystem
 
-
-def _first_line_spark(src: Source, lines: DataFrame) -> list:
-    try:
-        return (
-            lines.where((F.col("split") == 0) & (F.length(F.trim(F.col("line").cast("string"))) > 0))
-            .select("line", "file")
-            .limit(1)
-            .collect()
+    local = local_path(path)
+    pattern = None
+    if any(c in path for c in "*?["):
+        path, pattern = path.rsplit("/", 1)
+    fs, base = filesystem(local if local is not None else path)
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.File and pattern is None:
+        found = [base]
+    elif info.type == pafs.FileType.Directory:
+        entries = fs.get_file_info(pafs.FileSelector(base, recursive=pattern is None))
+        found = sorted(
+            e.path for e in entries
+            if e.type == pafs.FileType.File and not e.base_name.startswith(("_", "."))
+            and (fnmatch.fnmatch(e.base_name, pattern) if pattern else e.base_name.lower().endswith((".csv", ".csv.gz")))
         )
-    except Exception as exc:  # noqa: BLE001
-        raise translate_read_error(exc, {src.table: src}) from None
+    else:
+        found = []
+    return [f"file:{p}" if local is not None else _uri(path, p) for p in found]
+
+
+def _uri(original: str, fs_path: str) -> str:
+    scheme = original.split("://", 1)[0]
+    return f"{scheme}://{fs_path}"
 
 
 def translate_read_error(exc: Exception, sources: dict[str, Source]) -> Exception:

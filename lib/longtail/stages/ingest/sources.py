@@ -32,7 +32,7 @@ class Source:
 
     table: str
     path: str
-    reader: str  # "lines" | "parquet"
+    reader: str  # "lines" | "csv" | "parquet"
     syntax: str  # lines: "json" | "json_or_literal" | "csv" | "dat"
     dialect: str  # "files" | "amazon" | "movielens"
     encoding: str = "utf-8"
@@ -60,8 +60,9 @@ def _plan_by_name(table: str, path: str) -> Source:
     gz = name.endswith(".gz")
     stem = name[:-3] if gz else name
     ext = stem.rsplit(".", 1)[-1] if "." in stem else ""
-    if ext == "csv":
-        return Source(table, path, "lines", "csv", "files")
+    if ext == "csv" or (not gz and _is_csv_folder(path)):
+        # A real CSV reader per file (quoting, multi-line fields, each file's own header).
+        return Source(table, path, "csv", "csv", "files")
     if ext in ("jsonl", "json", "ndjson"):
         return Source(table, path, "lines", "json", "files")
     if ext == "parquet" and gz:
@@ -70,7 +71,7 @@ def _plan_by_name(table: str, path: str) -> Source:
         return Source(table, path, "parquet", "", "files")
     raise InputError(
         f"{table} file {path}: unknown file kind; expected .csv, .parquet, .jsonl or .json "
-        "(optionally .gz) or a folder of Parquet files"
+        "(optionally .gz) or a folder of Parquet or CSV files"
     )
 
 
@@ -98,6 +99,15 @@ def _check_exists(table: str, path: str) -> None:
     local = local_path(path)
     if local is not None and not any(c in local for c in "*?[") and not os.path.exists(local):
         raise InputError(f"{table} file {path}: not found")
+
+
+def _is_csv_folder(path: str) -> bool:
+    """A local folder whose data files are all CSV (``.csv`` or ``.csv.gz``)."""
+    local = local_path(path)
+    if local is None or not os.path.isdir(local):
+        return False
+    names = [n.lower() for _, _, files in os.walk(local) for n in files if not n.startswith(("_", "."))]
+    return bool(names) and all(n.endswith((".csv", ".csv.gz")) for n in names)
 
 
 def _is_dir_or_remote(path: str) -> bool:
