@@ -80,13 +80,26 @@ def _run(args: argparse.Namespace) -> None:
     from longtail.core.tables import Warehouse
 
     cfg = load_config(args.conf_after or args.conf, [*args.overrides, *args.overrides_after])
-    spark = build_spark(cfg.spark)
+    # The first progress line comes before Spark's own start-up output.
+    print(f"longtail {args.command}: starting Spark ({_where(cfg.spark)}); warehouse {cfg.warehouse}",
+          file=sys.stderr, flush=True)
+    spark = build_spark(cfg.spark, delta_engine=cfg.delta.engine)
     wh = Warehouse(spark, cfg.warehouse, engine=cfg.delta.engine)
     started = time.perf_counter()
     result = _STAGES[args.command](spark, wh, cfg, args)
     if result is not None:
         print(result)
     print(f"longtail {args.command}: done in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+
+
+def _where(spark_cfg) -> str:
+    if spark_cfg.remote:
+        return f"Spark Connect {spark_cfg.remote}"
+    return spark_cfg.master or "the session spark-submit or the notebook built"
+
+
+def _lines(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 # Stage modules import lazily: `longtail --help` and config errors stay fast.
@@ -120,14 +133,16 @@ def _train(spark, wh, cfg, a):
     from longtail.stages.train import run_train
 
     model = cfg.train.model if a.model is None else a.model
-    return run_train(wh, model, cfg.train, valid_negatives=cfg.evaluate.negatives)
+    return run_train(wh, model, cfg.train, valid_negatives=cfg.evaluate.negatives, tracking=cfg.tracking,
+                     progress=_lines)
 
 
 def _evaluate(spark, wh, cfg, a):
     from longtail.stages.evaluate import run_evaluate
 
     return run_evaluate(
-        wh, a.model or cfg.train.model, cfg.evaluate, version=a.model_version, hybrid=cfg.score.hybrid
+        wh, a.model or cfg.train.model, cfg.evaluate, version=a.model_version, hybrid=cfg.score.hybrid,
+        tracking=cfg.tracking,
     )
 
 

@@ -124,8 +124,9 @@ def run_pipeline(
         ("sequences", lambda: run_sequences(wh, cfg.sequences)),
         ("encode", lambda: run_encode(wh, cfg.encode)),
         ("neighbors", lambda: run_neighbors(wh, cfg.neighbors)),
-        ("train", lambda: run_train(wh, model, cfg.train, valid_negatives=cfg.evaluate.negatives)),
-        ("evaluate", lambda: run_evaluate(wh, model, cfg.evaluate, hybrid=cfg.score.hybrid)),
+        ("train", lambda: run_train(wh, model, cfg.train, valid_negatives=cfg.evaluate.negatives,
+                                    tracking=cfg.tracking, progress=_detail(out))),
+        ("evaluate", lambda: run_evaluate(wh, model, cfg.evaluate, hybrid=cfg.score.hybrid, tracking=cfg.tracking)),
         *[(f"evaluate {b}", (lambda b=b: run_evaluate(wh, b, cfg.evaluate))) for b in baselines],
         ("score", lambda: run_score(
             wh, model, cfg.score, run_date=run_date or dt.date.today(), top_k=cfg.score.top_k,
@@ -149,6 +150,11 @@ def run_demo(wh: Warehouse, cfg: Config, out: TextIO = sys.stderr) -> PipelineRe
     _stage("[0] synthetic catalogue", lambda: write_catalogue(wh, cfg.demo), out)
     demo_cfg = cfg.replace(**{"train.epochs": min(cfg.train.epochs, cfg.demo.train_epochs)})
     return run_pipeline(wh, demo_cfg, out=out)
+
+
+def _detail(out: TextIO) -> Callable[[str], None]:
+    """A stage's own progress (train epochs), indented under its stage line."""
+    return lambda line: print(f"      {line}", file=out, flush=True)
 
 
 def _stage(label: str, step: Callable[[], Any], out: TextIO) -> tuple[Any, float]:

@@ -111,6 +111,14 @@ class Catalogue:
     items: pd.DataFrame
     users: pd.DataFrame
 
+    def __str__(self) -> str:
+        # A progress line, not three DataFrame reprs.
+        return (
+            f"{len(self.users):,} users, {len(self.items):,} items, {len(self.interactions):,} interactions"
+        )
+
+    __repr__ = __str__
+
 
 def generate_catalogue(
     users: int,

@@ -47,9 +47,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from longtail.core import schemas
-from longtail.core.config import EvaluateConfig, HybridConfig
+from longtail.core.config import EvaluateConfig, HybridConfig, TrackingConfig
 from longtail.core.errors import InputError
 from longtail.core.files import write_bytes
+from longtail.core.tracking import log_evaluation
 from longtail.core.tables import Warehouse
 from longtail.inference import (
     Catalogue,
@@ -227,6 +228,7 @@ def run_evaluate(
     user_batch: int | None = None,
     item_chunk: int | None = None,
     model_loader: ModelLoader | None = None,
+    tracking: TrackingConfig | None = None,
 ) -> EvaluationReport:
     """Evaluate a trained model or a baseline on the test split; write the report and table rows.
 
@@ -241,6 +243,7 @@ def run_evaluate(
         user_batch, item_chunk: users per batch and items per matrix product in each task
             (default: ``cfg.user_batch``, ``cfg.item_chunk``).
         model_loader: ``load_model`` replacement (tests).
+        tracking: the ``tracking`` section: with ``mlflow`` on, each report is logged to MLflow.
 
     Returns:
         :class:`EvaluationReport` (``report`` is the contract JSON; ``variants`` the hybrid).
@@ -285,6 +288,8 @@ def run_evaluate(
     with wh.job():
         write_evaluation_rows(wh, reports, evaluated_at)
     paths = [write_report(wh, rep) for rep in reports]
+    for rep, path in zip(reports, paths) if tracking is not None else ():
+        log_evaluation(tracking, wh.root, rep["model"], rep["model_version"], rep, path)
     return EvaluationReport(
         model=scorers[0].name, model_version=scorers[0].version, report=reports[0], path=paths[0],
         seconds=time.perf_counter() - started,

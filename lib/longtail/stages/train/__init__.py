@@ -14,10 +14,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from typing import Callable
 
-from longtail.core.config import TrainConfig
+from longtail.core.config import TrackingConfig, TrainConfig
 from longtail.core.errors import ConfigError
 from longtail.core.files import absolute, read_bytes, remove_tree
+from longtail.core.progress import epoch_lines
+from longtail.core.tracking import check as check_tracking
+from longtail.core.tracking import log_training
 from longtail.inference.store import register_model
 from longtail.models import check_model_name
 from longtail.stages.train.launch import (
@@ -60,7 +64,8 @@ class TrainResult:
 
 
 def run_train(
-    wh, model_name: str, cfg: TrainConfig, *, valid_negatives: int = 100, threads: int | None = None
+    wh, model_name: str, cfg: TrainConfig, *, valid_negatives: int = 100, threads: int | None = None,
+    tracking: TrackingConfig | None = None, progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``model_name`` on the warehouse's tables and register it in ``models``.
 
@@ -73,6 +78,9 @@ def run_train(
             machine's cores split between processes in ``local`` mode, ``spark.task.cpus``
             in ``cluster`` mode. (On a busy machine, more threads than free cores make
             torch spin: 1 is then much faster.)
+        tracking: the ``tracking`` section: with ``mlflow`` on, the run (parameters, per-epoch
+            history, model files, version) is logged to MLflow after training, on the driver.
+        progress: called with one line per epoch while training runs (any mode), e.g. ``print``.
 
     Returns:
         The :class:`TrainResult`.
@@ -86,6 +94,8 @@ def run_train(
     """
     check_model_name(model_name)
     _check_config(cfg)
+    if tracking is not None:
+        check_tracking(tracking, wh.root)  # before hours of training, not after
     world = 1 if cfg.mode == "single" else cfg.processes
     if cfg.mode == "cluster":
         check_task_slots(wh.spark, world)
@@ -100,13 +110,17 @@ def run_train(
             "hp": dataclasses.asdict(cfg), "world": world, "valid_negatives": valid_negatives,
             "threads": threads or threads_per_process(wh.spark, cfg, world), **prepared,
         }
-        path = launch(wh.spark, cfg, params)
+        with epoch_lines(run_dir, cfg.epochs, progress):
+            path = launch(wh.spark, cfg, params)
         if path != model_dir:  # pragma: no cover - a broken worker
             raise RuntimeError(f"training returned {path!r}, expected {model_dir!r}")
         metrics = json.loads(read_bytes(f"{model_dir}/metrics.json"))
         _register(wh, model_name, version, model_dir, metrics)
     finally:
         remove_tree(run_dir)
+    if tracking is not None:
+        log_training(tracking, wh.root, model_name, version, model_dir, dataclasses.asdict(cfg),
+                     {"processes": world, "mode": cfg.mode, "train_users": int(prepared["train_users"])})
     return TrainResult(
         model=model_name, version=version, path=model_dir, best_epoch=int(metrics["best_epoch"]),
         valid_ndcg10=float(metrics["valid_ndcg10"]), valid_hr10=float(metrics["valid_hr10"]),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from longtail.core.files import read_bytes
+from longtail.core.progress import write_progress
 from longtail.inference.store import save_model_dir
 from longtail.stages.train.data import RankData, UserTable
 from longtail.stages.train.validation import ValidationSet
@@ -116,6 +117,8 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
         history.append(entry)
         if epoch % eval_every == 0 or epoch == epochs:
             stop = _validate(validation, best, module, entry, device) if rank == 0 else False
+            if rank == 0:
+                write_progress(params["run_dir"], history)  # the driver prints it (core.progress)
             if _agree(stop, device, distributed):
                 stopped_early = True
                 break
