@@ -1,7 +1,15 @@
 """``longtail [--conf FILE] [--set KEY=VALUE ...] COMMAND [OPTIONS]``: parse, then call the package.
 
-The CLI only parses arguments, builds the config, the SparkSession and the warehouse, and
-calls one stage function. Errors a user can act on print one line on stderr (exit 2).
+The CLI only parses arguments, builds and checks the config (before Spark starts), the
+SparkSession and the warehouse, and calls one stage function. Exit status:
+
+- 0: done;
+- 2: something the user must fix: bad input or settings (a file, table, column, config key or
+  option) or a missing piece of the environment (Java, task slots, a local model folder): one
+  line on stderr naming it;
+- 4: another writer changed a table this job read or writes (a conflict): one line; nothing of
+  the conflicting write was committed, and rerunning the command succeeds;
+- 1: a bug in longtail (also when a pipeline stage wraps one): the trace, then one line saying so.
 """
 from __future__ import annotations
 
@@ -9,9 +17,12 @@ import argparse
 import datetime as dt
 import sys
 import time
+import traceback
 from typing import Callable, Sequence
 
-from longtail.core.errors import LongtailError
+from longtail.core.errors import ConflictError, LongtailError
+
+EXIT_INPUT, EXIT_CONFLICT, EXIT_BUG = 2, 4, 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-date", type=_date, help="partition to write, YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--top-k", type=int, help="K (default: score.top_k in the config)")
     add("run", "sequences, encode, neighbors, train, evaluate, score in order")
+    p = add("vacuum", "delete files no table version or kept model needs (vacuum.retention_hours)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     return parser
 
 
@@ -69,9 +82,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _run(args)
     except LongtailError as exc:
-        print(f"longtail {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        cause = _cause(exc)
+        if not isinstance(cause, LongtailError):  # a stage wrapped a bug (pipeline): still a bug
+            print(f"longtail {args.command}: internal error (a bug in longtail, not in your input): "
+                  f"{_one_line(exc)}", file=sys.stderr)
+            return EXIT_BUG
+        print(f"longtail {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_CONFLICT if isinstance(cause, ConflictError) else EXIT_INPUT
+    except KeyboardInterrupt:
+        print(f"longtail {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: keep the trace, but never as "bad input"
+        traceback.print_exc()
+        print(f"longtail {args.command}: internal error (a bug in longtail, not in your input): "
+              f"{type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BUG
     return 0
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The innermost exception a chain of longtail errors wraps (``raise ... from``)."""
+    while isinstance(exc, LongtailError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    notes = [" ".join(n.split()) for n in getattr(exc, "__notes__", [])]
+    return "; ".join([text, *notes]) if notes else text
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -80,6 +119,7 @@ def _run(args: argparse.Namespace) -> None:
     from longtail.core.tables import Warehouse
 
     cfg = load_config(args.conf_after or args.conf, [*args.overrides, *args.overrides_after])
+    _check_options(cfg, args)  # before Spark starts
     # The first progress line comes before Spark's own start-up output.
     print(f"longtail {args.command}: starting Spark ({_where(cfg.spark)}); warehouse {cfg.warehouse}",
           file=sys.stderr, flush=True)
@@ -90,6 +130,23 @@ def _run(args: argparse.Namespace) -> None:
     if result is not None:
         print(result)
     print(f"longtail {args.command}: done in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+
+
+def _check_options(cfg, args: argparse.Namespace) -> None:
+    """Command options that config validation cannot see: K bounds, the model's settings.
+
+    Raises:
+        InputError, ConfigError: naming the option or key.
+    """
+    from longtail.core.config import MAX_K, check_model
+    from longtail.core.errors import InputError
+
+    top_k = getattr(args, "top_k", None)
+    if top_k is not None and not 1 <= top_k <= MAX_K:
+        raise InputError(f"--top-k {top_k}: must be between 1 and {MAX_K}")
+    model = getattr(args, "model", None)
+    if args.command in ("train", "evaluate", "score"):
+        check_model(cfg, model or cfg.train.model)
 
 
 def _where(spark_cfg) -> str:
@@ -168,8 +225,14 @@ def _demo(spark, wh, cfg, a):
     return run_demo(wh, cfg)
 
 
+def _vacuum(spark, wh, cfg, a):
+    from longtail.core.vacuum import run_vacuum
+
+    return run_vacuum(wh, cfg.vacuum, dry_run=a.dry_run)
+
+
 _STAGES: dict[str, Callable] = {
-    "demo": _demo, "ingest": _ingest, "sequences": _sequences, "encode": _encode, "neighbors": _neighbors,
+    "vacuum": _vacuum, "demo": _demo, "ingest": _ingest, "sequences": _sequences, "encode": _encode, "neighbors": _neighbors,
     "train": _train, "evaluate": _evaluate, "score": _score, "run": _pipeline,
 }
 

@@ -153,6 +153,33 @@ def test_ids_stay_stable_across_reruns_new_ones_are_appended_and_dropped_ones_st
 
 
 @pytest.mark.spark
+@pytest.mark.slow
+def test_a_concurrent_run_that_assigned_ids_first_is_retried_without_duplicate_ids(warehouse):
+    from longtail.core import faults
+    from longtail.core.tables import Warehouse
+
+    _load(warehouse, [("u1", "a", 1, None), ("u1", "b", 2, None), ("u2", "b", 3, None), ("u2", "c", 4, None)])
+    other, raced = Warehouse(warehouse.spark, warehouse.root), []
+
+    def race(name):  # another `sequences` assigns the same new ids while ours waits to commit them
+        if name == f"commit:{schemas.USER_IDS}" and not raced:
+            raced.append(None)  # once: the other run passes this point too
+            raced[0] = run_sequences(other, SequencesConfig(k_core=1))
+
+    faults.install(race)
+    try:
+        ours = run_sequences(warehouse, SequencesConfig(k_core=1))
+    finally:
+        faults.install(None)
+    assert raced and raced[0].new_users == 2
+    assert ours.new_users == 0  # retried: the ids were already there
+    users = [(r.user_id, r.user_idx) for r in warehouse.read(schemas.USER_IDS).collect()]
+    items = [(r.item_id, r.item_idx) for r in warehouse.read(schemas.ITEM_IDS).collect()]
+    assert sorted(users) == [("u1", 1), ("u2", 2)] and sorted(items) == [("a", 1), ("b", 2), ("c", 3)]
+    assert {k: v["user_idx"] for k, v in _sequences(warehouse).items()} == {"u1": 1, "u2": 2}
+
+
+@pytest.mark.spark
 def test_nothing_left_after_filtering_is_an_input_error_and_writes_nothing(warehouse):
     _load(warehouse, [("u1", "a", 1, None), ("u1", "b", 2, None), ("u2", "a", 3, None)])
     with pytest.raises(InputError, match=r"interactions.*5-core"):

@@ -338,6 +338,9 @@ def run_score(
     hybrid = cfg.hybrid if hybrid_on(cfg.hybrid) else None
     scorer = factory.hybrid(model_name, version, hybrid) if hybrid is not None else factory.scorer(model_name, version)
     bundle = make_bundle(scorer, catalogue, hybrid)
+    rankable = max(catalogue.size - len(bundle.excluded), 1)
+    if k > rankable:  # before anything is allocated per user: no user could get K unseen items
+        raise InputError(f"--top-k {k}: larger than the whole rankable catalogue ({rankable} items); nothing written")
     token, staged = stage_bundles(wh, [bundle])
     shipped = [staged]
     scored = score_users_frame(seen_items(wh, seqs, catalogue), token, staged, k, cfg.user_batch, cfg.item_chunk)
@@ -347,7 +350,6 @@ def run_score(
         scored = scored.unionByName(fallback[0])
         shipped.append(fallback[1])
     scored = scored.persist()
-    rankable = max(catalogue.size - len(bundle.excluded), 1)
     try:
         figures = _run_figures(scored, k, rankable)
         recs = _recommendations(scored, scorer.name, scorer.version, run_date, started_at)

@@ -22,7 +22,10 @@ from pyspark.sql import functions as F
 
 from longtail.core import schemas
 from longtail.core.config import SegmentConfig, SequencesConfig
-from longtail.core.errors import ConfigError, InputError
+from longtail.core.errors import ConfigError, ConflictError, InputError
+
+#: Times a job that lost a conflict to a concurrent writer starts again from fresh reads.
+CONFLICT_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -105,9 +108,25 @@ def run_sequences(wh, cfg: SequencesConfig) -> SequencesSummary:
 def _build(wh, cfg: SequencesConfig, kc: "KCore", cached: list[DataFrame]) -> SequencesSummary:
     """Map ids, build and segment the three tables from the k-core survivors, write them.
 
-    Every DataFrame persisted here is added to ``cached``; the caller unpersists them.
+    One warehouse job from reading the id maps to the last write: the id maps are appended
+    against the version read (a concurrent ``sequences`` that assigned ids meanwhile is a
+    conflict, never a duplicate id), and a failure undoes what the job committed. A conflict is
+    retried (:data:`CONFLICT_RETRIES` times): the job reads the maps again, so ids already
+    given keep their value. Every DataFrame persisted here is added to ``cached``; the caller
+    unpersists them.
     """
     _check_rows_left(cfg, kc)
+    for attempt in range(CONFLICT_RETRIES + 1):
+        try:
+            with wh.job():
+                return _build_once(wh, cfg, kc, cached)
+        except ConflictError:
+            if attempt == CONFLICT_RETRIES:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _build_once(wh, cfg: SequencesConfig, kc: "KCore", cached: list[DataFrame]) -> SequencesSummary:
     user_map, new_user_map, user_start = _extend_id_map(wh, schemas.USER_IDS, "user_id", "user_idx", kc.users)
     item_map, new_item_map, item_start = _extend_id_map(wh, schemas.ITEM_IDS, "item_id", "item_idx", kc.items)
     cached += [new_user_map, new_item_map]
@@ -121,12 +140,11 @@ def _build(wh, cfg: SequencesConfig, kc: "KCore", cached: list[DataFrame]) -> Se
 
     # Summary figures before writing (one job): they also say whether the id maps grew.
     fig = _figures(item_stats, user_stats, item_start, user_start)
-    with wh.job():
-        _append_new_ids(wh, schemas.USER_IDS, new_user_map, fig["new_users"])
-        _append_new_ids(wh, schemas.ITEM_IDS, new_item_map, fig["new_items"])
-        wh.write(schemas.conform(sequences, schemas.USER_SEQUENCES), schemas.USER_SEQUENCES, mode="overwrite")
-        wh.write(schemas.conform(item_stats, schemas.ITEM_STATS), schemas.ITEM_STATS, mode="overwrite")
-        wh.write(schemas.conform(user_stats, schemas.USER_STATS), schemas.USER_STATS, mode="overwrite")
+    _append_new_ids(wh, schemas.USER_IDS, new_user_map, fig["new_users"])
+    _append_new_ids(wh, schemas.ITEM_IDS, new_item_map, fig["new_items"])
+    wh.write(schemas.conform(sequences, schemas.USER_SEQUENCES), schemas.USER_SEQUENCES, mode="overwrite")
+    wh.write(schemas.conform(item_stats, schemas.ITEM_STATS), schemas.ITEM_STATS, mode="overwrite")
+    wh.write(schemas.conform(user_stats, schemas.USER_STATS), schemas.USER_STATS, mode="overwrite")
     return _summary(cfg, kc, fig)
 
 
