@@ -158,9 +158,8 @@ def _local_static_conf(master: str, cfg: SparkConfig) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
         "spark.ui.enabled": "false",
         "spark.sql.adaptive.enabled": "true",
-        # Python workers (and local-cluster executors) run this interpreter, where longtail is installed.
-        "spark.pyspark.python": sys.executable,
-        "spark.pyspark.driver.python": sys.executable,
+        # Python workers (and local-cluster executors' workers) run this interpreter.
+        "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON", sys.executable),
     }
     if java_opts:
         static["spark.driver.extraJavaOptions"] = java_opts
@@ -184,6 +183,9 @@ _FORWARDED_ENV = (
 
 def _start_local(master: str, cfg: SparkConfig, conf: dict[str, str], delta_engine: str) -> SparkSession:
     check_java()
+    # PySpark starts Python workers with $PYSPARK_PYTHON (default: whatever `python3` is on PATH);
+    # they must run this interpreter, where longtail and its dependencies are installed (a venv).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(master).appName(cfg.app_name)
     for key, value in {**_local_static_conf(master, cfg), **conf}.items():
         builder = builder.config(key, value)
@@ -192,7 +194,8 @@ def _start_local(master: str, cfg: SparkConfig, conf: dict[str, str], delta_engi
     try:
         spark = builder.getOrCreate()
     except Exception as exc:
-        if delta_engine == "native" and "delta" in str(exc).lower():
+        # Spark resolves --packages before its JVM starts: a failure there ends the Java gateway.
+        if delta_engine == "native" and ("delta" in str(exc).lower() or "JAVA_GATEWAY_EXITED" in str(exc)):
             raise _delta_jars_problem(exc) from None
         raise
     spark.sparkContext.setLogLevel("ERROR")

@@ -48,7 +48,7 @@ def train_worker(params: dict) -> str:
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if params.get("threads"):
         torch.set_num_threads(int(params["threads"]))
-    if rank == 0:
+    if rank == 0 and not params.get("driver_progress"):  # else the driver prints the epochs (core.progress)
         _show_progress()
     distributed = world > 1
     if distributed:
