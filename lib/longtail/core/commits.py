@@ -370,7 +370,9 @@ def revert(path: str, table: str, base: int | None, job: str) -> str | None:
     if not others:
         from deltalake.transaction import CommitProperties
 
-        DeltaTable(path).restore(base, commit_properties=CommitProperties(
+        # Restored from the snapshot checked above: a commit racing in after it is not undone
+        # (delta-rs checks the RESTORE against it like any other commit).
+        DeltaTable(path, version=latest).restore(base, commit_properties=CommitProperties(
             custom_metadata={JOB_KEY: job, TABLE_KEY: table, "longtail.revert": True}, max_commit_retries=50))
         return None
     touched = _touched(entries, ours)

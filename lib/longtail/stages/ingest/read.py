@@ -11,7 +11,6 @@ and the row's location. Spark's read errors become one-line
 from __future__ import annotations
 
 import csv
-import os
 import re
 from typing import Callable
 
