@@ -57,3 +57,17 @@ def test_pure_libraries_do_not_need_spark(library):
     for path in _files(library):
         spark = {m for m in _imports(path) if m.startswith("pyspark")}
         assert not spark, f"{path.relative_to(PACKAGE)} imports {sorted(spark)}"
+
+
+@pytest.mark.parametrize("part", ["stages", "inference", "encoders", "models", "ranking"])
+def test_no_spark_context_rdds_or_broadcasts_outside_core(part):
+    # Spark Connect (Databricks serverless and shared clusters) has none of them; core/session.py
+    # and core/tables.py use the SparkContext only where it exists.
+    import re
+
+    # Not F.broadcast (a join hint, fine on Connect) nor torch.distributed's broadcast.
+    banned = re.compile(r"\.sparkContext\b|\.rdd\b|\b(?:sc|sparkContext|spark)\.broadcast\(|\._(?:jvm|jsc|jdf)\b")
+    for path in _files(part):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            assert not banned.search(code), f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}"

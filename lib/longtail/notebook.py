@@ -40,7 +40,7 @@ def open_warehouse(dbutils: Any = None, environ: Mapping[str, str] | None = None
     values = parameters(dbutils, environ)
     warehouse = values["LONGTAIL_WAREHOUSE"]
     cfg = load_config(values["LONGTAIL_CONF"], [f"warehouse={warehouse}"] if warehouse else [])
-    return cfg, Warehouse(build_spark(cfg.spark), cfg.warehouse, engine=cfg.delta.engine)
+    return cfg, Warehouse(build_spark(cfg.spark, delta_engine=cfg.delta.engine), cfg.warehouse, engine=cfg.delta.engine)
 
 
 def plots_folder(wh: Warehouse) -> str:

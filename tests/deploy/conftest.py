@@ -1,4 +1,4 @@
-"""The deployment lanes' shared fixture: the package built as a wheel, outside the checkout."""
+"""The deployment lanes' shared fixtures: a demo on Spark Connect over two executors, the built wheel."""
 from __future__ import annotations
 
 import shutil
@@ -7,7 +7,20 @@ import sys
 
 import pytest
 
-from deploy.lanes import REPO
+from deploy.lanes import REPO, demo_settings, longtail
+
+CLUSTER = "local-cluster[2,1,2048]"
+
+
+@pytest.fixture(scope="session")
+def connect_cluster_warehouse(tmp_path_factory):
+    """A warehouse `longtail demo` wrote on Spark Connect over two executors (cluster training)."""
+    warehouse = str(tmp_path_factory.mktemp("connect-cluster") / "warehouse")
+    done = longtail([
+        *demo_settings(), "--set", f"warehouse={warehouse}", "--set", f"spark.remote={CLUSTER}",
+        "--set", "spark.driver_memory=1g", "--set", "train.mode=cluster", "--set", "train.processes=2", "demo",
+    ])
+    return warehouse, done
 
 
 @pytest.fixture(scope="session")

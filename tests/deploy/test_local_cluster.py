@@ -11,9 +11,7 @@ import pytest
 
 from deploy.lanes import REPO, check_demo_tables, check_progress, demo_settings, environment, longtail, read_table, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.deploy]
-
-CLUSTER = "local-cluster[2,1,2048]"
+from deploy.conftest import CLUSTER
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +24,8 @@ def cluster_warehouse(tmp_path_factory):
     return warehouse, done
 
 
+@pytest.mark.slow
+@pytest.mark.deploy
 def test_demo_on_two_executors_with_cluster_training(cluster_warehouse):
     warehouse, done = cluster_warehouse
     check_progress(done.stderr)
@@ -34,14 +34,17 @@ def test_demo_on_two_executors_with_cluster_training(cluster_warehouse):
     assert models[-1]["processes"] == 2  # one DDP rank per barrier task, on the executors
 
 
-def test_spark_submit_score_with_the_wheel(cluster_warehouse, wheel, tmp_path):
-    warehouse, _ = cluster_warehouse
+@pytest.mark.slow
+def test_spark_submit_score_with_the_wheel(connect_cluster_warehouse, wheel, tmp_path):
+    import sys
+
+    warehouse, _ = connect_cluster_warehouse
     spark_submit = shutil.which("spark-submit") or str(Path(__import__("pyspark").__file__).parent / "bin" / "spark-submit")
     job = tmp_path / "score.py"
     shutil.copy(REPO / "jobs" / "score.py", job)  # run from outside the checkout
     done = run([
         spark_submit, "--master", "local-cluster[2,1,1024]", "--py-files", str(wheel),
-        "--conf", "spark.executor.memory=1g", str(job),
+        "--conf", "spark.executor.memory=1g", "--conf", f"spark.pyspark.python={sys.executable}", str(job),
         "--set", "spark.master=null", "--set", f"warehouse={warehouse}",
         "--model", "popularity", "--run-date", "2026-11-23",
     ], cwd=tmp_path, env=environment())

@@ -12,7 +12,7 @@ import pytest
 
 from deploy.lanes import DEMO_TABLES, check_demo_tables, demo_settings, environment, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.deploy]
+pytestmark = pytest.mark.slow
 
 
 def test_wheel_carries_the_config_and_declares_extras(wheel):
@@ -40,13 +40,19 @@ def venv(wheel, tmp_path_factory):
     return where
 
 
-def test_installed_wheel_runs_the_demo_outside_the_checkout(venv, tmp_path):
+def test_installed_wheel_loads_its_embedded_config_outside_the_checkout(venv, tmp_path):
     python = venv / "bin" / "python"
     where = run([str(python), "-c", "import json, longtail, longtail.core.config as c; "
-                 "print(json.dumps([longtail.__file__, str(c.DEFAULT_CONF), c.DEFAULT_CONF.is_file()]))"],
+                 "print(json.dumps([longtail.__file__, str(c.DEFAULT_CONF), c.DEFAULT_CONF.is_file(), "
+                 "c.load_config(None) == c.Config()]))"],
                 cwd=tmp_path)
-    module, conf, conf_exists = json.loads(where.stdout)
-    assert module.startswith(str(venv)) and conf.startswith(str(venv)) and conf_exists  # not the checkout
+    module, conf, conf_exists, same = json.loads(where.stdout)
+    assert module.startswith(str(venv)) and conf.startswith(str(venv)) and conf_exists and same  # not the checkout
+    assert "demo" in run([str(venv / "bin" / "longtail"), "--help"], cwd=tmp_path).stdout
+
+
+@pytest.mark.deploy
+def test_installed_wheel_runs_the_demo_outside_the_checkout(venv, tmp_path):
     warehouse = tmp_path / "warehouse"
     done = run([str(venv / "bin" / "longtail"), *demo_settings(), "--set", "train.model=sasrec",
                 "--set", "spark.driver_memory=1g", "demo"], cwd=tmp_path, env=environment())
