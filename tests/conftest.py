@@ -66,49 +66,35 @@ def demo_warehouse(spark, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """A real S3 API server (moto's server mode) on a free local port; yields its endpoint URL."""
+    """A real S3 API server (moto's server mode, ``tests/s3_server.py``) in its own process on a free
+    local port; yields its endpoint URL."""
     import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
 
-    moto_server = pytest.importorskip("moto.server", reason="moto[server] (in the test extra) is not installed")
-    from werkzeug.serving import make_server
-
-    class Server(moto_server.ThreadedMotoServer):
-        def _server_entry(self) -> None:
-            app = _complete_upload_result(moto_server.DomainDispatcherApplication(moto_server.create_backend_app))
-            self._server = make_server(self._ip_address, self._port, app, True)
-            self._server_ready_event.set()
-            self._server.serve_forever()
-
+    pytest.importorskip("moto.server", reason="moto[server] (in the test extra) is not installed")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = Server(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("s3_server.py")), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError(f"the test S3 server did not start (exit {server.poll()})") from None
+            time.sleep(0.2)
     yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-def _complete_upload_result(app):
-    """moto answers CompleteMultipartUpload with ``<CompleteMultipartUploadResponse>``; S3 says
-    ``<CompleteMultipartUploadResult>``, and pyarrow takes anything else in a 200 for an error."""
-
-    def fixed(environ, start_response):
-        answer = {}
-
-        def capture(status, headers, exc_info=None):
-            answer["status"], answer["headers"] = status, headers
-            return lambda data: None
-
-        body = b"".join(app(environ, capture))
-        headers = answer["headers"]
-        if b"<CompleteMultipartUploadResponse" in body:
-            body = body.replace(b"CompleteMultipartUploadResponse", b"CompleteMultipartUploadResult")
-            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-            headers.append(("Content-Length", str(len(body))))
-        start_response(answer["status"], headers)
-        return [body]
-
-    return fixed
+    server.terminate()
+    server.wait(timeout=30)
 
 
 #: What every process (this one, Spark's Python workers, training processes) needs to reach the server.

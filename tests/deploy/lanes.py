@@ -43,7 +43,7 @@ def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def run(command: list[str], *, env: dict[str, str] | None = None, cwd: str | Path | None = None,
-        timeout: float = 900) -> subprocess.CompletedProcess:
+        timeout: float = 2400) -> subprocess.CompletedProcess:
     """Run a command; on failure the assertion shows the end of its output."""
     started = time.perf_counter()
     done = subprocess.run(command, env=env or environment(), cwd=cwd, capture_output=True, text=True, timeout=timeout)
