@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from suite_settings import DEMO_OVERRIDES, s3_environment
 
 # Nothing in the tests may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,21 +31,6 @@ def warehouse(spark, tmp_path):
     return Warehouse(spark, str(tmp_path / "warehouse"))
 
 
-#: A demo small enough for the test suite: every stage runs for real, on tiny data.
-DEMO_OVERRIDES = {
-    "demo.users": 300,
-    "demo.items": 120,
-    "demo.train_epochs": 2,
-    "train.hidden": 16,
-    "train.max_len": 20,
-    "train.batch_size": 64,
-    "encode.batch_size": 32,
-    "encode.max_tokens": 32,
-    "encode.pca_dim": 16,
-    "neighbors.top_n": 5,
-    "evaluate.als_max_iter": 3,
-    "evaluate.als_rank": 8,
-}
 
 
 @pytest.fixture(scope="session")
@@ -97,13 +83,6 @@ def s3_server():
     server.wait(timeout=30)
 
 
-#: What every process (this one, Spark's Python workers, training processes) needs to reach the server.
-def s3_environment(endpoint: str) -> dict[str, str]:
-    return {
-        "AWS_ACCESS_KEY_ID": "longtail-test", "AWS_SECRET_ACCESS_KEY": "longtail-test",
-        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true",
-    }
 
 
 @pytest.fixture()
@@ -118,3 +97,15 @@ def s3_bucket(s3_server, monkeypatch):
     bucket = f"longtail-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
     yield f"s3a://{bucket}"
+
+
+@pytest.fixture()
+def s3_spark(spark, s3_bucket, s3_server):
+    """The test session, its Python workers given the S3 server's environment (they were started
+    before the server; a cluster gets these variables from ``spark.executorEnv.*``)."""
+    env = spark.sparkContext.environment
+    saved = dict(env)
+    env.update(s3_environment(s3_server))
+    yield spark
+    env.clear()
+    env.update(saved)

@@ -7,9 +7,7 @@ import sys
 
 import pytest
 
-from deploy.lanes import REPO, demo_settings, longtail
-
-CLUSTER = "local-cluster[2,1,2048]"
+from deploy.lanes import CLUSTER, REPO, demo_settings, longtail
 
 
 @pytest.fixture(scope="session")

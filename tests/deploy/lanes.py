@@ -17,6 +17,8 @@ from longtail.core import files
 from longtail.core.schemas import SCHEMAS
 
 REPO = Path(__file__).resolve().parents[2]
+#: Two executors of one core and 2 GB each: a real multi-executor cluster on one machine.
+CLUSTER = "local-cluster[2,1,2048]"
 #: The tables `longtail demo` writes (every stage's outputs).
 DEMO_TABLES = (
     "interactions", "items", "users", "user_sequences", "item_stats", "user_stats", "item_embeddings",
@@ -27,7 +29,7 @@ DEMO_TABLES = (
 
 def demo_settings() -> list[str]:
     """``--set`` options of the test suite's small demo (the same as the ``demo_warehouse`` fixture)."""
-    from conftest import DEMO_OVERRIDES  # tests/conftest.py
+    from suite_settings import DEMO_OVERRIDES  # tests/suite_settings.py
 
     return [arg for key, value in DEMO_OVERRIDES.items() for arg in ("--set", f"{key}={value}")]
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.conftest import CLUSTER
-from deploy.lanes import check_demo_tables, check_progress, demo_settings, longtail, read_table
+from deploy.lanes import CLUSTER, check_demo_tables, check_progress, demo_settings, longtail, read_table
 
 @pytest.mark.slow
 def test_demo_on_spark_connect_over_two_executors(connect_cluster_warehouse):

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.lanes import REPO, check_demo_tables, check_progress, demo_settings, environment, longtail, read_table, run
+from deploy.lanes import CLUSTER, REPO, check_demo_tables, check_progress, demo_settings, environment, longtail, read_table, run
 
-from deploy.conftest import CLUSTER
 
 
 @pytest.fixture(scope="module")

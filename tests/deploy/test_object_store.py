@@ -10,20 +10,6 @@ import pytest
 from deploy.lanes import check_demo_tables, demo_settings, environment, longtail, read_table
 
 
-@pytest.fixture()
-def s3_spark(spark, s3_bucket, s3_server):
-    """The test session, its Python workers given the S3 server's environment (they were started
-    before the server; a cluster gets these variables from ``spark.executorEnv.*``)."""
-    from conftest import s3_environment
-
-    env = spark.sparkContext.environment
-    saved = dict(env)
-    env.update(s3_environment(s3_server))
-    yield spark
-    env.clear()
-    env.update(saved)
-
-
 @pytest.mark.spark
 @pytest.mark.slow
 def test_ingest_to_score_with_the_warehouse_in_a_bucket(s3_spark, s3_bucket, tmp_path):
@@ -59,7 +45,7 @@ def test_ingest_to_score_with_the_warehouse_in_a_bucket(s3_spark, s3_bucket, tmp
 @pytest.mark.slow
 @pytest.mark.deploy
 def test_demo_with_the_warehouse_in_a_bucket(s3_bucket, s3_server):
-    from conftest import s3_environment
+    from suite_settings import s3_environment
 
     warehouse = f"{s3_bucket}/demo"
     longtail([*demo_settings(), "--set", f"warehouse={warehouse}", "--set", "spark.driver_memory=1g", "demo"],

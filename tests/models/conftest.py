@@ -5,10 +5,7 @@ import numpy as np
 import pytest
 import torch
 from longtail.models import TextTables
-
-N_ITEMS = 40
-HIDDEN = 8
-LLM_DIM = 12
+from tiny_models import HIDDEN, LLM_DIM, N_ITEMS
 
 
 @pytest.fixture()
@@ -41,8 +38,3 @@ def text():
     pca = np.zeros((N_ITEMS + 1, HIDDEN), dtype=np.float32)
     pca[1:] = centred @ vt[:HIDDEN].T
     return TextTables.from_arrays(llm, pca, llm[1:].mean(axis=0), vt[:HIDDEN])
-
-
-def assert_all_parameters_get_gradients(model: torch.nn.Module) -> None:
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, f"no gradient for {missing}"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from conftest import HIDDEN, N_ITEMS, assert_all_parameters_get_gradients
+from tiny_models import HIDDEN, N_ITEMS, assert_all_parameters_get_gradients
 from longtail.models import build_model
 from longtail.models.bert4rec import cloze_mask
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import HIDDEN, N_ITEMS, assert_all_parameters_get_gradients
+from tiny_models import HIDDEN, N_ITEMS, assert_all_parameters_get_gradients
 from longtail.models import build_model
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import HIDDEN, LLM_DIM, N_ITEMS, assert_all_parameters_get_gradients
+from tiny_models import HIDDEN, LLM_DIM, N_ITEMS, assert_all_parameters_get_gradients
 from longtail.models import build_model
 
 BACKBONES = ["llmesr_sasrec", "llmesr_gru4rec", "llmesr_bert4rec"]

@@ -111,9 +111,9 @@ def test_run_neighbors_equals_brute_force_with_bounded_blocks(warehouse):
         row = rows[f"user{i}"]
         assert row["neighbors"] == [f"user{j}" for j in nbrs]
         np.testing.assert_allclose(row["similarities"], sims, atol=1e-6)
-    # The staged blocks are gone.
-    tmp = os.path.join(warehouse.root, "_tmp")
-    assert not os.path.isdir(tmp) or not os.listdir(tmp)
+    # The staged blocks are gone (empty folders of the table writer's manifests may stay).
+    left = [os.path.join(d, f) for d, _, names in os.walk(os.path.join(warehouse.root, "_tmp")) for f in names]
+    assert not left
 
 
 @pytest.mark.spark

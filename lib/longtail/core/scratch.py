@@ -158,6 +158,7 @@ class _Writer(DataSourceArrowWriter):
 
         schema = to_arrow_schema(StructType.fromJson(json.loads(self.schema_json)), timezone="UTC")
         data_columns = [n for n in schema.names if n not in self.partition_by]
+        data_schema = pa.schema([schema.field(n) for n in data_columns])  # partition values live in folder names
         context = TaskContext.get()
         task = context.partitionId() if context is not None else 0
         fs, base = files.filesystem(self.path)
@@ -181,7 +182,7 @@ class _Writer(DataSourceArrowWriter):
                         target = f"{base}/{folder}/{name}" if folder else f"{base}/{name}"
                         fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
                         sink = fs.open_output_stream(target)
-                        writers[k] = (sink, pq.ParquetWriter(sink, schema.select(data_columns)))
+                        writers[k] = (sink, pq.ParquetWriter(sink, data_schema))
                         written.append(target)
                     writers[k][1].write_table(rows.select(data_columns))
         finally:
