@@ -113,3 +113,39 @@ def test_semantic_table_is_the_two_layer_adapter(hp, text):
     stepwise = semantic.adapter(text.llm[1:])
     assert torch.allclose(semantic.table()[1:], stepwise, atol=1e-5)
     assert semantic.adapter[0].out_features == LLM_DIM // 2
+
+
+def test_standardized_semantic_view_places_new_items_like_catalogue_items(hp, text):
+    torch.manual_seed(0)
+    model = build_model("llmesr_sasrec", N_ITEMS, {**hp, "llm_standardize": True}, text)
+    llm = model.views[1].llm
+    assert torch.all(llm[0] == 0)
+    assert torch.allclose(llm[1:].mean(0), torch.zeros(LLM_DIM), atol=1e-5)
+    assert torch.allclose(model.item_vectors_from_text(text.llm[1:6]), model.item_vectors()[1:6], atol=1e-4)
+    # A saved model reloads into a zero table and gets the same buffers back.
+    empty = build_model("llmesr_sasrec", N_ITEMS, {**hp, "llm_standardize": True},
+                        type(text).zeros(N_ITEMS, LLM_DIM, HIDDEN))
+    empty.load_state_dict(model.state_dict())
+    assert torch.allclose(empty.item_vectors(), model.item_vectors())
+
+
+def test_pca_init_at_backbone_scale_keeps_its_geometry(hp, text):
+    torch.manual_seed(0)
+    model = build_model("llmesr_sasrec", N_ITEMS, {**hp, "pca_init_scale": "backbone"}, text)
+    table = model.views[0].table()[1:]
+    ratio = table / text.pca[1:]
+    assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), atol=1e-4)  # one common factor
+    assert abs(float(table.std()) - (2.0 / (N_ITEMS + 1 + HIDDEN)) ** 0.5) < 1e-3
+    assert torch.allclose(model.item_vectors_from_text(text.llm[1:6]), model.item_vectors()[1:6], atol=1e-4)
+
+
+def test_residual_cross_attention_keeps_each_views_sequence(hp, text, seqs):
+    torch.manual_seed(0)
+    model = build_model("llmesr_sasrec", N_ITEMS, {**hp, "cross_residual": True}, text)
+    cross = model.cross
+    a, b = torch.randn(3, 6, HIDDEN), torch.randn(3, 6, HIDDEN)
+    cross.residual = False
+    plain_a, plain_b = cross(a, b, seqs)
+    cross.residual = True
+    res_a, res_b = cross(a, b, seqs)
+    assert torch.allclose(res_a, a + plain_a) and torch.allclose(res_b, b + plain_b)

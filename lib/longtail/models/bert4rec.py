@@ -12,10 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from longtail.models.layers import (
-    IdView,
-    SequentialRecommender,
-    TransformerEncoder,
-    xavier_init,
+    IdView, SequentialRecommender, TransformerEncoder, loss_options, xavier_init,
 )
 
 OBJECTIVE = "cloze"
@@ -32,7 +29,8 @@ def encoder(hp: Mapping[str, Any]) -> TransformerEncoder:
 def build(n_items: int, hp: Mapping[str, Any]) -> SequentialRecommender:
     """Bert4Rec with ``n_items`` items and hyperparameters ``hp``."""
     model = SequentialRecommender(
-        n_items, encoder(hp), [IdView(n_items + 2, hp["hidden"])], hp["max_len"], OBJECTIVE
+        n_items, encoder(hp), [IdView(n_items + 2, hp["hidden"])], hp["max_len"], OBJECTIVE,
+        **loss_options(hp),
     )
     xavier_init(model)
     return model

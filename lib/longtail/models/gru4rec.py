@@ -7,12 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from longtail.models.layers import (
-    GRUEncoder,
-    IdView,
-    SequentialRecommender,
-    xavier_init,
-)
+from longtail.models.layers import GRUEncoder, IdView, SequentialRecommender, loss_options, xavier_init
 
 OBJECTIVE = "next"
 CAUSAL = True
@@ -26,7 +21,8 @@ def encoder(hp: Mapping[str, Any]) -> GRUEncoder:
 def build(n_items: int, hp: Mapping[str, Any]) -> SequentialRecommender:
     """GRU4Rec with ``n_items`` items and hyperparameters ``hp``."""
     model = SequentialRecommender(
-        n_items, encoder(hp), [IdView(n_items + 1, hp["hidden"])], hp["max_len"], OBJECTIVE
+        n_items, encoder(hp), [IdView(n_items + 1, hp["hidden"])], hp["max_len"], OBJECTIVE,
+        **loss_options(hp),
     )
     xavier_init(model)
     return model

@@ -22,6 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from longtail.models.losses import LOSSES, bce, full_softmax_ce, sampled_softmax
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -62,6 +65,17 @@ def xavier_init(module: nn.Module, skip: Sequence[nn.Parameter] = ()) -> None:
     for param in module.parameters():
         if param.dim() >= 2 and id(param) not in skipped:
             nn.init.xavier_normal_(param)
+
+
+def loss_options(hp: Mapping) -> dict:
+    """The :class:`SequentialRecommender` loss arguments from hyperparameters (``loss``,
+    ``ce_item_chunk``); models saved before these keys existed train with ``bce``."""
+    return {
+        "loss": hp.get("loss", "bce"),
+        "ce_item_chunk": int(hp.get("ce_item_chunk", 16384)),
+        "similarity": hp.get("similarity", "dot"),
+        "temperature": float(hp.get("temperature", 1.0)),
+    }
 
 
 # --------------------------------------------------------------------------- attention
@@ -219,12 +233,25 @@ class SemanticView(nn.Module):
     """Frozen LLM item embeddings through a trainable adapter (LLM-ESR's semantic view).
 
     The adapter is Linear(E, E/2) -> Linear(E/2, hidden) with no activation, as in the paper.
+    With ``standardize`` the frozen table is first centred and scaled per dimension over the
+    catalogue's items (all-zero rows, padding and mask, stay zero): sentence embeddings are
+    strongly anisotropic (a large shared component), which a linear adapter can undo in
+    principle but Adam finds slowly. New items go through the same map.
     """
 
-    def __init__(self, llm: Tensor, hidden: int) -> None:
+    def __init__(self, llm: Tensor, hidden: int, standardize: bool = False) -> None:
         super().__init__()
         dim = llm.shape[1]
-        self.register_buffer("llm", llm.clone().float())
+        llm = llm.clone().float()
+        self.standardize = standardize
+        if standardize:
+            rows = llm.abs().sum(dim=1) > 0
+            mean = llm[rows].mean(dim=0) if bool(rows.any()) else torch.zeros(dim)
+            scale = llm[rows].std(dim=0).clamp_min(1e-6) if int(rows.sum()) > 1 else torch.ones(dim)
+            self.register_buffer("llm_mean", mean)
+            self.register_buffer("llm_scale", scale)
+            llm = torch.where(rows[:, None], (llm - mean) / scale, torch.zeros_like(llm))
+        self.register_buffer("llm", llm)
         self.adapter = nn.Sequential(nn.Linear(dim, max(1, dim // 2)), nn.Linear(max(1, dim // 2), hidden))
 
     def _folded(self) -> tuple[Tensor, Tensor]:
@@ -243,7 +270,10 @@ class SemanticView(nn.Module):
 
     def from_text(self, llm: Tensor) -> Tensor:
         weight, bias = self._folded()
-        return F.linear(llm.float(), weight, bias)
+        llm = llm.float()
+        if self.standardize:
+            llm = (llm - self.llm_mean) / self.llm_scale
+        return F.linear(llm, weight, bias)
 
 
 class CrossViewAttention(nn.Module):
@@ -251,13 +281,16 @@ class CrossViewAttention(nn.Module):
 
     New collaborative sequence = Attn(query=semantic, key/value=collaborative) and the
     other way round, as in LLM-ESR (2 heads, padding mask). Causal for causal encoders,
-    so no position sees a later item through the other view.
+    so no position sees a later item through the other view. With ``residual`` each view
+    keeps its own sequence and adds the attention output (``x + Attn``): without it (the
+    reference) position t holds a mixture of the items up to t, not item t itself.
     """
 
-    def __init__(self, hidden: int, causal: bool, heads: int = 2) -> None:
+    def __init__(self, hidden: int, causal: bool, heads: int = 2, residual: bool = False) -> None:
         super().__init__()
         heads = heads if hidden % heads == 0 else 1
         self.causal = causal
+        self.residual = residual
         self.first = MultiHeadAttention(hidden, heads, bias=False)
         self.second = MultiHeadAttention(hidden, heads, bias=False)
 
@@ -265,7 +298,10 @@ class CrossViewAttention(nn.Module):
         pad = seqs == 0
         keep = (~pad).unsqueeze(-1)
         allowed = attention_mask(pad, self.causal)
-        return self.first(b, a, allowed) * keep, self.second(a, b, allowed) * keep
+        new_a, new_b = self.first(b, a, allowed) * keep, self.second(a, b, allowed) * keep
+        if self.residual:
+            return a + new_a, b + new_b
+        return new_a, new_b
 
 
 # --------------------------------------------------------------------------- the model
@@ -284,6 +320,13 @@ class SequentialRecommender(nn.Module):
             ``n_items + 1`` exists in every view and ``user_vectors`` appends it).
         cross: optional :class:`CrossViewAttention` between the first two views.
         alpha: weight of the self-distillation term (0 turns it off).
+        loss: ``bce`` (the reference: one sampled negative per position), ``ce`` (softmax
+            over the whole catalogue, in blocks of ``ce_item_chunk`` items) or
+            ``sampled_softmax`` (shared negatives, optional logQ); see :mod:`.losses`.
+        similarity, temperature: score = ``dot(u, v) / temperature`` (``dot``) or
+            ``cos(u, v) / temperature`` (``cosine``: user and item vectors L2-normalised).
+            Applied in training and in ``user_vectors``/``item_vectors``, so serving ranks
+            exactly as training scores.
     """
 
     def __init__(
@@ -295,16 +338,30 @@ class SequentialRecommender(nn.Module):
         objective: str = "next",
         cross: CrossViewAttention | None = None,
         alpha: float = 0.0,
+        loss: str = "bce",
+        ce_item_chunk: int = 16384,
+        similarity: str = "dot",
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         if objective not in ("next", "cloze"):
             raise ValueError(f"unknown objective {objective!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r} (known: {', '.join(LOSSES)})")
+        if similarity not in ("dot", "cosine"):
+            raise ValueError(f"unknown similarity {similarity!r} (known: dot, cosine)")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
         if cross is not None and len(views) != 2:
             raise ValueError("cross-attention needs exactly two views")
         self.n_items = n_items
         self.max_len = max_len
         self.objective = objective
         self.alpha = float(alpha)
+        self.loss_kind = loss
+        self.ce_item_chunk = int(ce_item_chunk)
+        self.similarity = similarity
+        self.temperature = float(temperature)
         self.encoder = encoder
         self.views = nn.ModuleList(views)
         self.cross = cross
@@ -319,7 +376,15 @@ class SequentialRecommender(nn.Module):
 
     def item_vectors(self) -> Tensor:
         """``[n_items + 1, D]`` item vectors (row 0 padding); scores = users @ items.T."""
-        return torch.cat(self.tables(), dim=-1)[: self.n_items + 1]
+        return self._item_space(torch.cat(self.tables(), dim=-1)[: self.n_items + 1])
+
+    def _item_space(self, items: Tensor) -> Tensor:
+        return F.normalize(items, dim=-1) if self.similarity == "cosine" else items
+
+    def _user_space(self, users: Tensor) -> Tensor:
+        if self.similarity == "cosine":
+            users = F.normalize(users, dim=-1)
+        return users / self.temperature if self.temperature != 1.0 else users
 
     @property
     def supports_text(self) -> bool:
@@ -335,7 +400,7 @@ class SequentialRecommender(nn.Module):
         if not self.supports_text:
             raise TypeError("this model has no semantic view: it cannot place items from text")
         llm = llm_embeddings.float()
-        return torch.cat([view.from_text(llm) for view in self.views], dim=-1)
+        return self._item_space(torch.cat([view.from_text(llm) for view in self.views], dim=-1))
 
     # ---- user side
 
@@ -353,7 +418,7 @@ class SequentialRecommender(nn.Module):
             mask = torch.full_like(seqs[:, :1], self.mask_token)
             seqs = torch.cat([seqs, mask], dim=1)
         seqs = trim_padding(seqs[:, -self.max_len :])
-        return self.features(seqs)[:, -1]
+        return self._user_space(self.features(seqs)[:, -1])
 
     #: Rows per length-sorted chunk when encoding many histories without gradients.
     encode_chunk_rows = 32
@@ -380,16 +445,19 @@ class SequentialRecommender(nn.Module):
 
         Args:
             batch: ``seqs`` ``[B, L]`` inputs; ``pos`` ``[B, L]`` the item to predict at each
-                position (0 = none); ``neg`` ``[B, L]`` one sampled negative per position;
-                for distillation also ``neighbor_seqs`` ``[M, L']`` (left-padded inputs of
-                the batch's similar users) and ``neighbor_index`` ``[B, K]`` (rows of
-                ``neighbor_seqs``, -1 = none).
+                position (0 = none); for ``bce`` ``neg`` ``[B, L]`` one sampled negative per
+                position; for ``sampled_softmax`` ``negatives`` ``[M]`` shared negatives and
+                optionally ``logq`` ``[n_items + 1]``; for distillation ``neighbor_index``
+                ``[B, K]`` (-1 = none) and either ``neighbor_seqs`` ``[M, L']`` (left-padded
+                inputs of the batch's similar users, rows of ``neighbor_index``) or
+                ``teacher`` ``[U, D]`` (cached reps, rows of ``neighbor_index``).
 
         Returns:
-            BCE(pos, 1) + BCE(neg, 0) averaged over positions with a target, plus
+            The objective (:mod:`.losses`) averaged over positions with a target, plus
             ``alpha * MSE(user rep, mean of the similar users' detached reps)``.
         """
-        seqs, pos, neg = batch["seqs"], batch["pos"], batch["neg"]
+        seqs, pos = batch["seqs"], batch["pos"]
+        neg = batch.get("neg") if self.loss_kind == "bce" else None
         tables = self.tables()
         items = torch.cat(tables, dim=-1)
         # Rows are encoded in groups of similar length, each trimmed to its longest row:
@@ -402,22 +470,27 @@ class SequentialRecommender(nn.Module):
             rows = order[start : start + self.loss_group_rows]
             s = trim_padding(seqs[rows])
             width = s.shape[1]
-            p, n = pos[rows][:, -width:], neg[rows][:, -width:]
+            p = pos[rows][:, -width:]
             feats = self.features(s, tables)
             target = p > 0
             hs.append(feats[target])
             pos_items.append(p[target])
-            neg_items.append(n[target])
+            if neg is not None:
+                neg_items.append(neg[rows][:, -width:][target])
             if student is None:
                 student = feats.new_zeros((seqs.shape[0], feats.shape[-1]))
             student = student.index_put((rows,), feats[:, -1])
         h = torch.cat(hs)
         if h.shape[0]:
-            pos_logits = (h * items[torch.cat(pos_items)]).sum(-1)
-            neg_logits = (h * items[torch.cat(neg_items)]).sum(-1)
-            loss = F.binary_cross_entropy_with_logits(
-                pos_logits, torch.ones_like(pos_logits)
-            ) + F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits))
+            targets = torch.cat(pos_items)
+            if self.similarity != "dot" or self.temperature != 1.0:
+                h, items = self._user_space(h), self._item_space(items)
+            if self.loss_kind == "bce":
+                loss = bce(h, items, targets, torch.cat(neg_items))
+            elif self.loss_kind == "ce":
+                loss = full_softmax_ce(h, items[: self.n_items + 1], targets, self.ce_item_chunk)
+            else:
+                loss = sampled_softmax(h, items, targets, batch["negatives"], batch.get("logq"))
         else:  # keep every parameter in the graph (DDP expects gradients for all)
             loss = student.sum() * 0.0 + items.sum() * 0.0
         if self.alpha > 0 and "neighbor_index" in batch:
@@ -429,13 +502,19 @@ class SequentialRecommender(nn.Module):
 
         The similar users' reps are computed under ``no_grad`` from detached tables, so
         the term moves only the student's representation; and without dropout (the
-        reference keeps it on): a steadier target at about half the cost.
+        reference keeps it on): a steadier target at about half the cost. With ``teacher``
+        in the batch (reps cached once per epoch, :meth:`teacher_reps`) nothing is encoded here.
         """
         index = batch["neighbor_index"]
         valid = index >= 0
         has = valid.any(dim=1)
         if not bool(has.any()):
             return student.sum() * 0.0
+        if "teacher" in batch:
+            teacher = batch["teacher"]
+            picked = teacher[index.clamp(min=0)] * valid.unsqueeze(-1)
+            mean = picked.sum(dim=1)[has] / valid.sum(dim=1)[has].unsqueeze(-1)
+            return F.mse_loss(student[has], mean.detach())
         was_training = self.training
         self.eval()
         try:
@@ -446,6 +525,20 @@ class SequentialRecommender(nn.Module):
         finally:
             self.train(was_training)
         return F.mse_loss(student[has], mean)
+
+    def teacher_reps(self, seqs: Tensor, chunk: int = 256) -> Tensor:
+        """``[M, D]`` distillation targets of left-padded ``seqs``: the last position's
+        features, eval mode, no gradient, length-sorted chunks (as :meth:`distillation`
+        computes them per step)."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                tables = [t.detach() for t in self.tables()]
+                out = self._last_features(seqs, tables, chunk)
+        finally:
+            self.train(was_training)
+        return out.clone()
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         """The training loss (so a DDP wrapper synchronises through ``forward``)."""

@@ -25,6 +25,7 @@ from longtail.models.layers import (
     IdView,
     SemanticView,
     SequentialRecommender,
+    loss_options,
     xavier_init,
 )
 
@@ -73,7 +74,8 @@ def build(backbone: str, n_items: int, hp: Mapping[str, Any], text: TextTables) 
         backbone: encoder and objective to use.
         n_items: catalogue size.
         hp: hyperparameters (``hidden``, ``layers``, ``heads``, ``dropout``, ``max_len``,
-            ``alpha``, ``cross_attention``).
+            ``alpha``, ``cross_attention``; ablations: ``semantic_view`` false keeps only the
+            collaborative view, ``pca_init`` false starts it from a random init; ``loss``).
         text: the LLM and PCA item tables.
 
     Raises:
@@ -91,14 +93,31 @@ def build(backbone: str, n_items: int, hp: Mapping[str, Any], text: TextTables) 
     if part.OBJECTIVE == "cloze":  # a mask-token row, zero like the reference's
         llm = torch.cat([llm, torch.zeros_like(llm[:1])])
         pca = torch.cat([pca, torch.zeros_like(pca[:1])])
+    pca_init = bool(hp.get("pca_init", True))
+    scale = 1.0
+    if hp.get("pca_init_scale", "raw") == "backbone" and pca.shape[0] > 2:
+        # The same per-entry spread as the backbone's random (Xavier-normal) table: the
+        # PCA geometry is kept, and Adam's fixed-size steps move it as fast as a plain id
+        # table (a raw PCA table is ~10x larger, so it would stay near its init far longer).
+        target = (2.0 / (pca.shape[0] + hidden)) ** 0.5
+        spread = float(pca[1 : n_items + 1].std())
+        scale = target / spread if spread > 0 else 1.0
     collaborative = IdView(
-        pca.shape[0], hidden, init=pca, projection=(text.pca_mean, text.pca_components, text.pca_offset)
+        pca.shape[0], hidden, init=pca * scale if pca_init else None,
+        projection=(text.pca_mean, text.pca_components * scale, text.pca_offset * scale),
     )
-    semantic = SemanticView(llm, hidden)
-    cross = CrossViewAttention(hidden, causal=part.CAUSAL) if hp["cross_attention"] else None
+    views: list = [collaborative]
+    cross = None
+    if hp.get("semantic_view", True):
+        views.append(SemanticView(llm, hidden, standardize=bool(hp.get("llm_standardize", False))))
+        cross = (
+            CrossViewAttention(hidden, causal=part.CAUSAL, residual=bool(hp.get("cross_residual", False)))
+            if hp["cross_attention"] else None
+        )
     model = SequentialRecommender(
-        n_items, part.encoder(hp), [collaborative, semantic], hp["max_len"], part.OBJECTIVE,
-        cross=cross, alpha=hp["alpha"],
+        n_items, part.encoder(hp), views, hp["max_len"], part.OBJECTIVE,
+        cross=cross, alpha=hp["alpha"], **loss_options(hp),
     )
-    xavier_init(model, skip=[collaborative.embedding.weight])
+    # Without pca_init the collaborative view starts like a plain backbone's (Xavier).
+    xavier_init(model, skip=[collaborative.embedding.weight] if pca_init else [])
     return model

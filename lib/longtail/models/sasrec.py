@@ -8,10 +8,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from longtail.models.layers import (
-    IdView,
-    SequentialRecommender,
-    TransformerEncoder,
-    xavier_init,
+    IdView, SequentialRecommender, TransformerEncoder, loss_options, xavier_init,
 )
 
 OBJECTIVE = "next"
@@ -28,7 +25,8 @@ def encoder(hp: Mapping[str, Any]) -> TransformerEncoder:
 def build(n_items: int, hp: Mapping[str, Any]) -> SequentialRecommender:
     """SASRec with ``n_items`` items and hyperparameters ``hp`` (a TrainConfig as a dict)."""
     model = SequentialRecommender(
-        n_items, encoder(hp), [IdView(n_items + 1, hp["hidden"])], hp["max_len"], OBJECTIVE
+        n_items, encoder(hp), [IdView(n_items + 1, hp["hidden"])], hp["max_len"], OBJECTIVE,
+        **loss_options(hp),
     )
     xavier_init(model)
     return model
