@@ -20,7 +20,7 @@ def test_embedded_default_is_local_yaml_and_matches_builtin_defaults():
     assert yaml.safe_load((CONF / "local.yaml").read_text()) == to_dict(Config())
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "cluster.yaml", "databricks.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "cluster.yaml", "databricks.yaml", "paper.yaml"])
 def test_shipped_configs_load(name):
     cfg = load_config(CONF / name)
     assert isinstance(cfg, Config)

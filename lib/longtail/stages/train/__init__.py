@@ -108,7 +108,7 @@ def run_train(
         params = {
             "model": model_name, "version": version, "run_dir": run_dir, "model_dir": model_dir,
             "hp": dataclasses.asdict(cfg), "world": world, "valid_negatives": valid_negatives,
-            "threads": threads or threads_per_process(wh.spark, cfg, world), **prepared,
+            "threads": threads or cfg.threads or threads_per_process(wh.spark, cfg, world), **prepared,
             "driver_progress": progress is not None,
         }
         with epoch_lines(run_dir, cfg.epochs, progress):

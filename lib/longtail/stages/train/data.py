@@ -2,13 +2,18 @@
 
 Runs inside the torch processes (no Spark): rank r reads only shards r, r + world, ... of
 the run folder with pyarrow; negatives and cloze masks are drawn from the generator the
-loop seeds per (seed, rank, epoch).
+loop seeds per (seed, rank, epoch). What a batch holds depends on the objective
+(``train.loss``): one negative per position (``bce``), shared negatives (``sampled_softmax``,
+:class:`NegativeSampler`) or nothing more (``ce``).
 """
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
-from longtail.core.files import filesystem, parquet_files, read_parquet_dir
+from longtail.core.errors import ConfigError
+from longtail.core.files import filesystem, parquet_files, read_bytes, read_parquet_dir
 from longtail.models.histories import pad_left, ragged_from_arrow, ragged_from_lists
 
 
@@ -61,6 +66,90 @@ class UserTable:
         )
 
 
+class NegativeSampler:
+    """Negatives shared by a ``sampled_softmax`` batch and their log sampling probabilities.
+
+    Args:
+        n_items: catalogue size (items ``1..n_items``).
+        count: negatives per batch (drawn with replacement).
+        how: ``uniform``, or ``popularity``: proportional to training popularity + 1 (every
+            item can be drawn, so a tail item is still a negative now and then).
+        popularity: ``[n_items + 1]`` training counts (``popularity`` draws only).
+        logq: keep ``log Q`` (``[n_items + 1]`` float32, row 0 = 0) for the loss's correction.
+
+    Raises:
+        ConfigError: ``count`` below 1 or an unknown draw.
+    """
+
+    def __init__(
+        self, n_items: int, count: int, how: str = "uniform", popularity: np.ndarray | None = None,
+        logq: bool = False,
+    ) -> None:
+        if count < 1:
+            raise ConfigError(f"config key train.negatives: must be at least 1, got {count}")
+        if how not in ("uniform", "popularity"):
+            raise ConfigError(f"config key train.negative_sampling: unknown draw {how!r}")
+        self.n_items, self.count, self.how = n_items, count, how
+        weights = np.ones(n_items + 1, dtype=np.float64)
+        if how == "popularity":
+            pop = np.zeros(n_items + 1) if popularity is None else np.asarray(popularity, dtype=np.float64)
+            weights = np.clip(pop[: n_items + 1], 0, None) + 1.0
+        weights[0] = 0.0
+        self.probs = weights / weights.sum()
+        self.cdf = np.cumsum(self.probs[1:])
+        self.logq = None
+        if logq:
+            self.logq = np.zeros(n_items + 1, dtype=np.float32)
+            self.logq[1:] = np.log(self.probs[1:])
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """``[count]`` item idxs in ``1..n_items``."""
+        if self.how == "uniform":
+            return rng.integers(1, self.n_items + 1, size=self.count)
+        picks = np.searchsorted(self.cdf, rng.random(self.count) * self.cdf[-1], side="right")
+        return np.minimum(picks, self.n_items - 1).astype(np.int64) + 1
+
+
+def load_popularity(run_dir: str, n_items: int, data: "RankData") -> np.ndarray:
+    """Training popularity by item idx: the run folder's ``popularity.npy`` (from ``item_stats``),
+    else counted from this process's training rows."""
+    try:
+        return np.load(io.BytesIO(read_bytes(f"{run_dir}/popularity.npy")))
+    except (FileNotFoundError, OSError):
+        return np.bincount(data.values[data.values <= n_items], minlength=n_items + 1).astype(np.int64)
+
+
+def bucketed_order(
+    order: np.ndarray, lengths: np.ndarray, batch: int, window: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Reorder a shuffled epoch so each batch holds rows of similar length.
+
+    The shuffled ``order`` is cut into windows of ``window`` batches; each window is sorted by
+    length (stable, so ties keep the shuffle) and cut into batches; the batches of the whole
+    epoch are then shuffled. Same rows, same batch size; fewer padded positions, so one
+    encoder pass per batch costs what the per-length groups of the loss cost.
+
+    Args:
+        order: shuffled row ids; lengths: their history lengths (same order).
+        batch: rows per batch; window: batches sorted together.
+
+    Returns:
+        The same ids, reordered; slicing it every ``batch`` rows gives the batches.
+    """
+    span = batch * window
+    chunks = []
+    for start in range(0, len(order), span):
+        part = order[start : start + span]
+        part = part[np.argsort(lengths[start : start + span], kind="stable")]
+        chunks.extend(part[i : i + batch] for i in range(0, len(part), batch))
+    # Every window but the last is a whole number of batches; the one short batch (if any)
+    # goes last, so that slicing every ``batch`` rows gives exactly these batches.
+    full = [c for c in chunks if len(c) == batch]
+    short = [c for c in chunks if len(c) != batch]
+    perm = rng.permutation(len(full))
+    return np.concatenate([full[i] for i in perm] + short) if chunks else order
+
+
 class RankData:
     """This process's training rows, read from its own shards only (every world-th shard)."""
 
@@ -77,10 +166,23 @@ class RankData:
         train = ragged_from_lists(seqs)
         return cls(train, _neighbor_rows(neighbors, lookup) if lookup is not None else None, lookup)
 
+    def lengths(self, ids: np.ndarray) -> np.ndarray:
+        """Training-row lengths of batch ids (``ids % n``: cloze's second copy of each row)."""
+        rows = np.asarray(ids) % self.n
+        return self.offsets[rows + 1] - self.offsets[rows]
+
     def batch(
-        self, ids: np.ndarray, rng: np.random.Generator, n_items: int, max_len: int, cloze: bool, mask_prob: float
+        self, ids: np.ndarray, rng: np.random.Generator, n_items: int, max_len: int, cloze: bool, mask_prob: float,
+        sampler: NegativeSampler | None = None, loss: str = "bce", teachers: str = "step",
     ) -> dict[str, np.ndarray]:
-        """Numpy arrays of one training batch (see ``SequentialRecommender.loss``)."""
+        """Numpy arrays of one training batch (see ``SequentialRecommender.loss``).
+
+        ``loss``: ``bce`` adds ``neg`` (one negative per position), ``sampled_softmax`` adds
+        ``negatives`` (``sampler.count`` shared) and, with logQ, ``logq``; ``ce`` needs none.
+        ``teachers``: ``step`` adds the similar users' inputs (``neighbor_seqs``) and which of
+        them each row uses (``neighbor_index``); ``epoch`` only ``neighbor_index``, as rows of
+        the user table (the loop's per-epoch cache of representations).
+        """
         rows = ids % self.n
         seqs = pad_left(self.values, self.offsets, rows, max_len + 1)
         if cloze:
@@ -92,9 +194,20 @@ class RankData:
             inputs, targets = seqs[:, :-1], seqs[:, 1:] * (seqs[:, :-1] != 0)
         first = int(np.argmax((inputs != 0).any(axis=0))) if (inputs != 0).any() else inputs.shape[1] - 1
         inputs, targets = inputs[:, first:], targets[:, first:]
-        out = {"seqs": inputs, "pos": targets, "neg": sample_training_negatives(rng, targets, seqs, n_items)}
+        out = {"seqs": inputs, "pos": targets}
+        if loss == "bce":
+            out["neg"] = sample_training_negatives(rng, targets, seqs, n_items)
+        elif loss == "sampled_softmax":
+            if sampler is None:
+                raise ValueError("sampled_softmax needs a NegativeSampler")
+            out["negatives"] = sampler.draw(rng)
+            if sampler.logq is not None:
+                out["logq"] = sampler.logq
         if self.neighbors is not None and self.lookup is not None:
-            out["neighbor_seqs"], out["neighbor_index"] = self._teachers(rows, max_len, cloze)
+            if teachers == "epoch":
+                out["neighbor_index"] = self.neighbors[rows]
+            else:
+                out["neighbor_seqs"], out["neighbor_index"] = self._teachers(rows, max_len, cloze)
         return out
 
     def _teachers(self, rows: np.ndarray, max_len: int, cloze: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,9 @@
 - ``shards/shard=<k>/``: the training rows, ``k`` in ``0..n_shards-1`` with ``n_shards`` a
   multiple of the number of processes (rank r reads shards r, r + world, ...);
 - ``item_ids.json``: the item index the model is trained on;
-- ``text.npz`` (LLM-ESR): the LLM and PCA item tables and the encoder's PCA map.
+- ``text.npz`` (LLM-ESR): the LLM and PCA item tables and the encoder's PCA map;
+- ``popularity.npy`` (``sampled_softmax``): training popularity by item idx, for popularity
+  draws of the negatives and their logQ correction.
 """
 from __future__ import annotations
 
@@ -50,11 +52,14 @@ def prepare_training_data(wh, model_name: str, cfg: TrainConfig, run_dir: str, n
     index = read_item_index(stats)
     n_items = index.size - 1
     write_bytes(f"{run_dir}/item_ids.json", json.dumps(index.ids).encode(), atomic=False)
+    if cfg.loss == "sampled_softmax":
+        _write_popularity(stats, n_items, f"{run_dir}/popularity.npy")
 
     users = _training_users(seqs, cfg.max_len)
     llm_dim, encoder = 0, None
     if text:
         llm_dim, encoder = _write_text_tables(wh, stats, n_items, cfg.hidden, f"{run_dir}/text.npz")
+    if text and cfg.alpha > 0:  # similar users feed the distillation only
         users = _with_neighbors(wh, seqs, users, cfg.distill_neighbors)
     else:
         users = users.withColumn("neighbor_idxs", F.lit(None).cast("array<int>"))
@@ -68,6 +73,20 @@ def prepare_training_data(wh, model_name: str, cfg: TrainConfig, run_dir: str, n
         "n_items": n_items, "n_shards": n_shards, "train_users": sum(per_rank), "objective": obj,
         "text": text, "llm_dim": llm_dim, "encoder": encoder,
     }
+
+
+def _write_popularity(stats: DataFrame, n_items: int, path: str) -> None:
+    """``[n_items + 1]`` int64 training popularity by item idx (0 where unknown) as ``.npy``."""
+    S.require_columns(stats, S.subset(S.ITEM_STATS_SCHEMA, "item_idx", "popularity"), S.ITEM_STATS)
+    tbl = stats.select("item_idx", "popularity").toArrow()
+    idx = tbl.column("item_idx").to_numpy(zero_copy_only=False).astype(np.int64)
+    pop = np.nan_to_num(tbl.column("popularity").to_numpy(zero_copy_only=False).astype(np.float64))
+    out = np.zeros(n_items + 1, dtype=np.int64)
+    ok = (idx >= 1) & (idx <= n_items)
+    out[idx[ok]] = pop[ok].astype(np.int64)
+    buf = io.BytesIO()
+    np.save(buf, out)
+    write_bytes(path, buf.getvalue(), atomic=False)
 
 
 def _training_users(seqs: DataFrame, max_len: int) -> DataFrame:

@@ -19,7 +19,8 @@ import numpy as np
 from longtail.core.files import read_bytes
 from longtail.core.progress import write_progress
 from longtail.inference.store import save_model_dir
-from longtail.stages.train.data import RankData, UserTable
+from longtail.models.histories import pad_left
+from longtail.stages.train.data import NegativeSampler, RankData, UserTable, bucketed_order, load_popularity
 from longtail.stages.train.validation import ValidationSet
 
 log = logging.getLogger("longtail.stages.train")
@@ -101,6 +102,9 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
         [p for p in module.parameters() if p.requires_grad], lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]),
     )
     per_rank, rows, steps, seen_per_epoch = _schedule(data.n, cloze, int(hp["batch_size"]), world, device, distributed)
+    plan = _EpochPlan.build(params, data, users, per_rank)
+    if plan.bucket > 0:  # batches of similar lengths: one encoder pass per batch is enough
+        module.loss_group_rows = max(module.loss_group_rows, per_rank)
     validation = (
         ValidationSet.build(users, n_items, max_len, seed, int(params["valid_negatives"])) if rank == 0 else None
     )
@@ -111,12 +115,12 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
     for epoch in range(1, epochs + 1):
         rng = np.random.default_rng([seed, rank, epoch])
         torch.manual_seed(_mix(seed, rank, epoch))
-        order = rng.permutation(rows)
-        loss, seconds = _run_epoch(model, optimizer, data, rng, order, steps, per_rank, hp, n_items, cloze, device)
+        order = plan.order(rng.permutation(rows), data, per_rank, rng)
+        loss, seconds = _run_epoch(model, module, optimizer, data, plan, rng, order, steps, per_rank, device)
         entry = {"epoch": epoch, "loss": loss, "seconds": seconds}
         history.append(entry)
         if epoch % eval_every == 0 or epoch == epochs:
-            stop = _validate(validation, best, module, entry, device) if rank == 0 else False
+            stop = _validate(validation, best, module, entry, device, plan.validate) if rank == 0 else False
             if rank == 0:
                 write_progress(params["run_dir"], history)  # the driver prints it (core.progress)
             if _agree(stop, device, distributed):
@@ -187,18 +191,76 @@ def _schedule(n: int, cloze: bool, batch_size: int, world: int, device, distribu
     return per_rank, rows, steps, seen
 
 
-def _run_epoch(model, optimizer, data: RankData, rng, order, steps: int, per_rank: int, hp: dict, n_items: int,
-               cloze: bool, device) -> tuple[float, float]:
+@dataclass
+class _EpochPlan:
+    """What the loop does besides the plain steps: the objective's extra batch arrays, the
+    distillation teachers' schedule, length bucketing and the validation protocol(s)."""
+
+    hp: dict
+    n_items: int
+    cloze: bool
+    loss: str
+    validate: str
+    teachers: str
+    bucket: int
+    sampler: NegativeSampler | None = None
+    users: UserTable | None = None
+    #: Rows of the user table that some training row distils from (``teachers: epoch``).
+    teacher_rows: np.ndarray | None = None
+
+    @classmethod
+    def build(cls, params: dict, data: RankData, users: UserTable | None, per_rank: int) -> "_EpochPlan":
+        hp, n_items = params["hp"], int(params["n_items"])
+        loss = str(hp.get("loss", "bce"))
+        plan = cls(hp, n_items, params["objective"] == "cloze", loss, str(hp.get("validate", "sampled")),
+                   str(hp.get("teachers", "step")), int(hp.get("length_buckets", 0)), users=users)
+        if loss == "sampled_softmax":
+            plan.sampler = NegativeSampler(
+                n_items, int(hp.get("negatives", 256)), str(hp.get("negative_sampling", "uniform")),
+                load_popularity(params["run_dir"], n_items, data), bool(hp.get("logq", False)),
+            )
+        if data.neighbors is not None and plan.teachers == "epoch":
+            plan.teacher_rows = np.unique(data.neighbors[data.neighbors >= 0])
+        return plan
+
+    def order(self, shuffled: np.ndarray, data: RankData, per_rank: int, rng) -> np.ndarray:
+        """The epoch's row order: the shuffle, length-bucketed when ``length_buckets`` is set."""
+        if self.bucket <= 0:
+            return shuffled
+        return bucketed_order(shuffled, data.lengths(shuffled), per_rank, self.bucket, rng)
+
+    def teacher_cache(self, module, device):
+        """``[users, D]`` distillation targets from the weights at the epoch's start (rows no one
+        distils from stay zero), or None when teachers are encoded per step."""
+        if self.teacher_rows is None:
+            return None
+        import torch
+
+        rows, users, max_len = self.teacher_rows, self.users, int(self.hp["max_len"])
+        seqs = pad_left(users.train_values, users.train_offsets, rows, max_len, drop_last=not self.cloze)
+        reps = module.teacher_reps(torch.from_numpy(seqs).to(device))
+        out = torch.zeros((users.user_idx.size, reps.shape[1]), dtype=reps.dtype, device=reps.device)
+        out[torch.from_numpy(rows).to(reps.device)] = reps
+        return out
+
+
+def _run_epoch(model, module, optimizer, data: RankData, plan: _EpochPlan, rng, order, steps: int, per_rank: int,
+               device) -> tuple[float, float]:
     """One pass over this rank's rows in ``order``; returns ``(mean loss, seconds)``."""
     import torch
 
     model.train()
     total = torch.zeros((), device=device)
     started = time.perf_counter()
+    teacher = plan.teacher_cache(module, device)
+    hp = plan.hp
     for step in range(steps):
         ids = order[step * per_rank : (step + 1) * per_rank]
-        batch = data.batch(ids, rng, n_items, int(hp["max_len"]), cloze, float(hp["bert_mask_prob"]))
+        batch = data.batch(ids, rng, plan.n_items, int(hp["max_len"]), plan.cloze, float(hp["bert_mask_prob"]),
+                           plan.sampler, plan.loss, plan.teachers)
         batch = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+        if teacher is not None:
+            batch["teacher"] = teacher
         optimizer.zero_grad(set_to_none=True)
         loss = model(batch)
         loss.backward()
@@ -209,14 +271,23 @@ def _run_epoch(model, optimizer, data: RankData, rng, order, steps: int, per_ran
     return float(total.item()) / max(steps, 1), time.perf_counter() - started
 
 
-def _validate(validation: ValidationSet, best: _Best, module, entry: dict, device) -> bool:
-    """Rank 0: validate, record in ``entry`` and ``best``; True when training should stop."""
+def _validate(validation: ValidationSet, best: _Best, module, entry: dict, device, select: str) -> bool:
+    """Rank 0: validate, record in ``entry`` and ``best``; True when training should stop.
+
+    ``select`` is the protocol that picks the model (``train.validate``); with ``full`` the
+    sampled figures are recorded beside it (nearly free once the users are encoded).
+    """
     started = time.perf_counter()
-    ndcg, hr = validation.evaluate(module, device)
+    protocols = ("sampled", "full") if select == "full" else ("sampled",)
+    figures = validation.evaluate(module, device, protocols=protocols)
+    ndcg, hr = figures[select]
     entry.update({"valid_ndcg10": ndcg, "valid_hr10": hr, "valid_seconds": time.perf_counter() - started})
+    for protocol, (n, h) in figures.items():
+        entry[f"valid_{protocol}_ndcg10"], entry[f"valid_{protocol}_hr10"] = n, h
     log.info(
-        "epoch %d: loss %.4f, %.1fs training, valid NDCG@10 %.4f HR@10 %.4f",
-        entry["epoch"], entry["loss"], entry["seconds"], ndcg, hr,
+        "epoch %d: loss %.4f, %.1fs training, valid NDCG@10 %.4f HR@10 %.4f (%s)%s",
+        entry["epoch"], entry["loss"], entry["seconds"], ndcg, hr, select,
+        "".join(f"; {p} {v[0]:.4f}/{v[1]:.4f}" for p, v in figures.items() if p != select),
     )
     return best.update(entry["epoch"], ndcg, hr, module)
 
@@ -246,6 +317,7 @@ def _save(params: dict, module, best: _Best, history: list[dict], epochs_run: in
         "sequences_per_second": seen_per_epoch / seconds if seconds > 0 else 0.0,
         "sequences_per_epoch": seen_per_epoch, "processes": world, "seed": int(params["hp"]["seed"]),
         "validation_users": validation.n, "validation_negatives": validation.negatives.shape[1],
+        "validation_protocol": str(params["hp"].get("validate", "sampled")),
         "history": history,
     }
     config = {
