@@ -1,0 +1,105 @@
+"""Train one model, evaluate it (sampled + full protocols) and append one JSON line of results.
+
+Usage (one Spark session for both stages; every row of the full-ranking tables in
+benchmarks/README.md comes from one such line)::
+
+    python benchmarks/quality.py --warehouse W --model sasrec --tag sasrec-ce \\
+        --out RESULTS.jsonl --set train.loss=ce --set train.validate=full
+
+``--set`` takes the same dotted keys as the CLI. The line holds the tag, model, version,
+the config keys that differ from the defaults, the training metrics (best epoch, per-epoch
+history, seconds per epoch) and the evaluation report (both protocols, segments, catalogue).
+``--summary`` prints a table of the lines of ``--out`` instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _summary(path: str, tags: list[str] | None) -> None:
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    if tags:
+        rows = [r for r in rows if any(t in r["tag"] for t in tags)]
+    head = (f"{'tag':42s} {'best':>4s}/{'run':>3s} {'s/ep':>5s} {'vFullN':>7s} {'vSampN':>7s} | "
+            f"{'fHR10':>6s} {'fN10':>6s} {'tailHR':>6s} {'tailN':>6s} {'headHR':>6s} {'tcov':>5s} {'cov':>5s} | "
+            f"{'sHR10':>6s} {'sN10':>6s} {'sTailH':>6s}")
+    print(head)
+    for r in rows:
+        m, rep = r["train"], r["eval"]
+        best = next((h for h in m["history"] if h["epoch"] == m["best_epoch"]), {})
+        full, samp, cat = rep["protocols"].get("full", {}), rep["protocols"].get("sampled", {}), rep["catalog"]
+        g = lambda blk, seg, k: blk.get(seg, {}).get(k, float("nan"))  # noqa: E731
+        print(
+            f"{r['tag'][:42]:42s} {m['best_epoch']:4d}/{m['epochs_run']:3d} {m['seconds_per_epoch']:5.1f} "
+            f"{best.get('valid_full_ndcg10', float('nan')):7.4f} {best.get('valid_sampled_ndcg10', float('nan')):7.4f} | "
+            f"{g(full, 'overall', 'hr@10'):6.4f} {g(full, 'overall', 'ndcg@10'):6.4f} "
+            f"{g(full, 'tail_item', 'hr@10'):6.4f} {g(full, 'tail_item', 'ndcg@10'):6.4f} "
+            f"{g(full, 'head_item', 'hr@10'):6.4f} {cat['tail_coverage@10']:5.3f} {cat['coverage@10']:5.3f} | "
+            f"{g(samp, 'overall', 'hr@10'):6.4f} {g(samp, 'overall', 'ndcg@10'):6.4f} {g(samp, 'tail_item', 'hr@10'):6.4f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--warehouse")
+    parser.add_argument("--model")
+    parser.add_argument("--tag")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--version", help="evaluate this trained version only (no training)")
+    parser.add_argument("--summary", nargs="*", help="print the table of --out (optionally only tags containing these)")
+    args = parser.parse_args(argv)
+    if args.summary is not None:
+        _summary(args.out, args.summary)
+        return 0
+
+    from longtail.core.config import Config, load_config, to_dict
+    from longtail.core.files import read_bytes
+    from longtail.core.session import build_spark
+    from longtail.core.tables import Warehouse
+    from longtail.stages.evaluate import run_evaluate
+    from longtail.stages.train import run_train
+
+    cfg = load_config(None, [f"warehouse={args.warehouse}", *args.overrides])
+    spark = build_spark(cfg.spark, delta_engine=cfg.delta.engine)
+    wh = Warehouse(spark, cfg.warehouse, engine=cfg.delta.engine)
+    started = time.perf_counter()
+    if args.version:
+        version = args.version
+        path = f"{cfg.warehouse.rstrip('/')}/_models/{args.model}/{version}"
+    else:
+        result = run_train(wh, args.model, cfg.train, valid_negatives=cfg.evaluate.negatives)
+        print(result, file=sys.stderr)
+        version, path = result.version, result.path
+    metrics = json.loads(read_bytes(f"{path}/metrics.json"))
+    trained = time.perf_counter()
+    report = run_evaluate(wh, args.model, cfg.evaluate, version=version)
+    print(report, file=sys.stderr)
+    default = to_dict(Config())["train"]
+    # What the model was trained with (a --version run was trained by another command).
+    trained_with = json.loads(read_bytes(f"{path}/config.json"))["hyperparameters"]
+    diff = {k: v for k, v in trained_with.items() if default.get(k) != v}
+    line = {
+        "tag": args.tag or args.model,
+        "model": args.model,
+        "version": version,
+        "warehouse": args.warehouse,
+        "train_config_diff": diff,
+        "overrides": args.overrides,
+        "train": metrics,
+        "eval": report.report,
+        "train_seconds": trained - started,
+        "eval_seconds": time.perf_counter() - trained,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with open(args.out, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    _summary(args.out, [line["tag"]])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
