@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from longtail.core.delta_rs import partition_string
 from longtail.core.errors import ConflictError
 from longtail.core.files import filesystem
 
@@ -411,7 +412,7 @@ def _undo_files(path: str, table: str, base: int, latest: int, job: str, touched
         out = {}
         for row in actions:
             values = {k[len("partition."):]: v for k, v in row.items() if k.startswith("partition.")}
-            values = {k: None if v is None else _partition_text(v) for k, v in values.items()}
+            values = {k: partition_string(v) for k, v in values.items()}
             if any(_matches(values, t) for t in touched):
                 out[row["path"]] = {**row, "_values": values}
         return out
@@ -447,15 +448,3 @@ def _undo_files(path: str, table: str, base: int, latest: int, job: str, touched
             if not _LOST_RACE.search(str(exc)):
                 raise
     return "lost every commit attempt to other writers; left as it is"
-
-
-def _partition_text(value: Any) -> str:
-    import datetime as dt
-
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    return str(value)
