@@ -36,8 +36,16 @@ def venv(wheel, tmp_path_factory):
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(where)], check=True, timeout=300)
     python = where / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+                   check=True, capture_output=True, timeout=300, env=installed_environment())
     return where
+
+
+def installed_environment() -> dict[str, str]:
+    """The lanes' environment without ``PYTHONPATH``: a checkout on it (``PYTHONPATH=lib``, a common
+    development setup) would shadow the installed wheel, and these tests are about the wheel."""
+    env = environment()
+    env.pop("PYTHONPATH", None)
+    return env
 
 
 def test_installed_wheel_loads_its_embedded_config_outside_the_checkout(venv, tmp_path):
@@ -45,17 +53,17 @@ def test_installed_wheel_loads_its_embedded_config_outside_the_checkout(venv, tm
     where = run([str(python), "-c", "import json, longtail, longtail.core.config as c; "
                  "print(json.dumps([longtail.__file__, str(c.DEFAULT_CONF), c.DEFAULT_CONF.is_file(), "
                  "c.load_config(None) == c.Config()]))"],
-                cwd=tmp_path)
+                cwd=tmp_path, env=installed_environment())
     module, conf, conf_exists, same = json.loads(where.stdout)
     assert module.startswith(str(venv)) and conf.startswith(str(venv)) and conf_exists and same  # not the checkout
-    assert "demo" in run([str(venv / "bin" / "longtail"), "--help"], cwd=tmp_path).stdout
+    assert "demo" in run([str(venv / "bin" / "longtail"), "--help"], cwd=tmp_path, env=installed_environment()).stdout
 
 
 @pytest.mark.deploy
 def test_installed_wheel_runs_the_demo_outside_the_checkout(venv, tmp_path):
     warehouse = tmp_path / "warehouse"
     done = run([str(venv / "bin" / "longtail"), *demo_settings(), "--set", "train.model=sasrec",
-                "--set", "spark.driver_memory=1g", "demo"], cwd=tmp_path, env=environment())
+                "--set", "spark.driver_memory=1g", "demo"], cwd=tmp_path, env=installed_environment())
     assert "longtail pipeline summary" in done.stdout
     # ./warehouse, the embedded default, in the working folder; a plain backbone needs no neighbours.
     check_demo_tables(str(warehouse), tables=tuple(t for t in DEMO_TABLES if t != "similar_users"))
