@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from longtail.core.errors import ModelNotFoundError
-from longtail.core.files import filesystem, read_bytes, remove_tree
+from longtail.core.files import filesystem, location, read_bytes, remove_tree
 from longtail.models import build_model, check_model_name, needs_text
 from longtail.models.histories import ENCODE_CHUNK, encode_histories, ragged_from_lists
 
@@ -80,7 +80,12 @@ class TrainedModel:
 
 
 def save_model_dir(model_dir: str, module, config: dict, item_ids_json: bytes, metrics: dict) -> None:
-    """Write a model folder; it appears whole or not at all (a temporary folder, then a rename).
+    """Write a model folder: a temporary folder, then a rename, so that it appears whole or not at all.
+
+    Object stores (S3, GCS, Azure) have no folder rename (pyarrow moves single objects only there):
+    each file is moved into the folder (copied and deleted), ``config.json`` last. A save killed
+    part-way leaves an incomplete folder that no ``models`` row names (``train`` registers the
+    model only once this returns), which ``vacuum`` deletes.
 
     Args:
         model_dir: the folder to create (local path or URI).
@@ -101,15 +106,24 @@ def save_model_dir(model_dir: str, module, config: dict, item_ids_json: bytes, m
         "metrics.json": json.dumps(metrics, indent=2).encode(),
     }
     fs, final = filesystem(model_dir)
-    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+    suffix = f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp = f"{final}{suffix}"
+    rename = location(model_dir).kind in ("local", "other")  # filesystems that rename folders
     fs.create_dir(tmp, recursive=True)
     try:
         for name, data in files.items():
             with fs.open_output_stream(f"{tmp}/{name}") as out:
                 out.write(data)
-        fs.move(tmp, final)
+        if rename:
+            fs.move(tmp, final)
+        else:
+            for name in sorted(files, key=lambda n: n == "config.json"):  # config.json last
+                fs.move(f"{tmp}/{name}", f"{final}/{name}")
+            remove_tree(f"{model_dir}{suffix}")
     except BaseException:
-        remove_tree(f"{model_dir}.tmp-{tmp.rsplit('.tmp-', 1)[1]}")
+        remove_tree(f"{model_dir}{suffix}")
+        if not rename:
+            remove_tree(model_dir)  # the files moved so far (the version is new: nothing else is there)
         raise
 
 
