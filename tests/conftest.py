@@ -31,8 +31,6 @@ def warehouse(spark, tmp_path):
     return Warehouse(spark, str(tmp_path / "warehouse"))
 
 
-
-
 @pytest.fixture(scope="session")
 def demo_warehouse(spark, tmp_path_factory):
     """A warehouse on which `longtail demo` ran once (synthetic catalogue, every stage)."""
@@ -81,8 +79,6 @@ def s3_server():
     yield f"http://127.0.0.1:{port}"
     server.terminate()
     server.wait(timeout=30)
-
-
 
 
 @pytest.fixture()

@@ -126,10 +126,12 @@ def test_bad_settings_fail_at_load_with_one_line_naming_the_key(overrides, messa
     assert "\n" not in str(err.value)
 
 
-def test_pca_dim_may_differ_for_models_that_do_not_start_from_it():
+def test_pca_dim_may_differ_for_models_without_the_pca_map():
     cfg = load_config(None, ["encode.pca_dim=32", "train.model=sasrec"])
     assert cfg.encode.pca_dim == 32
-    assert load_config(None, ["encode.pca_dim=32", "train.pca_init=false"]).train.hidden == 64
+    # Without the PCA initialisation an llmesr model still places text-only items through the map.
+    with pytest.raises(ConfigError, match="encode.pca_dim: 32 differs"):
+        load_config(None, ["encode.pca_dim=32", "train.pca_init=false"])
     from longtail.core.config import check_model
 
     with pytest.raises(ConfigError, match="llmesr_gru4rec"):

@@ -462,14 +462,15 @@ def check_model(cfg: Config, model: str) -> None:
     """Settings that must agree for ``model`` (a dual-view ``llmesr_`` model, or any other).
 
     Raises:
-        ConfigError: ``encode.pca_dim`` differs from ``train.hidden`` for a dual-view model whose
-            collaborative view starts from the PCA embeddings.
+        ConfigError: ``encode.pca_dim`` differs from ``train.hidden`` for an ``llmesr_`` model: its
+            collaborative view places items through the encoder's PCA map (the initial table with
+            ``pca_init``, and items known only from their text at scoring time, either way).
     """
     dual = model.startswith(DUAL_VIEW_PREFIX)
-    if dual and cfg.train.semantic_view and cfg.train.pca_init and cfg.encode.pca_dim != cfg.train.hidden:
+    if dual and cfg.encode.pca_dim != cfg.train.hidden:
         raise ConfigError(
             f"config key encode.pca_dim: {cfg.encode.pca_dim} differs from train.hidden={cfg.train.hidden}, but "
-            f"{model} starts its collaborative view from the PCA item embeddings; set both to the same value"
+            f"{model} places items in its collaborative view through the PCA map; set both to the same value"
         )
 
 
