@@ -190,10 +190,11 @@ def test_early_stopping_with_patience(data_wh):
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_llmesr_run_carries_the_encoders_pca_map(data_wh):
+@pytest.mark.parametrize("views", [1, 2])
+def test_llmesr_run_carries_the_encoders_pca_map(data_wh, views):
     from longtail.encoders.pca import load_pca
 
-    run_train(data_wh, "llmesr_bert4rec", dataclasses.replace(TINY, epochs=1))
+    run_train(data_wh, "llmesr_bert4rec", dataclasses.replace(TINY, epochs=1, semantic_view=views == 2))
     model = load_model(data_wh, "llmesr_bert4rec")
     # New items are placed through the very map encode fitted (no refit of its own).
     saved = load_pca(data_wh.root, "m")
@@ -201,8 +202,9 @@ def test_llmesr_run_carries_the_encoders_pca_map(data_wh):
     assert np.array_equal(view.pca_components.numpy(), saved.components)
     assert np.array_equal(view.pca_mean.numpy(), saved.mean)
     assert model.config["encoder"] == "m"  # which text encoder new items must go through
-    assert model.item_vectors().shape == (N_ITEMS + 1, 2 * HIDDEN)
-    assert model.item_vectors_from_text(np.zeros((2, LLM_DIM), dtype=np.float32)).shape == (2, 2 * HIDDEN)
+    assert model.item_vectors().shape == (N_ITEMS + 1, views * HIDDEN)
+    # Items known only from their text are placed in every view (the collaborative one through the map).
+    assert model.item_vectors_from_text(np.zeros((2, LLM_DIM), dtype=np.float32)).shape == (2, views * HIDDEN)
 
 
 @pytest.mark.spark
@@ -335,7 +337,7 @@ def test_cluster_mode_checks_task_slots_first(data_wh):
 @pytest.mark.spark
 @pytest.mark.slow
 def test_two_processes_with_torch_distributor(data_wh):
-    cfg = dataclasses.replace(TINY, mode="local", processes=2, epochs=2)
+    cfg = dataclasses.replace(TINY, mode="local", processes=2, epochs=2, semantic_view=True)  # the dual view
     result = run_train(data_wh, "llmesr_sasrec", cfg)
     assert result.processes == 2 and result.epochs_run == 2 and result.mode == "local"
     metrics = json.loads(open(os.path.join(result.path, "metrics.json")).read())
