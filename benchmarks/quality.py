@@ -9,7 +9,7 @@ benchmarks/README.md comes from one such line)::
 ``--set`` takes the same dotted keys as the CLI. The line holds the tag, model, version,
 the config keys that differ from the defaults, the training metrics (best epoch, per-epoch
 history, seconds per epoch) and the evaluation report (both protocols, segments, catalogue).
-``--summary`` prints a table of the lines of ``--out`` instead.
+``--summary`` prints a table of the lines of ``--out`` instead; ``--markdown`` the same as markdown.
 """
 from __future__ import annotations
 
@@ -42,6 +42,41 @@ def _summary(path: str, tags: list[str] | None) -> None:
         )
 
 
+#: Settings the markdown table names where they differ from these (the loss always; an llmesr model's
+#: views always).
+_SHOWN = {"loss": None, "validate": "full", "alpha": 0.1, "pca_init": True, "pca_init_scale": "raw",
+          "cross_attention": True}
+
+
+def _settings(model: str, hp: dict) -> str:
+    shown = [f"{k}={hp[k]}" for k in _SHOWN if k in hp and (k == "loss" or hp[k] != _SHOWN[k])]
+    if model.startswith("llmesr"):
+        shown.insert(1, "dual view" if hp.get("semantic_view", True) else "collaborative view")
+        return ", ".join(shown)
+    return ", ".join(s for s in shown if s.split("=")[0] in ("loss", "validate"))
+
+
+def _markdown(path: str, tags: list[str] | None) -> None:
+    """The lines of ``path`` as the markdown table of benchmarks/README.md."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    if tags:
+        rows = [r for r in rows if any(t in r["tag"] for t in tags)]
+    print("| run | model | settings (loss; others where not the default) | full HR@10 | full NDCG@10 | tail-item HR@10 | head-item HR@10 "
+          "| tail coverage@10 | tail share@10 | sampled HR@10 / NDCG@10 | best / run epochs |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        full, samp = r["eval"]["protocols"]["full"], r["eval"]["protocols"]["sampled"]
+        cat, m = r["eval"]["catalog"], r["train"]
+        diff = _settings(r["model"], r["trained_with"])
+        share = cat.get("tail_share@10")
+        print(
+            f"| {r['tag']} | `{r['model']}` | {diff or '-'} | {full['overall']['hr@10']:.4f} | {full['overall']['ndcg@10']:.4f} "
+            f"| {full['tail_item']['hr@10']:.4f} | {full['head_item']['hr@10']:.4f} | {cat['tail_coverage@10']:.3f} "
+            f"| {'-' if share is None else f'{share:.3f}'} | {samp['overall']['hr@10']:.4f} / {samp['overall']['ndcg@10']:.4f} "
+            f"| {m['best_epoch']} / {m['epochs_run']} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warehouse")
@@ -51,9 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--version", help="evaluate this trained version only (no training)")
     parser.add_argument("--summary", nargs="*", help="print the table of --out (optionally only tags containing these)")
+    parser.add_argument("--markdown", nargs="*", help="the same as a markdown table")
     args = parser.parse_args(argv)
     if args.summary is not None:
         _summary(args.out, args.summary)
+        return 0
+    if args.markdown is not None:
+        _markdown(args.out, args.markdown)
         return 0
 
     from longtail.core.config import Config, load_config, to_dict
@@ -76,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         version, path = result.version, result.path
     metrics = json.loads(read_bytes(f"{path}/metrics.json"))
     trained = time.perf_counter()
-    report = run_evaluate(wh, args.model, cfg.evaluate, version=version)
+    report = run_evaluate(wh, args.model, cfg.evaluate, version=version, hybrid=cfg.score.hybrid)
     print(report, file=sys.stderr)
     default = to_dict(Config())["train"]
     # What the model was trained with (a --version run was trained by another command).
@@ -88,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "version": version,
         "warehouse": args.warehouse,
         "train_config_diff": diff,
+        "trained_with": trained_with,
         "overrides": args.overrides,
         "train": metrics,
         "eval": report.report,
