@@ -37,7 +37,7 @@ LLM_DIM = 12
 
 TINY = TrainConfig(
     hidden=HIDDEN, max_len=12, dropout=0.1, layers=1, heads=1, batch_size=16, epochs=3,
-    patience=5, distill_neighbors=3, seed=7,
+    patience=5, distill_neighbors=3, seed=7, alpha=0.1,  # the distillation path on (off by default)
 )
 
 
