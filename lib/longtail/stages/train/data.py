@@ -110,13 +110,10 @@ class NegativeSampler:
         return np.minimum(picks, self.n_items - 1).astype(np.int64) + 1
 
 
-def load_popularity(run_dir: str, n_items: int, data: "RankData") -> np.ndarray:
-    """Training popularity by item idx: the run folder's ``popularity.npy`` (from ``item_stats``),
-    else counted from this process's training rows."""
-    try:
-        return np.load(io.BytesIO(read_bytes(f"{run_dir}/popularity.npy")))
-    except (FileNotFoundError, OSError):
-        return np.bincount(data.values[data.values <= n_items], minlength=n_items + 1).astype(np.int64)
+def load_popularity(run_dir: str) -> np.ndarray:
+    """Training popularity by item idx: the run folder's ``popularity.npy`` (``prepare`` writes it
+    from ``item_stats`` for popularity-drawn negatives)."""
+    return np.load(io.BytesIO(read_bytes(f"{run_dir}/popularity.npy")))
 
 
 def bucketed_order(

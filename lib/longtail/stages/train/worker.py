@@ -102,7 +102,7 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
         [p for p in module.parameters() if p.requires_grad], lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]),
     )
     per_rank, rows, steps, seen_per_epoch = _schedule(data.n, cloze, int(hp["batch_size"]), world, device, distributed)
-    plan = _EpochPlan.build(params, data, users, per_rank)
+    plan = _EpochPlan.build(params, data, users)
     if plan.bucket > 0:  # batches of similar lengths: one encoder pass per batch is enough
         module.loss_group_rows = max(module.loss_group_rows, per_rank)
     validation = (
@@ -209,16 +209,14 @@ class _EpochPlan:
     teacher_rows: np.ndarray | None = None
 
     @classmethod
-    def build(cls, params: dict, data: RankData, users: UserTable | None, per_rank: int) -> "_EpochPlan":
-        hp, n_items = params["hp"], int(params["n_items"])
-        loss = str(hp.get("loss", "bce"))
-        plan = cls(hp, n_items, params["objective"] == "cloze", loss, str(hp.get("validate", "sampled")),
-                   str(hp.get("teachers", "step")), int(hp.get("length_buckets", 0)), users=users)
-        if loss == "sampled_softmax":
-            plan.sampler = NegativeSampler(
-                n_items, int(hp.get("negatives", 256)), str(hp.get("negative_sampling", "uniform")),
-                load_popularity(params["run_dir"], n_items, data), bool(hp.get("logq", False)),
-            )
+    def build(cls, params: dict, data: RankData, users: UserTable | None) -> "_EpochPlan":
+        hp, n_items = params["hp"], int(params["n_items"])  # hp: every TrainConfig key
+        plan = cls(hp, n_items, params["objective"] == "cloze", hp["loss"], hp["validate"], hp["teachers"],
+                   int(hp["length_buckets"]), users=users)
+        if plan.loss == "sampled_softmax":
+            draw = hp["negative_sampling"]
+            popularity = load_popularity(params["run_dir"]) if draw == "popularity" else None
+            plan.sampler = NegativeSampler(n_items, int(hp["negatives"]), draw, popularity, bool(hp["logq"]))
         if data.neighbors is not None and plan.teachers == "epoch":
             plan.teacher_rows = np.unique(data.neighbors[data.neighbors >= 0])
         return plan
@@ -317,7 +315,7 @@ def _save(params: dict, module, best: _Best, history: list[dict], epochs_run: in
         "sequences_per_second": seen_per_epoch / seconds if seconds > 0 else 0.0,
         "sequences_per_epoch": seen_per_epoch, "processes": world, "seed": int(params["hp"]["seed"]),
         "validation_users": validation.n, "validation_negatives": validation.negatives.shape[1],
-        "validation_protocol": str(params["hp"].get("validate", "sampled")),
+        "validation_protocol": params["hp"]["validate"],
         "history": history,
     }
     config = {
