@@ -19,10 +19,14 @@ import sys
 import time
 
 
-def _summary(path: str, tags: list[str] | None) -> None:
+def _lines(path: str, tags: list[str] | None) -> list[dict]:
+    """The result lines of ``path``; with ``tags``, those whose tag contains one of them."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    if tags:
-        rows = [r for r in rows if any(t in r["tag"] for t in tags)]
+    return [r for r in rows if any(t in r["tag"] for t in tags)] if tags else rows
+
+
+def _summary(path: str, tags: list[str] | None) -> None:
+    rows = _lines(path, tags)
     head = (f"{'tag':42s} {'best':>4s}/{'run':>3s} {'s/ep':>5s} {'vFullN':>7s} {'vSampN':>7s} | "
             f"{'fHR10':>6s} {'fN10':>6s} {'tailHR':>6s} {'tailN':>6s} {'headHR':>6s} {'tcov':>5s} {'cov':>5s} | "
             f"{'sHR10':>6s} {'sN10':>6s} {'sTailH':>6s}")
@@ -58,9 +62,7 @@ def _settings(model: str, hp: dict) -> str:
 
 def _markdown(path: str, tags: list[str] | None) -> None:
     """The lines of ``path`` as the markdown table of benchmarks/README.md."""
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    if tags:
-        rows = [r for r in rows if any(t in r["tag"] for t in tags)]
+    rows = _lines(path, tags)
     print("| run | model | settings (loss; others where not the default) | full HR@10 | full NDCG@10 | tail-item HR@10 | head-item HR@10 "
           "| tail coverage@10 | tail share@10 | sampled HR@10 / NDCG@10 | best / run epochs |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

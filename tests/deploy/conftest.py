@@ -7,18 +7,14 @@ import sys
 
 import pytest
 
-from deploy.lanes import CLUSTER, REPO, demo_settings, longtail
+from deploy.lanes import REPO, cluster_demo
 
 
 @pytest.fixture(scope="session")
 def connect_cluster_warehouse(tmp_path_factory):
     """A warehouse `longtail demo` wrote on Spark Connect over two executors (cluster training)."""
     warehouse = str(tmp_path_factory.mktemp("connect-cluster") / "warehouse")
-    done = longtail([
-        *demo_settings(), "--set", f"warehouse={warehouse}", "--set", f"spark.remote={CLUSTER}",
-        "--set", "spark.driver_memory=1g", "--set", "train.mode=cluster", "--set", "train.processes=2", "demo",
-    ])
-    return warehouse, done
+    return warehouse, cluster_demo(warehouse, "spark.remote")
 
 
 @pytest.fixture(scope="session")

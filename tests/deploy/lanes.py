@@ -34,6 +34,15 @@ def demo_settings() -> list[str]:
     return [arg for key, value in DEMO_OVERRIDES.items() for arg in ("--set", f"{key}={value}")]
 
 
+def cluster_demo(warehouse: str, session: str) -> subprocess.CompletedProcess:
+    """``longtail demo`` over :data:`CLUSTER` with cluster training; ``session`` is ``spark.master``
+    (executor JVMs under the classic session) or ``spark.remote`` (a Spark Connect server over them)."""
+    return longtail([
+        *demo_settings(), "--set", f"warehouse={warehouse}", "--set", f"{session}={CLUSTER}",
+        "--set", "spark.driver_memory=1g", "--set", "train.mode=cluster", "--set", "train.processes=2", "demo",
+    ])
+
+
 def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",

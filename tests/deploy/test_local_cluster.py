@@ -9,18 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from deploy.lanes import CLUSTER, REPO, check_demo_tables, check_progress, demo_settings, environment, longtail, read_table, run
-
+from deploy.lanes import (
+    REPO, check_demo_tables, check_progress, cluster_demo, environment, read_table, run,
+)
 
 
 @pytest.fixture(scope="module")
 def cluster_warehouse(tmp_path_factory):
     warehouse = str(tmp_path_factory.mktemp("cluster") / "warehouse")
-    done = longtail([
-        *demo_settings(), "--set", f"warehouse={warehouse}", "--set", f"spark.master={CLUSTER}",
-        "--set", "spark.driver_memory=1g", "--set", "train.mode=cluster", "--set", "train.processes=2", "demo",
-    ])
-    return warehouse, done
+    return warehouse, cluster_demo(warehouse, "spark.master")
 
 
 @pytest.mark.slow
