@@ -9,7 +9,8 @@ benchmarks/README.md comes from one such line)::
 ``--set`` takes the same dotted keys as the CLI. The line holds the tag, model, version,
 the config keys that differ from the defaults, the training metrics (best epoch, per-epoch
 history, seconds per epoch) and the evaluation report (both protocols, segments, catalogue).
-``--summary`` prints a table of the lines of ``--out`` instead; ``--markdown`` the same as markdown.
+``--summary`` prints a table of the lines of ``--out`` instead; ``--markdown`` the same as markdown;
+``--seeds`` the mean ± std over seeds of the runs whose tags differ only in their ``s<seed>-`` prefix.
 """
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ def _markdown(path: str, tags: list[str] | None) -> None:
     """The lines of ``path`` as the markdown table of benchmarks/README.md."""
     rows = _lines(path, tags)
     print("| run | model | settings (loss; others where not the default) | full HR@10 | full NDCG@10 | tail-item HR@10 | head-item HR@10 "
-          "| tail coverage@10 | tail share@10 | sampled HR@10 / NDCG@10 | best / run epochs |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| tail coverage@10 | tail share@10 | sampled HR@10 / NDCG@10 | popularity penalty | best / run epochs |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         full, samp = r["eval"]["protocols"]["full"], r["eval"]["protocols"]["sampled"]
         cat, m = r["eval"]["catalog"], r["train"]
@@ -75,8 +76,43 @@ def _markdown(path: str, tags: list[str] | None) -> None:
             f"| {r['tag']} | `{r['model']}` | {diff or '-'} | {full['overall']['hr@10']:.4f} | {full['overall']['ndcg@10']:.4f} "
             f"| {full['tail_item']['hr@10']:.4f} | {full['head_item']['hr@10']:.4f} | {cat['tail_coverage@10']:.3f} "
             f"| {'-' if share is None else f'{share:.3f}'} | {samp['overall']['hr@10']:.4f} / {samp['overall']['ndcg@10']:.4f} "
-            f"| {m['best_epoch']} / {m['epochs_run']} |"
+            f"| {r['eval'].get('popularity_penalty', 0.0):g} | {m['best_epoch']} / {m['epochs_run']} |"
         )
+
+
+#: The figures of the seed table: (column, protocol or ``catalog``, segment, metric).
+_SEED_FIGURES = [
+    ("full HR@10", "full", "overall", "hr@10"), ("full NDCG@10", "full", "overall", "ndcg@10"),
+    ("tail-item HR@10", "full", "tail_item", "hr@10"), ("tail-user NDCG@10", "full", "tail_user", "ndcg@10"),
+    ("tail coverage@10", "catalog", None, "tail_coverage@10"), ("tail share@10", "catalog", None, "tail_share@10"),
+    ("gini@10", "catalog", None, "gini@10"), ("sampled NDCG@10", "sampled", "overall", "ndcg@10"),
+]
+
+
+def _figure(report: dict, protocol: str, segment: str | None, metric: str) -> float:
+    block = report["catalog"] if protocol == "catalog" else report["protocols"][protocol][segment]
+    value = block.get(metric)
+    return float("nan") if value is None else float(value)
+
+
+def _seeds(path: str, tags: list[str] | None) -> None:
+    """Mean ± std over seeds: lines whose tags differ only in their ``s<seed>-`` prefix form one row."""
+    import re
+
+    import numpy as np
+
+    groups: dict[str, list[dict]] = {}
+    for r in _lines(path, tags):
+        groups.setdefault(re.sub(r"^s\d+-", "", r["tag"]), []).append(r)
+    print("| run | model | seeds | " + " | ".join(c for c, *_ in _SEED_FIGURES) + " |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in _SEED_FIGURES) + " |")
+    for name, rows in groups.items():
+        cells = []
+        for _, *where in _SEED_FIGURES:
+            values = np.array([_figure(r["eval"], *where) for r in rows])
+            cells.append(f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}")
+        seeds = ",".join(str(r["train"]["seed"]) for r in rows)
+        print(f"| {name} | `{rows[0]['model']}` | {seeds} | " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,12 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", help="evaluate this trained version only (no training)")
     parser.add_argument("--summary", nargs="*", help="print the table of --out (optionally only tags containing these)")
     parser.add_argument("--markdown", nargs="*", help="the same as a markdown table")
+    parser.add_argument("--seeds", nargs="*", help="mean ± std over seeds (tags equal but for their s<seed>- prefix)")
     args = parser.parse_args(argv)
     if args.summary is not None:
         _summary(args.out, args.summary)
         return 0
     if args.markdown is not None:
         _markdown(args.out, args.markdown)
+        return 0
+    if args.seeds is not None:
+        _seeds(args.out, args.seeds)
         return 0
 
     from longtail.core.config import Config, load_config, to_dict
@@ -117,8 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         version, path = result.version, result.path
     metrics = json.loads(read_bytes(f"{path}/metrics.json"))
     trained = time.perf_counter()
-    report = run_evaluate(wh, args.model, cfg.evaluate, version=version, hybrid=cfg.score.hybrid)
+    served = cfg.score.popularity_penalty
+    report = run_evaluate(wh, args.model, cfg.evaluate, version=version, hybrid=cfg.score.hybrid,
+                          popularity_penalty=served)
     print(report, file=sys.stderr)
+    unadjusted = None
+    if served == "model" and report.report.get("popularity_penalty"):  # the model as trained, unadjusted too
+        unadjusted = run_evaluate(wh, args.model, cfg.evaluate, version=version, popularity_penalty=0.0).report
     default = to_dict(Config())["train"]
     # What the model was trained with (a --version run was trained by another command).
     trained_with = json.loads(read_bytes(f"{path}/config.json"))["hyperparameters"]
@@ -133,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": args.overrides,
         "train": metrics,
         "eval": report.report,
+        # The hybrid (score.hybrid), evaluated in the same pass: blend, MMR, popularity penalty.
+        "variants": report.variants,
+        "eval_unadjusted": unadjusted,
         "train_seconds": trained - started,
         "eval_seconds": time.perf_counter() - trained,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -199,7 +199,7 @@ def _evaluate(spark, wh, cfg, a):
 
     return run_evaluate(
         wh, a.model or cfg.train.model, cfg.evaluate, version=a.model_version, hybrid=cfg.score.hybrid,
-        tracking=cfg.tracking,
+        tracking=cfg.tracking, popularity_penalty=cfg.score.popularity_penalty,
     )
 
 

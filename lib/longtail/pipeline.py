@@ -126,7 +126,10 @@ def run_pipeline(
         ("neighbors", lambda: run_neighbors(wh, cfg.neighbors)),
         ("train", lambda: run_train(wh, model, cfg.train, valid_negatives=cfg.evaluate.negatives,
                                     tracking=cfg.tracking, progress=_detail(out))),
-        ("evaluate", lambda: run_evaluate(wh, model, cfg.evaluate, hybrid=cfg.score.hybrid, tracking=cfg.tracking)),
+        ("evaluate", lambda: run_evaluate(
+            wh, model, cfg.evaluate, hybrid=cfg.score.hybrid, tracking=cfg.tracking,
+            popularity_penalty=cfg.score.popularity_penalty,
+        )),
         *[(f"evaluate {b}", (lambda b=b: run_evaluate(wh, b, cfg.evaluate))) for b in baselines],
         ("score", lambda: run_score(
             wh, model, cfg.score, run_date=run_date or dt.date.today(), top_k=cfg.score.top_k,

@@ -174,6 +174,7 @@ def test_popularity_report_matches_brute_force_and_the_contract(wh):
         "catalog": catalog,
         "catalog_by_segment": {"tail_user": catalog, "head_user": catalog},
         "exposure": {"slots": "list", "interactions": "list"},
+        "popularity_penalty": "float",
     }
     assert on_disk["dataset"] == {"users": N_USERS, "items": N_ITEMS,
                                   "interactions": sum(len(h) for h in HISTORIES.values())}
@@ -210,6 +211,29 @@ def test_trained_model_ranks_lists_hybrid_and_table_rows(wh):
     assert rows.groupby("model")["evaluated_at"].nunique().to_dict() == {"fake_model": 2, "fake_model+hybrid": 1}
     again = rows.groupby("model")["evaluated_at"].max()
     assert again["fake_model"] > first["fake_model"] and again["fake_model+hybrid"] == first["fake_model+hybrid"]
+
+
+class CalibratedFake(FakeTrained):
+    """The fake model, saved with the popularity penalty training chose for it."""
+
+    config = {"popularity_penalty": 0.8}
+
+
+@pytest.mark.slow
+def test_a_model_is_evaluated_with_the_popularity_penalty_it_was_trained_with(wh):
+    log_pop = np.log1p(_train_popularity())
+
+    def adjusted_scores(inputs):
+        h = inputs[-MAX_LEN:]
+        return (TABLE[h].mean(0) @ TABLE.T).numpy() - 0.8 * log_pop
+
+    served = run_evaluate(wh, "fake_model", CFG, model_loader=lambda *a, **k: CalibratedFake())
+    assert served.report["popularity_penalty"] == 0.8
+    _assert_close(served.report, _expected_report(_brute_force(adjusted_scores), with_catalog=True))
+    # A number overrides the model's own; 0 is the unadjusted model, with more popular lists.
+    raw = run_evaluate(wh, "fake_model", CFG, model_loader=lambda *a, **k: CalibratedFake(), popularity_penalty=0)
+    assert raw.report["popularity_penalty"] == 0.0
+    assert raw.report["catalog"]["avg_popularity@10"] > served.report["catalog"]["avg_popularity@10"]
 
 
 def test_bad_requests(wh):

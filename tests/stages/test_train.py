@@ -142,6 +142,12 @@ def test_single_run_saves_registers_and_reloads_identically(data_wh, prepared):
         assert os.path.isfile(os.path.join(result.path, name))
     config = json.loads(open(os.path.join(result.path, "config.json")).read())
     assert config["model"] == "sasrec" and config["hyperparameters"]["hidden"] == HIDDEN
+    # The serving popularity penalty was chosen on validation, by the tolerance rule, and saved.
+    calibration = json.loads(open(os.path.join(result.path, "metrics.json")).read())["exposure_calibration"]
+    floor = (1 - TINY.exposure_tolerance) * calibration["grid"][0]["ndcg10"]
+    assert config["popularity_penalty"] == calibration["penalty"] == max(
+        g["penalty"] for g in calibration["grid"] if g["ndcg10"] >= floor
+    )
     registered = data_wh.read(S.MODELS).filter("model = 'sasrec'").collect()
     assert result.version in {r["model_version"] for r in registered}
     assert not os.listdir(os.path.join(data_wh.root, "_train"))  # the run folder is gone
@@ -360,3 +366,43 @@ def test_gpu_training_step():
              "neg": torch.tensor([[0, 9, 9, 9]], device="cuda")}
     model.loss(batch).backward()
     assert model.user_vectors(seqs).device.type == "cuda"
+
+
+class _OneScore(torch.nn.Module):
+    """Every user scores item 1 at 1.0 and every other item at 0.5 (a one-dimensional dot product)."""
+
+    def __init__(self, n_items: int) -> None:
+        super().__init__()
+        self.table = torch.full((n_items + 1, 1), 0.5)
+        self.table[1] = 1.0
+
+    def item_vectors(self):
+        return self.table
+
+    def user_vectors(self, seqs):
+        return torch.ones((seqs.shape[0], 1))
+
+
+def test_exposure_calibration_takes_the_largest_penalty_within_the_tolerance():
+    from longtail.stages.train.validation import EXPOSURE_PENALTIES
+
+    n_items, n_users = 20, 6
+    # Every user's validation item is item 1: first by score, and by far the most popular
+    # (log count 3). Under a penalty p its score is 1 - 3p against 0.5 for the rest, so it
+    # drops out of the top 10 (NDCG 0) as soon as p > 1/6.
+    histories = [[2 + u, 3 + u, 1, 9] for u in range(n_users)]
+    values = np.concatenate([np.asarray(h) for h in histories])
+    offsets = np.arange(0, 4 * n_users + 1, 4)
+    train_values = np.concatenate([np.asarray(h[:2]) for h in histories])
+    users = UserTable(np.arange(1, n_users + 1), (train_values, np.arange(0, 2 * n_users + 1, 2)),
+                      np.ones(n_users, dtype=np.int64), (values, offsets))
+    validation = ValidationSet.build(users, n_items, max_len=4, seed=0, negatives=5)
+    log_counts = np.zeros(n_items + 1)
+    log_counts[1] = 3.0
+    strict = validation.calibrate_exposure(_OneScore(n_items), log_counts, tolerance=0.01)
+    assert strict.penalty == 0.1
+    by_penalty = {g["penalty"]: g for g in strict.grid}
+    assert by_penalty[0.0]["ndcg10"] == 1.0 and by_penalty[0.2]["ndcg10"] == 0.0
+    # The slots move off the popular item as the penalty grows.
+    assert by_penalty[0.0]["avg_log_popularity10"] > by_penalty[0.2]["avg_log_popularity10"]
+    assert validation.calibrate_exposure(_OneScore(n_items), log_counts, tolerance=1.0).penalty == max(EXPOSURE_PENALTIES)

@@ -273,6 +273,11 @@ class TrainConfig:
     use_gpu: bool = False
     #: Validate every N epochs (NDCG@10 on the validation item).
     eval_every: Positive = 1
+    #: After training, the serving-time popularity penalty (``score.popularity_penalty``) is chosen
+    #: on the validation items under full ranking: the largest penalty of a fixed grid whose
+    #: validation NDCG@10 stays within this relative tolerance of the unadjusted model's. It moves
+    #: slots from popular to tail items at a bounded cost in accuracy; 0 keeps the model unadjusted.
+    exposure_tolerance: Share = 0.01
 
 
 @section
@@ -312,6 +317,11 @@ class ScoreConfig:
     item_chunk: Positive = 8192
     user_batch: Positive = 1024
     hybrid: HybridConfig = field(default_factory=HybridConfig)
+    #: Logit adjustment of a trained model's scores by item popularity (Menon et al., ICLR 2021):
+    #: ``score - popularity_penalty * log(1 + training count)``, in ``score`` and ``evaluate`` alike.
+    #: ``model`` (the default) takes the penalty the model chose on validation when it was trained
+    #: (``train.exposure_tolerance``; 0 for models without one); a number sets it (0 is off).
+    popularity_penalty: Literal["model"] | NonNegativeFloat = "model"
 
 
 @section

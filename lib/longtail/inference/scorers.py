@@ -174,6 +174,36 @@ class HybridScorer:
         return zscore_blend_users(parts)
 
 
+class PopularityAdjusted:
+    """A scorer with its logits adjusted by item popularity: ``score - penalty * log_counts``.
+
+    Still one dot product: the user side gets a column ``penalty``, the item side ``-log_counts``.
+    """
+
+    def __init__(self, inner: Scorer, penalty: float, log_counts: np.ndarray, name: str, version: str) -> None:
+        self.inner, self.penalty, self.name, self.version = inner, float(penalty), name, version
+        self._log_counts = torch.as_tensor(log_counts, dtype=torch.float32)
+
+    def scorable(self) -> np.ndarray:
+        return self.inner.scorable()
+
+    def item_vectors(self) -> torch.Tensor:
+        items = self.inner.item_vectors().to(torch.float32)
+        return torch.cat([items, -self._log_counts[:, None]], dim=1)
+
+    def user_vectors(self, histories: torch.Tensor) -> torch.Tensor:
+        users = self.inner.user_vectors(histories).to(torch.float32)
+        return torch.cat([users, torch.full((users.shape[0], 1), self.penalty)], dim=1)
+
+
+def served_penalty(setting: str | float, model_config: dict | None) -> float:
+    """The popularity penalty a trained model is served with: ``setting`` when a number, else the
+    one chosen at training (``popularity_penalty`` in its ``config.json``; 0 for older models)."""
+    if setting != "model":
+        return float(setting)
+    return float((model_config or {}).get("popularity_penalty", 0.0) or 0.0)
+
+
 def hybrid_on(hybrid: HybridConfig | None) -> bool:
     """Whether a hybrid config changes anything (a blend part besides the model, or MMR)."""
     return hybrid is not None and (
@@ -196,6 +226,9 @@ class ScorerFactory:
             evaluation (what the trained models' parameters saw), ``all`` for serving.
         als_cfg: ALS settings (``evaluate`` section).
         model_loader: ``load_model(wh, name, version)``; default :func:`longtail.inference.store.load_model`.
+        popularity_penalty: ``score.popularity_penalty``: ``model`` (the penalty saved with each
+            trained model, 0 when none) or a number; trained models' logits are adjusted by it
+            (:class:`PopularityAdjusted`), baselines never.
     """
 
     def __init__(
@@ -205,8 +238,10 @@ class ScorerFactory:
         history: str,
         als_cfg: EvaluateConfig,
         model_loader: ModelLoader | None = None,
+        popularity_penalty: str | float = "model",
     ) -> None:
         self.wh, self.catalogue, self.history, self.als_cfg = wh, catalogue, history, als_cfg
+        self.popularity_penalty = popularity_penalty
         self._loader = model_loader
         self._memo: dict[tuple[str, str | None], Scorer] = {}
 
@@ -242,7 +277,13 @@ class ScorerFactory:
         if loader is None:
             from longtail.inference.store import load_model as loader  # noqa: PLC0415 - torch models load lazily
         trained = loader(self.wh, name, version)
-        return ModelScorer(trained, cat)
+        scorer = ModelScorer(trained, cat)
+        penalty = served_penalty(self.popularity_penalty, getattr(trained, "config", None))
+        if not penalty:
+            return scorer
+        # Training popularity (item_stats), the counts the penalty was chosen with at training.
+        log_counts = np.log1p(cat.popularity.astype(np.float64)).astype(np.float32)
+        return PopularityAdjusted(scorer, penalty, log_counts, name=scorer.name, version=scorer.version)
 
     def _baseline(self, name: str) -> Scorer:
         cat = self.catalogue

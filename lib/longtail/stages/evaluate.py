@@ -229,6 +229,7 @@ def run_evaluate(
     item_chunk: int | None = None,
     model_loader: ModelLoader | None = None,
     tracking: TrackingConfig | None = None,
+    popularity_penalty: str | float = "model",
 ) -> EvaluationReport:
     """Evaluate a trained model or a baseline on the test split; write the report and table rows.
 
@@ -244,6 +245,8 @@ def run_evaluate(
             (default: ``cfg.user_batch``, ``cfg.item_chunk``).
         model_loader: ``load_model`` replacement (tests).
         tracking: the ``tracking`` section: with ``mlflow`` on, each report is logged to MLflow.
+        popularity_penalty: ``score.popularity_penalty`` (``model``: the one the model chose at
+            training): the model is evaluated as ``score`` serves it; the report records it.
 
     Returns:
         :class:`EvaluationReport` (``report`` is the contract JSON; ``variants`` the hybrid).
@@ -261,8 +264,9 @@ def run_evaluate(
     user_stats = wh.read(schemas.USER_STATS)
     schemas.require_columns(user_stats, schemas.USER_STATS_SCHEMA, schemas.USER_STATS)
     catalogue = load_catalogue(wh, include_new_items=False)
-    factory = ScorerFactory(wh, catalogue, "train", cfg, model_loader)
+    factory = ScorerFactory(wh, catalogue, "train", cfg, model_loader, popularity_penalty=popularity_penalty)
     scorers = [factory.scorer(model_name, version)]
+    penalty = float(getattr(scorers[0], "penalty", 0.0))
     bundles = [make_bundle(scorers[0], catalogue, restrict_to_known=True)]
     if hybrid_on(hybrid):
         scorers.append(factory.hybrid(model_name, version, hybrid))
@@ -285,6 +289,8 @@ def run_evaluate(
         )
         for v, scorer in enumerate(scorers)
     ]
+    for rep in reports:
+        rep["popularity_penalty"] = penalty
     with wh.job():
         write_evaluation_rows(wh, reports, evaluated_at)
     paths = [write_report(wh, rep) for rep in reports]

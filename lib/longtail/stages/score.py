@@ -311,7 +311,7 @@ def run_score(
     Args:
         wh: warehouse (carries the session).
         model_name: a trained model, or a baseline (``popularity``, ``als``, ``content``).
-        cfg: the ``score`` section (``item_chunk``, ``user_batch``, ``hybrid``).
+        cfg: the ``score`` section (``item_chunk``, ``user_batch``, ``hybrid``, ``popularity_penalty``).
         version: model version (default: the latest).
         run_date: partition to replace (default: today, UTC).
         top_k: K (default: ``cfg.top_k``).
@@ -334,7 +334,9 @@ def run_score(
         raise InputError(f"--top-k {k}: must be at least 1")
     seqs = read_user_sequences(wh)
     catalogue = load_catalogue(wh, include_new_items=True)
-    factory = ScorerFactory(wh, catalogue, "all", als_cfg or EvaluateConfig(), model_loader)
+    factory = ScorerFactory(
+        wh, catalogue, "all", als_cfg or EvaluateConfig(), model_loader, popularity_penalty=cfg.popularity_penalty
+    )
     hybrid = cfg.hybrid if hybrid_on(cfg.hybrid) else None
     scorer = factory.hybrid(model_name, version, hybrid) if hybrid is not None else factory.scorer(model_name, version)
     bundle = make_bundle(scorer, catalogue, hybrid)

@@ -2,6 +2,7 @@
 sampled protocol, the full-catalogue one (what the nightly table serves), or both."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -10,6 +11,24 @@ from longtail.models.histories import encode_histories, pad_histories
 from longtail.ranking.metrics import hit_rate, ndcg, sample_negatives, target_ranks
 from longtail.ranking.topk import full_ranks
 from longtail.stages.train.data import UserTable
+
+
+#: Popularity penalties tried after training (``train.exposure_tolerance``); a fixed grid, so
+#: that every model is calibrated by the same rule.
+EXPOSURE_PENALTIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5)
+
+
+@dataclass(frozen=True)
+class ExposureCalibration:
+    """The popularity penalty chosen on validation, and every penalty's figures (``grid``:
+    ``penalty``, ``ndcg10``, ``hr10``, ``avg_log_popularity10`` of the full top-10 lists)."""
+
+    penalty: float
+    tolerance: float
+    grid: list[dict]
+
+    def as_dict(self) -> dict:
+        return {"penalty": self.penalty, "tolerance": self.tolerance, "grid": self.grid}
 
 
 class ValidationSet:
@@ -77,17 +96,60 @@ class ValidationSet:
         )
         return target_ranks(scores.cpu().numpy(), 0)
 
-    def _full_ranks(self, users, items, k: int, user_chunk: int, item_chunk: int) -> np.ndarray:
+    def calibrate_exposure(
+        self, module, log_counts: np.ndarray, tolerance: float, device=None, k: int = 10,
+        penalties: Sequence[float] = EXPOSURE_PENALTIES, user_chunk: int = 1024, item_chunk: int = 8192,
+    ) -> ExposureCalibration:
+        """The largest popularity penalty whose full-protocol validation NDCG@k is at least
+        ``(1 - tolerance)`` times the unadjusted one (scores ``s - penalty * log_counts``).
+
+        Args:
+            module: the trained model (its best weights); log_counts: ``[n_items + 1]``
+                ``log(1 + training count)`` per item idx; tolerance: relative NDCG@k given up at most.
+
+        Returns:
+            :class:`ExposureCalibration` (penalty 0 when no penalty keeps the tolerance, or no users).
+        """
+        import torch
+
+        if self.n == 0:
+            return ExposureCalibration(0.0, tolerance, [])
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                items = module.item_vectors().float().cpu()
+                users = encode_histories(
+                    module, self.users.train_values, self.users.train_offsets, self.rows, self.max_len, device=device
+                ).float().cpu()
+        finally:
+            module.train(was_training)
+        pop = torch.as_tensor(np.asarray(log_counts, dtype=np.float32))[: items.shape[0], None]
+        items = torch.cat([items, -pop], dim=1)
+        grid = []
+        for penalty in sorted({0.0, *map(float, penalties)}):
+            adjusted = torch.cat([users, torch.full((users.shape[0], 1), penalty)], dim=1)
+            ranks, top = self._full_ranks(adjusted, items, k, user_chunk, item_chunk, with_top=True)
+            slots = pop[top.ravel(), 0]
+            grid.append({"penalty": penalty, "ndcg10": ndcg(ranks, k), "hr10": hit_rate(ranks, k),
+                         "avg_log_popularity10": float(slots.mean()) if slots.numel() else 0.0})
+        floor = (1.0 - tolerance) * grid[0]["ndcg10"]
+        chosen = max((g["penalty"] for g in grid if g["ndcg10"] >= floor), default=0.0)
+        return ExposureCalibration(chosen, tolerance, grid)
+
+    def _full_ranks(self, users, items, k: int, user_chunk: int, item_chunk: int, with_top: bool = False):
         import torch
 
         ranks = np.zeros(self.n, dtype=np.float64)
+        tops = []
         for s in range(0, self.n, user_chunk):
             e = min(self.n, s + user_chunk)
             seen = pad_histories([self.training_items(i) for i in range(s, e)])
-            r, _ = full_ranks(users[s:e], items, torch.from_numpy(self.targets[s:e]), seen=seen, k=k,
-                              item_chunk=item_chunk)
+            r, top = full_ranks(users[s:e], items, torch.from_numpy(self.targets[s:e]), seen=seen, k=k,
+                                item_chunk=item_chunk)
             ranks[s:e] = r.numpy()
-        return ranks
+            tops.append(top)
+        return (ranks, torch.cat(tops)) if with_top else ranks
 
     def training_items(self, i: int) -> np.ndarray:
         """Training items of validation user ``i``: its history but the validation and test items."""

@@ -21,7 +21,7 @@ from longtail.core.progress import write_progress
 from longtail.inference.store import save_model_dir
 from longtail.models.histories import pad_left
 from longtail.stages.train.data import NegativeSampler, RankData, UserTable, bucketed_order, load_popularity
-from longtail.stages.train.validation import ValidationSet
+from longtail.stages.train.validation import ExposureCalibration, ValidationSet
 
 log = logging.getLogger("longtail.stages.train")
 
@@ -127,7 +127,7 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
                 stopped_early = True
                 break
     if rank == 0:
-        _save(params, module, best, history, epoch, stopped_early, seen_per_epoch, world, validation)
+        _save(params, module, best, history, epoch, stopped_early, seen_per_epoch, world, validation, device)
     if distributed:
         import torch.distributed as dist
 
@@ -303,9 +303,10 @@ def _agree(stop: bool, device, distributed: bool) -> bool:
 
 
 def _save(params: dict, module, best: _Best, history: list[dict], epochs_run: int, stopped_early: bool,
-          seen_per_epoch: int, world: int, validation: ValidationSet) -> None:
-    """Rank 0: put the best weights back and write the model folder."""
+          seen_per_epoch: int, world: int, validation: ValidationSet, device) -> None:
+    """Rank 0: put the best weights back, choose the serving popularity penalty, write the model folder."""
     module.load_state_dict(best.state)
+    exposure = _calibrate_exposure(params, module, validation, device)
     seconds = float(np.mean([e["seconds"] for e in history])) if history else 0.0
     metrics = {
         "model": params["model"], "version": params["version"],
@@ -316,6 +317,7 @@ def _save(params: dict, module, best: _Best, history: list[dict], epochs_run: in
         "sequences_per_epoch": seen_per_epoch, "processes": world, "seed": int(params["hp"]["seed"]),
         "validation_users": validation.n, "validation_negatives": validation.negatives.shape[1],
         "validation_protocol": params["hp"]["validate"],
+        "exposure_calibration": exposure.as_dict() if exposure else None,
         "history": history,
     }
     config = {
@@ -323,9 +325,27 @@ def _save(params: dict, module, best: _Best, history: list[dict], epochs_run: in
         "llm_dim": int(params.get("llm_dim") or 0), "encoder": params.get("encoder"),
         "objective": params["objective"], "max_len": int(params["hp"]["max_len"]),
         "hyperparameters": params["hp"],
+        # What ``score.popularity_penalty: model`` serves the model with.
+        "popularity_penalty": exposure.penalty if exposure else 0.0,
     }
     item_ids = read_bytes(f"{params['run_dir']}/item_ids.json")
     save_model_dir(params["model_dir"], module, config, item_ids, metrics)
+
+
+def _calibrate_exposure(params: dict, module, validation: ValidationSet, device) -> ExposureCalibration | None:
+    """Rank 0: the popularity penalty the model is served with (``train.exposure_tolerance``; None when 0)."""
+    tolerance = float(params["hp"].get("exposure_tolerance", 0.0))
+    if tolerance <= 0:
+        return None
+    started = time.perf_counter()
+    log_counts = np.log1p(load_popularity(params["run_dir"]).astype(np.float64))
+    exposure = validation.calibrate_exposure(module, log_counts, tolerance, device)
+    log.info(
+        "popularity penalty %.2f chosen on validation (NDCG@10 within %.1f%%): %s; %.1fs",
+        exposure.penalty, 100 * tolerance,
+        ", ".join(f"{g['penalty']:g}: {g['ndcg10']:.4f}" for g in exposure.grid), time.perf_counter() - started,
+    )
+    return exposure
 
 
 def _mix(*values: int) -> int:
