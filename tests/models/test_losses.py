@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import HIDDEN, N_ITEMS
+from tiny_models import N_ITEMS
 
 from longtail.models import build_model
 from longtail.models.bert4rec import cloze_mask

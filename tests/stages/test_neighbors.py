@@ -124,8 +124,7 @@ def test_few_users_and_the_faiss_method(warehouse):
     nb.run_neighbors(warehouse, NeighborsConfig(top_n=5, block_size=50, method="faiss"))
     got = {r["user_id"]: r for r in warehouse.read(schemas.SIMILAR_USERS).collect()}
     rows = {k: r["neighbors"] for k, r in got.items()}
-    ref_idx, ref_sims, ref = brute_force(x, idx, 5)
-    ref_ids = [[f"user{j}" for j in r] for r in ref]
+    ref_idx, ref_sims, _ = brute_force(x, idx, 5)
     approx = [rows[f"user{i}"] for i in ref_idx]
     approx_sims = [got[f"user{i}"]["similarities"] for i in ref_idx]
     assert all(f"user{i}" not in rows[f"user{i}"] for i in idx)
