@@ -14,6 +14,8 @@ DEMO_OVERRIDES = {
     "encode.max_tokens": 32,
     "encode.pca_dim": 16,
     "neighbors.top_n": 5,
+    # The distillation on, so that the suite's demo runs every stage (neighbours and user texts too).
+    "train.alpha": 0.1,
     "evaluate.als_max_iter": 3,
     "evaluate.als_rank": 8,
 }

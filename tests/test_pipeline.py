@@ -42,3 +42,13 @@ def test_run_through_the_cli_exits_non_zero_naming_the_stage(tmp_path, capsys, s
     assert main(["run", "--set", f"warehouse={tmp_path / 'empty'}"]) == 2
     err = capsys.readouterr().err
     assert "longtail run: error: stage sequences failed" in err
+
+
+@pytest.mark.parametrize(("model", "alpha", "reads"), [
+    ("llmesr_sasrec", 0.1, True), ("llmesr_gru4rec", 0.0, False), ("sasrec", 0.1, False),
+])
+def test_run_computes_similar_users_only_for_the_distillation(model, alpha, reads):
+    from longtail.core.config import TrainConfig
+    from longtail.pipeline import reads_similar_users
+
+    assert reads_similar_users(TrainConfig(model=model, alpha=alpha)) is reads

@@ -65,5 +65,6 @@ def test_installed_wheel_runs_the_demo_outside_the_checkout(venv, tmp_path):
     done = run([str(venv / "bin" / "longtail"), *demo_settings(), "--set", "train.model=sasrec",
                 "--set", "spark.driver_memory=1g", "demo"], cwd=tmp_path, env=installed_environment())
     assert "longtail pipeline summary" in done.stdout
-    # ./warehouse, the embedded default, in the working folder; a plain backbone needs no neighbours.
-    check_demo_tables(str(warehouse), tables=tuple(t for t in DEMO_TABLES if t != "similar_users"))
+    # ./warehouse, the embedded default, in the working folder; a plain backbone reads no similar users,
+    # so neither user texts nor neighbours are computed.
+    check_demo_tables(str(warehouse), tables=tuple(t for t in DEMO_TABLES if t not in ("similar_users", "user_embeddings")))

@@ -204,11 +204,15 @@ def test_reruns_encode_only_what_changed(warehouse, tmp_path):
     # is, and users whose training history shows a changed or removed item re-encode.
     changed = [(r[0], r[1] + " (new formula)" if r[0] in ("i0", "i5") else r[1], *r[2:]) for r in ITEMS]
     wh.write(wh.spark.createDataFrame(changed[:-1], schemas.ITEMS_SCHEMA), schemas.ITEMS)
+    # `run` with a model that reads no similar users encodes the items only: user_embeddings stay as they were.
+    items_only = run_encode(wh, cfg, users=False)
+    assert (items_only.items.encoded, items_only.items.reused, items_only.items.removed, items_only.items.total) == (2, 4, 1, 6)
+    assert items_only.pca_refit and not items_only.users_encoded and "users not encoded" in str(items_only)
+    assert wh.version(schemas.USER_EMBEDDINGS) == versions[schemas.USER_EMBEDDINGS]
     third = run_encode(wh, cfg)
-    assert (third.items.encoded, third.items.reused, third.items.removed, third.items.total) == (2, 4, 1, 6)
+    assert (third.items.encoded, third.items.reused) == (0, 6) and not third.pca_refit
     # i0 is in the training history of u0 and u1, i5 and i6 in that of u3; u2's text is unchanged.
     assert (third.users.encoded, third.users.reused) == (3, 1)
-    assert third.pca_refit
     after = _embeddings(wh, schemas.ITEM_EMBEDDINGS, "item_id")
     assert set(after) == set(before_items) - {"i6"}
     assert {k for k in after if after[k] != before_items[k]} == {"i0", "i5"}

@@ -85,6 +85,8 @@ class EncodeReport:
     pca_explained_variance: float | None
     pca_refit: bool
     seconds: float
+    #: False when this run left the user texts alone (``run`` with a model that reads no similar users).
+    users_encoded: bool = True
 
     def __str__(self) -> str:
         pca = (
@@ -92,21 +94,21 @@ class EncodeReport:
             if self.pca_refit and self.pca_explained_variance is not None
             else f"PCA {self.dim}->{self.pca_dim} unchanged"
         )
-        return (
-            f"encode ({self.model}, dim {self.dim}, {self.pooling} pooling): items {self.items}; "
-            f"users {self.users}; {pca}; {self.seconds:.1f}s"
-        )
+        users = f"users {self.users}" if self.users_encoded else "users not encoded (nothing reads them)"
+        return f"encode ({self.model}, dim {self.dim}, {self.pooling} pooling): items {self.items}; {users}; {pca}; {self.seconds:.1f}s"
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def run_encode(wh, cfg: EncodeConfig) -> EncodeReport:
+def run_encode(wh, cfg: EncodeConfig, *, users: bool = True) -> EncodeReport:
     """Encode item and user texts (only what changed), then refit the PCA view when needed.
 
     Args:
         wh: the warehouse (``wh.spark`` is the session).
         cfg: the ``encode`` section.
+        users: also encode the user texts (``user_embeddings``, read only by ``neighbors``);
+            ``run`` skips them when the model reads no similar users.
 
     Returns:
         :class:`EncodeReport` with encoded / reused / empty counts per table.
@@ -136,20 +138,22 @@ def run_encode(wh, cfg: EncodeConfig) -> EncodeReport:
     )
 
     item_df = item_texts(items, cfg.item_template)
-    user_df = user_texts(sequences, item_stats, items, cfg)
 
     with wh.job():
         item_counts = _encode_table(
             wh, item_df, "item_id", schemas.ITEM_EMBEDDINGS, name, info, cfg, truncate_left=False
         )
-        user_counts = _encode_table(
-            wh, user_df, "user_id", schemas.USER_EMBEDDINGS, name, info, cfg, truncate_left=True
-        )
+        user_counts = EntityCounts()
+        if users:
+            user_df = user_texts(sequences, item_stats, items, cfg)
+            user_counts = _encode_table(
+                wh, user_df, "user_id", schemas.USER_EMBEDDINGS, name, info, cfg, truncate_left=True
+            )
         explained, refit = _refresh_pca(wh, cfg, name, info.dim, force=item_counts.written)
     return EncodeReport(
         model=name, dim=info.dim, pooling=info.pooling, items=item_counts, users=user_counts,
         pca_dim=cfg.pca_dim, pca_explained_variance=explained, pca_refit=refit,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, users_encoded=users,
     )
 
 
