@@ -27,6 +27,14 @@ def test_target_ranks_ignore_excluded_candidates():
     assert target_ranks(scores)[0] == 1.0
 
 
+def test_a_nan_target_is_a_miss_not_a_hit():
+    # A diverged model scores NaN: it must rank last (and score 0), never first (NDCG above 1).
+    scores = np.array([[np.nan, 0.1, 0.3], [np.nan, np.nan, np.nan], [0.9, np.nan, 0.1]])
+    ranks = target_ranks(scores)
+    assert ranks.tolist() == [3.0, 3.0, 0.0]
+    assert ndcg(ranks[:2], 3) == 0.0 and hit_rate(ranks[:2], 3) == 0.0  # after all 3 candidates
+
+
 def test_hit_rate_and_ndcg_hand_computed():
     ranks = np.array([0.0, 1.0, 9.0, 10.0, 2.5])
     assert hit_rate(ranks, 10) == pytest.approx(4 / 5)

@@ -82,6 +82,13 @@ def test_full_ranks_ties_count_half():
     assert ranks.item() == 3.0
 
 
+def test_full_ranks_of_nan_scores_are_misses():
+    users = torch.tensor([[float("nan")], [1.0]])
+    items = torch.tensor([[0.0], [2.0], [1.0], [3.0]])
+    ranks, _ = full_ranks(users, items, torch.tensor([1, 3]), k=2, item_chunk=2)
+    assert ranks.tolist() == [4.0, 0.0]
+
+
 def test_candidate_scores_is_a_gathered_dot_product():
     users = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     items = torch.tensor([[0.0, 0.0], [1.0, 1.0], [3.0, -1.0]])

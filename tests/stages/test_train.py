@@ -406,3 +406,28 @@ def test_exposure_calibration_takes_the_largest_penalty_within_the_tolerance():
     # The slots move off the popular item as the penalty grows.
     assert by_penalty[0.0]["avg_log_popularity10"] > by_penalty[0.2]["avg_log_popularity10"]
     assert validation.calibrate_exposure(_OneScore(n_items), log_counts, tolerance=1.0).penalty == max(EXPOSURE_PENALTIES)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_diverging_run_stops_and_keeps_the_best_finite_epoch(data_wh, monkeypatch):
+    from longtail.models.layers import SequentialRecommender
+
+    loss = SequentialRecommender.loss
+    steps_per_epoch = -(-N_USERS // TINY.batch_size)
+    calls = {"n": 0}
+
+    def nan_from_epoch_3(self, batch):
+        calls["n"] += 1
+        value = loss(self, batch)
+        return value * float("nan") if calls["n"] > 2 * steps_per_epoch else value
+
+    monkeypatch.setattr(SequentialRecommender, "loss", nan_from_epoch_3)
+    result = run_train(data_wh, "sasrec", dataclasses.replace(TINY, epochs=6, grad_clip=1e-6))
+    history = json.loads(open(os.path.join(result.path, "metrics.json")).read())["history"]
+    # Training stops in the epoch whose loss is NaN, keeping a validated finite model.
+    assert [h["epoch"] for h in history] == [1, 2, 3] and history[-1]["diverged"]
+    assert result.best_epoch in (1, 2) and 0 <= result.valid_ndcg10 <= 1
+    assert torch.isfinite(load_model_dir(result.path).item_vectors()).all()
+    # A clip norm this small clips every step.
+    assert [h["clipped_steps"] for h in history[:2]] == [steps_per_epoch, steps_per_epoch]

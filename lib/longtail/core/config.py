@@ -273,6 +273,9 @@ class TrainConfig:
     use_gpu: bool = False
     #: Validate every N epochs (NDCG@10 on the validation item).
     eval_every: Positive = 1
+    #: Largest L2 norm of the gradient per step (0: no clipping). Without it GRU4Rec with the sampled
+    #: softmax diverged to NaN after 17-22 epochs on Beauty; the history records the clipped steps.
+    grad_clip: NonNegativeFloat = 5.0
     #: After training, the serving-time popularity penalty (``score.popularity_penalty``) is chosen
     #: on the validation items under full ranking: the largest penalty of a fixed grid whose
     #: validation NDCG@10 stays within this relative tolerance of the unadjusted model's. It moves

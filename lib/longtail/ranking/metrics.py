@@ -20,7 +20,8 @@ def target_ranks(scores: np.ndarray, target_col: np.ndarray | int = 0) -> np.nda
         target_col: column of the target in each row (an int for all rows, or ``[B]``).
 
     Returns:
-        ``[B]`` float ranks (``.5`` where the target ties with an odd number of others).
+        ``[B]`` float ranks (``.5`` where the target ties with an odd number of others; ``C``
+        where the target's score is NaN).
     """
     scores = np.asarray(scores, dtype=np.float64)
     rows = np.arange(scores.shape[0])
@@ -28,7 +29,9 @@ def target_ranks(scores: np.ndarray, target_col: np.ndarray | int = 0) -> np.nda
     target = scores[rows, cols][:, None]
     greater = (scores > target).sum(axis=1)
     ties = (scores == target).sum(axis=1) - 1
-    return greater + ties / 2.0
+    # A NaN target (a diverged model) compares false with everything: count it as a miss, ranked
+    # after every candidate, never as a hit at rank 0.
+    return np.where(np.isnan(target[:, 0]), float(scores.shape[1]), greater + ties / 2.0)
 
 
 def hit_rate(ranks: np.ndarray, k: int) -> float:

@@ -127,7 +127,7 @@ def full_ranks(
         k: length of the returned top lists.
 
     Returns:
-        ``(ranks [B] float64, top_items [B, k])``.
+        ``(ranks [B] float64, top_items [B, k])``; a NaN target score ranks ``N`` (a miss).
     """
     b = user_vectors.shape[0]
     target_scores = (user_vectors * item_vectors[targets]).sum(dim=1)
@@ -156,7 +156,9 @@ def full_ranks(
     best_scores, pos = torch.topk(merged_scores, k, dim=1)
     best_items = torch.gather(merged_items, 1, pos)
     best_items = torch.where(torch.isneginf(best_scores), torch.zeros_like(best_items), best_items)
-    return greater + equal / 2.0, best_items
+    # A NaN target score (a diverged model) compares false with everything: a miss, not rank 0.
+    ranks = torch.where(torch.isnan(target_scores), torch.full_like(greater, float(n)), greater + equal / 2.0)
+    return ranks, best_items
 
 
 def candidate_scores(user_vectors: torch.Tensor, item_vectors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

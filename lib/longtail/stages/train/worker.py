@@ -116,9 +116,13 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
         rng = np.random.default_rng([seed, rank, epoch])
         torch.manual_seed(_mix(seed, rank, epoch))
         order = plan.order(rng.permutation(rows), data, per_rank, rng)
-        loss, seconds = _run_epoch(model, module, optimizer, data, plan, rng, order, steps, per_rank, device)
-        entry = {"epoch": epoch, "loss": loss, "seconds": seconds}
+        loss, seconds, clipped = _run_epoch(model, module, optimizer, data, plan, rng, order, steps, per_rank, device)
+        entry = {"epoch": epoch, "loss": loss, "seconds": seconds, "clipped_steps": clipped}
         history.append(entry)
+        if _diverged(loss, device, distributed):
+            _stop_diverged(entry, best, rank, validated=(epoch - 1) // eval_every > 0)
+            stopped_early = True
+            break
         if epoch % eval_every == 0 or epoch == epochs:
             stop = _validate(validation, best, module, entry, device, plan.validate) if rank == 0 else False
             if rank == 0:
@@ -243,8 +247,8 @@ class _EpochPlan:
 
 
 def _run_epoch(model, module, optimizer, data: RankData, plan: _EpochPlan, rng, order, steps: int, per_rank: int,
-               device) -> tuple[float, float]:
-    """One pass over this rank's rows in ``order``; returns ``(mean loss, seconds)``."""
+               device) -> tuple[float, float, int]:
+    """One pass over this rank's rows in ``order``; returns ``(mean loss, seconds, clipped steps)``."""
     import torch
 
     model.train()
@@ -252,6 +256,7 @@ def _run_epoch(model, module, optimizer, data: RankData, plan: _EpochPlan, rng, 
     started = time.perf_counter()
     teacher = plan.teacher_cache(module, device)
     hp = plan.hp
+    clip, clipped = float(hp["grad_clip"]), torch.zeros((), dtype=torch.long, device=device)
     for step in range(steps):
         ids = order[step * per_rank : (step + 1) * per_rank]
         batch = data.batch(ids, rng, plan.n_items, int(hp["max_len"]), plan.cloze, float(hp["bert_mask_prob"]),
@@ -262,11 +267,14 @@ def _run_epoch(model, module, optimizer, data: RankData, plan: _EpochPlan, rng, 
         optimizer.zero_grad(set_to_none=True)
         loss = model(batch)
         loss.backward()
+        if clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            clipped += norm > clip
         optimizer.step()
         total += loss.detach()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return float(total.item()) / max(steps, 1), time.perf_counter() - started
+    return float(total.item()) / max(steps, 1), time.perf_counter() - started, int(clipped)
 
 
 def _validate(validation: ValidationSet, best: _Best, module, entry: dict, device, select: str) -> bool:
@@ -288,6 +296,33 @@ def _validate(validation: ValidationSet, best: _Best, module, entry: dict, devic
         "".join(f"; {p} {v[0]:.4f}/{v[1]:.4f}" for p, v in figures.items() if p != select),
     )
     return best.update(entry["epoch"], ndcg, hr, module)
+
+
+def _diverged(loss: float, device, distributed: bool) -> bool:
+    """Whether any rank's epoch loss is not finite (the weights are lost to NaN/inf from here on)."""
+    bad = not math.isfinite(loss)
+    if not distributed:
+        return bad
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([int(bad)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _stop_diverged(entry: dict, best: _Best, rank: int, validated: bool) -> None:
+    """Stop training on a non-finite loss, keeping the best validated weights; every rank raises
+    alike when no epoch was validated yet (``validated``: the same on every rank)."""
+    entry["diverged"] = True
+    if not validated:
+        raise RuntimeError(
+            f"train: the training loss became {entry['loss']} in epoch {entry['epoch']}, before any validation; "
+            "lower train.lr or set train.grad_clip"
+        )
+    if rank == 0:
+        log.warning("epoch %d: the training loss is %s; training stops, the best epoch (%d) is kept",
+                    entry["epoch"], entry["loss"], best.epoch)
 
 
 def _agree(stop: bool, device, distributed: bool) -> bool:
