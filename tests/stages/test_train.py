@@ -410,24 +410,28 @@ def test_exposure_calibration_takes_the_largest_penalty_within_the_tolerance():
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_a_diverging_run_stops_and_keeps_the_best_finite_epoch(data_wh, monkeypatch):
+def test_non_finite_steps_are_skipped_and_a_diverged_run_keeps_its_best_epoch(data_wh, monkeypatch):
     from longtail.models.layers import SequentialRecommender
 
     loss = SequentialRecommender.loss
-    steps_per_epoch = -(-N_USERS // TINY.batch_size)
+    steps = -(-N_USERS // TINY.batch_size)
     calls = {"n": 0}
 
-    def nan_from_epoch_3(self, batch):
+    def nan_steps(self, batch):
+        # One NaN step in epoch 2, then NaN at every step from epoch 4 on.
         calls["n"] += 1
         value = loss(self, batch)
-        return value * float("nan") if calls["n"] > 2 * steps_per_epoch else value
+        return value * float("nan") if calls["n"] == steps + 1 or calls["n"] > 3 * steps else value
 
-    monkeypatch.setattr(SequentialRecommender, "loss", nan_from_epoch_3)
+    monkeypatch.setattr(SequentialRecommender, "loss", nan_steps)
     result = run_train(data_wh, "sasrec", dataclasses.replace(TINY, epochs=6, grad_clip=1e-6))
     history = json.loads(open(os.path.join(result.path, "metrics.json")).read())["history"]
-    # Training stops in the epoch whose loss is NaN, keeping a validated finite model.
-    assert [h["epoch"] for h in history] == [1, 2, 3] and history[-1]["diverged"]
-    assert result.best_epoch in (1, 2) and 0 <= result.valid_ndcg10 <= 1
+    assert [h["skipped_steps"] for h in history] == [0, 1, 0, steps]
+    # The lone NaN step is skipped and training goes on; an epoch with no finite step stops it,
+    # keeping a validated finite model.
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and history[-1]["diverged"]
+    assert all(np.isfinite(h["loss"]) for h in history[:3]) and "diverged" not in history[2]
+    assert result.best_epoch in (1, 2, 3) and 0 <= result.valid_ndcg10 <= 1
     assert torch.isfinite(load_model_dir(result.path).item_vectors()).all()
-    # A clip norm this small clips every step.
-    assert [h["clipped_steps"] for h in history[:2]] == [steps_per_epoch, steps_per_epoch]
+    # A clip norm this small clips every step that is taken.
+    assert [h["clipped_steps"] for h in history[:3]] == [steps, steps - 1, steps]

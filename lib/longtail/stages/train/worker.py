@@ -116,8 +116,10 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
         rng = np.random.default_rng([seed, rank, epoch])
         torch.manual_seed(_mix(seed, rank, epoch))
         order = plan.order(rng.permutation(rows), data, per_rank, rng)
-        loss, seconds, clipped = _run_epoch(model, module, optimizer, data, plan, rng, order, steps, per_rank, device)
-        entry = {"epoch": epoch, "loss": loss, "seconds": seconds, "clipped_steps": clipped}
+        loss, seconds, clipped, skipped = _run_epoch(
+            model, module, optimizer, data, plan, rng, order, steps, per_rank, device
+        )
+        entry = {"epoch": epoch, "loss": loss, "seconds": seconds, "clipped_steps": clipped, "skipped_steps": skipped}
         history.append(entry)
         if _diverged(loss, device, distributed):
             _stop_diverged(entry, best, rank, validated=(epoch - 1) // eval_every > 0)
@@ -247,8 +249,9 @@ class _EpochPlan:
 
 
 def _run_epoch(model, module, optimizer, data: RankData, plan: _EpochPlan, rng, order, steps: int, per_rank: int,
-               device) -> tuple[float, float, int]:
-    """One pass over this rank's rows in ``order``; returns ``(mean loss, seconds, clipped steps)``."""
+               device) -> tuple[float, float, int, int]:
+    """One pass over this rank's rows in ``order``; returns ``(mean loss of the finite steps, seconds,
+    clipped steps, skipped steps)``; a step whose gradient is not finite is skipped."""
     import torch
 
     model.train()
@@ -256,7 +259,7 @@ def _run_epoch(model, module, optimizer, data: RankData, plan: _EpochPlan, rng, 
     started = time.perf_counter()
     teacher = plan.teacher_cache(module, device)
     hp = plan.hp
-    clip, clipped = float(hp["grad_clip"]), torch.zeros((), dtype=torch.long, device=device)
+    clip, clipped, skipped, counted = float(hp["grad_clip"]), 0, 0, 0
     for step in range(steps):
         ids = order[step * per_rank : (step + 1) * per_rank]
         batch = data.batch(ids, rng, plan.n_items, int(hp["max_len"]), plan.cloze, float(hp["bert_mask_prob"]),
@@ -267,14 +270,23 @@ def _run_epoch(model, module, optimizer, data: RankData, plan: _EpochPlan, rng, 
         optimizer.zero_grad(set_to_none=True)
         loss = model(batch)
         loss.backward()
-        if clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            clipped += norm > clip
+        # The gradient norm is the same on every rank (DDP all-reduced it), so every rank skips a
+        # step with a non-finite gradient alike; one such step would otherwise turn every weight NaN.
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else float("inf"))
+        if not bool(torch.isfinite(norm)):
+            skipped += 1
+            continue
+        clipped += bool(clip > 0 and norm > clip)
         optimizer.step()
-        total += loss.detach()
+        if bool(torch.isfinite(loss)):
+            total += loss.detach()
+            counted += 1
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return float(total.item()) / max(steps, 1), time.perf_counter() - started, int(clipped)
+    if skipped:
+        log.warning("%d of %d steps had a non-finite gradient and were skipped", skipped, steps)
+    mean = float(total.item()) / counted if counted else float("nan")  # no finite step at all: diverged
+    return mean, time.perf_counter() - started, clipped, skipped
 
 
 def _validate(validation: ValidationSet, best: _Best, module, entry: dict, device, select: str) -> bool:
