@@ -167,6 +167,17 @@ def test_exactly_k_unseen_rows_per_user_new_items_fallbacks_and_run_row(wh):
     assert runs.loc[0, "diversity"] == pytest.approx(report.diversity)
 
 
+def test_touched_item_ids_map_to_catalogue_idxs_in_the_workers():
+    # The exclusions of model users are read as item ids and mapped on the executors: ids
+    # outside the catalogue (and padding) drop out, an id listed twice excludes both idxs.
+    from longtail.stages.score import _catalogue_idxs, _idxs_by_id
+
+    idx_of = _idxs_by_id(["", "i1", "", "i3", "i1"])
+    assert set(idx_of) == {"i1", "i3"}
+    assert sorted(_catalogue_idxs(["i3", "gone", "i1"], idx_of)) == [1, 3, 4]
+    assert _catalogue_idxs(None, idx_of).size == 0 and _catalogue_idxs([], idx_of).dtype == "int64"
+
+
 def test_plain_backbone_cannot_place_text_only_items(inputs):
     from longtail.inference import ModelScorer, load_catalogue
 
