@@ -145,7 +145,8 @@ def test_single_run_saves_registers_and_reloads_identically(data_wh, prepared):
     # The serving popularity penalty was chosen on validation, by the tolerance rule, and saved.
     calibration = json.loads(open(os.path.join(result.path, "metrics.json")).read())["exposure_calibration"]
     floor = (1 - TINY.exposure_tolerance) * calibration["grid"][0]["ndcg10"]
-    assert config["popularity_penalty"] == calibration["penalty"] == max(
+    assert f"popularity penalty {result.popularity_penalty:g}" in str(result)
+    assert result.popularity_penalty == config["popularity_penalty"] == calibration["penalty"] == max(
         g["penalty"] for g in calibration["grid"] if g["ndcg10"] >= floor
     )
     registered = data_wh.read(S.MODELS).filter("model = 'sasrec'").collect()
