@@ -70,6 +70,19 @@ class ValidationSet:
 
         if self.n == 0:
             return {p: (0.0, 0.0) for p in protocols}
+        users, items = self._vectors(module, device)
+        with torch.no_grad():
+            ranks = {}
+            if "sampled" in protocols:
+                ranks["sampled"] = self._sampled_ranks(users, items)
+            if "full" in protocols:
+                ranks["full"] = self._full_ranks(users.cpu(), items.cpu(), k, user_chunk, item_chunk)
+        return {p: (ndcg(r, k), hit_rate(r, k)) for p, r in ranks.items()}
+
+    def _vectors(self, module, device):
+        """``(user vectors of the validation users, item vectors)`` in eval mode, float32."""
+        import torch
+
         was_training = module.training
         module.eval()
         try:
@@ -78,14 +91,9 @@ class ValidationSet:
                 users = encode_histories(
                     module, self.users.train_values, self.users.train_offsets, self.rows, self.max_len, device=device
                 ).float()
-                ranks = {}
-                if "sampled" in protocols:
-                    ranks["sampled"] = self._sampled_ranks(users, items)
-                if "full" in protocols:
-                    ranks["full"] = self._full_ranks(users.cpu(), items.cpu(), k, user_chunk, item_chunk)
         finally:
             module.train(was_training)
-        return {p: (ndcg(r, k), hit_rate(r, k)) for p, r in ranks.items()}
+        return users, items
 
     def _sampled_ranks(self, users, items) -> np.ndarray:
         import torch
@@ -114,16 +122,7 @@ class ValidationSet:
 
         if self.n == 0:
             return ExposureCalibration(0.0, tolerance, [])
-        was_training = module.training
-        module.eval()
-        try:
-            with torch.no_grad():
-                items = module.item_vectors().float().cpu()
-                users = encode_histories(
-                    module, self.users.train_values, self.users.train_offsets, self.rows, self.max_len, device=device
-                ).float().cpu()
-        finally:
-            module.train(was_training)
+        users, items = (v.cpu() for v in self._vectors(module, device))
         pop = torch.as_tensor(np.asarray(log_counts, dtype=np.float32))[: items.shape[0], None]
         items = torch.cat([items, -pop], dim=1)
         grid = []
