@@ -25,12 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", nargs="+", help="model folders (<warehouse>/_models/<name>/<version>)")
     args = parser.parse_args(argv)
 
-    import numpy as np
-
     from longtail.core.config import TrainConfig, load_config
     from longtail.core.session import build_spark
     from longtail.core.tables import Warehouse
     from longtail.inference.store import load_model_dir
+    from longtail.ranking.topk import log_popularity
     from longtail.stages.train.data import UserTable, load_popularity
     from longtail.stages.train.prepare import prepare_training_data
     from longtail.stages.train.validation import ValidationSet
@@ -41,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as run_dir:
         prepare_training_data(wh, "sasrec", TrainConfig(exposure_tolerance=args.tolerance), run_dir, 1, 1)
         users = UserTable.load(f"{run_dir}/users")
-        log_counts = np.log1p(load_popularity(run_dir).astype(np.float64))
-        item_ids = json.load(open(f"{run_dir}/item_ids.json"))
+        log_counts = log_popularity(load_popularity(run_dir))
+        with open(f"{run_dir}/item_ids.json") as f:
+            item_ids = json.load(f)
         for path in args.models:
             model = load_model_dir(path)
             if model.item_ids != item_ids:

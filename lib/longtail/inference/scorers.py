@@ -30,6 +30,7 @@ from longtail.inference.items import ItemIndex
 from longtail.models.histories import compact_left
 from longtail.ranking.topk import (
     catalogue_moments,
+    log_popularity,
     zscore_blend_items,
     zscore_blend_users,
 )
@@ -282,8 +283,7 @@ class ScorerFactory:
         if not penalty:
             return scorer
         # Training popularity (item_stats), the counts the penalty was chosen with at training.
-        log_counts = np.log1p(cat.popularity.astype(np.float64)).astype(np.float32)
-        return PopularityAdjusted(scorer, penalty, log_counts, name=scorer.name, version=scorer.version)
+        return PopularityAdjusted(scorer, penalty, log_popularity(cat.popularity), name=scorer.name, version=scorer.version)
 
     def _baseline(self, name: str) -> Scorer:
         cat = self.catalogue

@@ -161,6 +161,14 @@ def full_ranks(
     return ranks, best_items
 
 
+def log_popularity(counts: np.ndarray) -> np.ndarray:
+    """``ln(1 + count)`` per item, float32: what the serving popularity penalty multiplies.
+
+    One definition for the penalty's choice at training and its use at serving, which must agree.
+    """
+    return np.log1p(np.asarray(counts, dtype=np.float64)).astype(np.float32)
+
+
 def candidate_scores(user_vectors: torch.Tensor, item_vectors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """Scores of given candidates per user: ``[B, D] x [N, D] x [B, C] idxs -> [B, C]``."""
     return torch.einsum("bd,bcd->bc", user_vectors, item_vectors[candidates])

@@ -113,7 +113,8 @@ class ValidationSet:
 
         Args:
             module: the trained model (its best weights); log_counts: ``[n_items + 1]``
-                ``log(1 + training count)`` per item idx; tolerance: relative NDCG@k given up at most.
+                :func:`~longtail.ranking.topk.log_popularity` of the training counts per item idx;
+                tolerance: relative NDCG@k given up at most.
 
         Returns:
             :class:`ExposureCalibration` (penalty 0 when no penalty keeps the tolerance, or no users).

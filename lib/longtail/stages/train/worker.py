@@ -20,6 +20,7 @@ from longtail.core.files import read_bytes
 from longtail.core.progress import write_progress
 from longtail.inference.store import save_model_dir
 from longtail.models.histories import pad_left
+from longtail.ranking.topk import log_popularity
 from longtail.stages.train.data import NegativeSampler, RankData, UserTable, bucketed_order, load_popularity
 from longtail.stages.train.validation import ExposureCalibration, ValidationSet
 
@@ -385,8 +386,7 @@ def _calibrate_exposure(params: dict, module, validation: ValidationSet, device)
     if tolerance <= 0:
         return None
     started = time.perf_counter()
-    log_counts = np.log1p(load_popularity(params["run_dir"]).astype(np.float64))
-    exposure = validation.calibrate_exposure(module, log_counts, tolerance, device)
+    exposure = validation.calibrate_exposure(module, log_popularity(load_popularity(params["run_dir"])), tolerance, device)
     log.info(
         "popularity penalty %.2f chosen on validation (NDCG@10 within %.1f%%): %s; %.1fs",
         exposure.penalty, 100 * tolerance,
