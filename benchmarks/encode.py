@@ -12,7 +12,18 @@
    warehouse (or ``--warehouse DIR`` that has the inputs), ``run_encode`` (all 12,101 items and
    22,363 users, PCA), a rerun with nothing changed, a rerun after changing ``--changed`` titles.
 
+3. ``--options --warehouse W`` (W after ``sequences`` and ``encode``): the CPU options side by
+   side, in one process with the same torch threads, against the float32 path measured before and
+   after (averaged): bfloat16 (``encode.precision``), larger batches, int8 dynamic quantisation of
+   the Linear layers (torch.ao, per channel; measured here only), a shorter user text
+   (``max_tokens`` 64 for users), and a user vector built from the user's item vectors (the mean
+   of the stored embeddings of the same recent items the user text names) instead of a second
+   pass through the encoder. Each prints items/s and users/s, the ratio to float32, the mean
+   cosine of its embeddings to the float32 ones, and recall@10 of the similar users it finds
+   among the sampled users against the float32 similar users.
+
     python benchmarks/encode.py [--sample N] [--full] [--keep DIR] [--set encode.KEY=VALUE ...]
+    python benchmarks/encode.py --options --warehouse W [--sample N] [--users N] [--threads T]
 """
 from __future__ import annotations
 
@@ -84,7 +95,8 @@ def udf_run(spark, texts: list[str], enc_cfg) -> tuple[float, float]:
 
     info = encoders.read_model_info(encoders.resolve_model_path(enc_cfg.model), enc_cfg.pooling)
     spec = encoders.EncodeSpec(path=info.path, pooling=info.pooling, normalize=enc_cfg.normalize,
-                               batch_size=enc_cfg.batch_size, max_tokens=enc_cfg.max_tokens, device=enc_cfg.device)
+                               batch_size=enc_cfg.batch_size, max_tokens=enc_cfg.max_tokens, device=enc_cfg.device,
+                               precision=enc_cfg.precision)
     slots = spark.sparkContext.defaultParallelism
     df = spark.createDataFrame([(t,) for t in texts], "text string").repartition(slots).localCheckpoint()
     out = df.sortWithinPartitions(F.length("text")).select(encoders.embed_texts_udf(spec)("text").alias("e"))
@@ -103,7 +115,7 @@ def baselines(texts: list[str], enc_cfg, one_by_one: int) -> dict[str, tuple[flo
     # barrier stalls when other work shares the cores.
     torch.set_num_threads(1)
     path = encoders.resolve_model_path(enc_cfg.model)
-    enc = encoders.get_encoder(path, "cpu")
+    enc = encoders.get_encoder(path, "cpu", encoders.dtype_for("cpu", enc_cfg.precision))
     tok, model = enc.tokenizer, enc.model
 
     def timed(name, count, fn):
@@ -156,6 +168,119 @@ def ratio(spark, cfg, data: Path, n: int, one_by_one: int) -> None:
               f"   UDF / baseline: {udf_cpu / cpu:5.2f}x per CPU-second, {udf_wall / (wall * slots):5.2f}x wall")
 
 
+def option_inputs(spark, wh, cfg, n_items: int, n_users: int):
+    """``(item texts, user texts, recent item ids per user)``: ``n_items`` random item texts and
+    ``n_users`` users (a fixed hash order) with their texts built by the stage's own code."""
+    from longtail.core import schemas
+    from longtail.stages.encode import item_texts, user_texts
+    from pyspark.sql import functions as F
+
+    items = wh.read(schemas.ITEMS)
+    texts = [r["text"] for r in item_texts(items, cfg.encode.item_template).orderBy(F.xxhash64("item_id"))
+             .limit(n_items).collect() if r["text"]]
+    seqs = wh.read(schemas.USER_SEQUENCES).orderBy(F.xxhash64("user_id")).limit(n_users)
+    users = user_texts(seqs, wh.read(schemas.ITEM_STATS), items, cfg.encode)
+    n = cfg.encode.user_history_items
+    recent = (seqs.select("user_id", F.slice("train_item_idxs", -n, n).alias("recent"))
+              .select("user_id", F.posexplode("recent").alias("pos", "item_idx"))
+              .join(wh.read(schemas.ITEM_STATS).select("item_idx", "item_id"), "item_idx")
+              .groupBy("user_id").agg(F.collect_list("item_id").alias("recent")))
+    rows = users.join(recent, "user_id", "left").orderBy("user_id").collect()
+    return texts, [r["text"] for r in rows], [list(r["recent"] or []) for r in rows]
+
+
+def similar_recall(reference, candidate, k: int = 10) -> float:
+    """Mean share of each user's top-``k`` cosine neighbours under ``reference`` (itself excluded)
+    that ``candidate`` also ranks in its top ``k``."""
+    import numpy as np
+
+    def top(x):
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        sims = x @ x.T
+        np.fill_diagonal(sims, -np.inf)
+        return np.argsort(-sims, axis=1)[:, :k]
+
+    a, b = top(reference), top(candidate)
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
+
+
+def mean_cosine(a, b) -> float:
+    import numpy as np
+
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    keep = (na > 0) & (nb > 0)
+    return float(np.mean((a[keep] * b[keep]).sum(1) / (na[keep] * nb[keep])))
+
+
+def quantized_int8(model):
+    """``model`` with its Linear layers dynamically quantised to int8 (per-channel weights)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's quantised tensor types carry a deprecation notice
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig})
+
+
+def options_study(spark, wh, cfg, n_items: int, n_users: int, threads: int) -> None:
+    """The CPU encoding options side by side (module docstring, point 3)."""
+    import numpy as np
+    import torch
+    from longtail.encoders import text as encoders
+
+    torch.set_num_threads(threads)
+    e = cfg.encode
+    items, users, recent = option_inputs(spark, wh, cfg, n_items, n_users)
+    path = encoders.resolve_model_path(e.model)
+    fp32, bf16 = encoders.get_encoder(path, "cpu", "float32"), encoders.get_encoder(path, "cpu", "bfloat16")
+    int8 = encoders.TextEncoder(str(path), "cpu", "float32")
+    int8.model = quantized_int8(int8.model)
+
+    def timed(fn, texts):
+        start = time.perf_counter()
+        out = fn(texts)
+        return out, len(texts) / (time.perf_counter() - start)
+
+    def run(enc, user_tokens=e.max_tokens, batch=e.batch_size):
+        item_vecs, item_rate = timed(lambda t: enc.encode(t, batch, e.max_tokens), items)
+        user_vecs, user_rate = timed(lambda t: enc.encode(t, batch, user_tokens, truncate_left=True), users)
+        return item_vecs, item_rate, user_vecs, user_rate
+
+    before = run(fp32)
+    options = {"bfloat16": run(bf16), "bfloat16, batch 128": run(bf16, batch=128),
+               "bfloat16, user text 64 tokens": run(bf16, 64), "float32, batch 128": run(fp32, batch=128),
+               "int8 dynamic (per channel)": run(int8), "float32, user text 64 tokens": run(fp32, 64)}
+    after = run(fp32)
+    ref_items, ref_users = before[0], before[2]
+    item_rate, user_rate = (before[1] + after[1]) / 2, (before[3] + after[3]) / 2
+
+    # A user vector from item vectors: the mean of the float32 embeddings of the recent items.
+    start = time.perf_counter()
+    item_ids = sorted({i for r in recent for i in r})
+    from longtail.core import schemas
+    from pyspark.sql import functions as F
+
+    emb = {r["item_id"]: np.asarray(r["embedding"], dtype=np.float32) for r in
+           wh.read(schemas.ITEM_EMBEDDINGS).where(F.col("item_id").isin(item_ids)).collect()}
+    pooled = np.stack([np.mean([emb[i] for i in r if i in emb], axis=0) if any(i in emb for i in r)
+                       else np.zeros(ref_users.shape[1], dtype=np.float32) for r in recent])
+    pooled_rate = len(recent) / (time.perf_counter() - start)
+    options["user from item vectors (item_embeddings)"] = (ref_items, None, pooled, pooled_rate)
+
+    print(f"{len(items)} item texts, {len(users)} user texts, {threads} torch threads, batch {e.batch_size}, "
+          f"max_tokens {e.max_tokens}; float32: {item_rate:.1f} items/s, {user_rate:.1f} users/s "
+          f"(before {before[1]:.1f}/{before[3]:.1f}, after {after[1]:.1f}/{after[3]:.1f})")
+    print(f"{'option':44s} {'items/s':>8s} {'ratio':>6s} {'users/s':>9s} {'ratio':>7s} {'item cos':>9s} "
+          f"{'user cos':>9s} {'similar-user recall@10':>23s}")
+    for name, (iv, ir, uv, ur) in options.items():
+        irs = f"{ir:8.1f} {ir / item_rate:5.2f}x" if ir else f"{'-':>8s} {'-':>6s}"
+        print(f"{name:44s} {irs} {ur:9.1f} {ur / user_rate:6.2f}x {mean_cosine(iv, ref_items):9.4f} "
+              f"{mean_cosine(uv, ref_users):9.4f} {similar_recall(ref_users, uv):23.3f}")
+
+
 def full_run(spark, wh, cfg, args) -> None:
     from longtail.core import schemas
     from longtail.stages.encode import run_encode
@@ -193,8 +318,13 @@ def main() -> None:
     parser.add_argument("--warehouse", help="(--full) use this prepared warehouse instead of a temporary one")
     parser.add_argument("--keep", help="(--full) copy the temporary warehouse here (for benchmarks/neighbors.py)")
     parser.add_argument("--changed", type=int, default=10, help="(--full) titles changed before the last rerun")
+    parser.add_argument("--options", action="store_true", help="the CPU options side by side (needs --warehouse)")
+    parser.add_argument("--users", type=int, default=1000, help="(--options) sampled users")
+    parser.add_argument("--threads", type=int, default=2, help="(--options) torch threads")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
+    if args.options and not args.warehouse:
+        parser.error("--options needs --warehouse W (a warehouse after sequences and encode)")
 
     from longtail.core.config import load_config
     from longtail.core.session import build_spark
@@ -208,6 +338,10 @@ def main() -> None:
     cfg = load_config(None, [f"warehouse={root}", *args.overrides])
     spark = build_spark(cfg.spark)
     try:
+        if args.options:
+            options_study(spark, Warehouse(spark, cfg.warehouse, engine=cfg.delta.engine), cfg, args.sample,
+                          args.users, args.threads)
+            return
         ratio(spark, cfg, args.data, args.sample, args.one_by_one)
         if args.full:
             full_run(spark, Warehouse(spark, cfg.warehouse, engine=cfg.delta.engine), cfg, args)

@@ -91,7 +91,7 @@ def test_override_without_equals_is_an_error():
 def test_replace_returns_a_new_validated_config():
     cfg = Config()
     other = cfg.replace(**{"train.epochs": 4})
-    assert other.train.epochs == 4 and cfg.train.epochs == 200
+    assert other.train.epochs == 4 and cfg.train.epochs == 100
     with pytest.raises(ConfigError):
         cfg.replace(**{"train.nope": 1})
 

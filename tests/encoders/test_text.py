@@ -128,7 +128,7 @@ def test_gather_keeps_order_and_bounds_chunks():
 
 @pytest.mark.slow
 def test_batched_sorted_encoding_equals_plain_transformers(minilm_path, direct):
-    enc = encoders.get_encoder(minilm_path, "cpu")
+    enc = encoders.get_encoder(minilm_path, "cpu", "float32")
     got = enc.encode(TEXTS, batch_size=3, max_tokens=128)
     want = np.stack([direct(t) for t in TEXTS])
     assert got.dtype == np.float32 and got.shape == (len(TEXTS), 384)
@@ -138,7 +138,7 @@ def test_batched_sorted_encoding_equals_plain_transformers(minilm_path, direct):
 
 @pytest.mark.slow
 def test_empty_text_gives_zero_vector_and_long_text_is_truncated(minilm_path, direct):
-    enc = encoders.get_encoder(minilm_path, "cpu")
+    enc = encoders.get_encoder(minilm_path, "cpu", "float32")
     long_text = " ".join(f"word{i}" for i in range(2000))
     got = enc.encode(["", "   ", None, long_text], batch_size=2, max_tokens=16)
     assert not got[:3].any()
@@ -152,9 +152,10 @@ def test_empty_text_gives_zero_vector_and_long_text_is_truncated(minilm_path, di
 @pytest.mark.slow
 def test_model_is_cached_per_path_device_and_dtype(minilm_path):
     encoders.clear_cache()
-    a = encoders.get_encoder(minilm_path, "cpu")
+    a = encoders.get_encoder(minilm_path, "cpu", "float32")
     b = encoders.get_encoder(str(minilm_path), "cpu", "float32")
     assert a is b and len(encoders._CACHE) == 1
+    assert encoders.get_encoder(minilm_path, "cpu", "bfloat16") is not a and len(encoders._CACHE) == 2
 
 
 def test_device_choice_outside_spark_tasks():
@@ -169,7 +170,28 @@ def test_device_choice_outside_spark_tasks():
         assert encoders.task_device("auto") == "cpu"
         with pytest.raises(EnvironmentProblem, match="encode.device cuda"):
             encoders.task_device("cuda")
+    assert encoders.dtype_for("cpu") == ("bfloat16" if encoders.cpu_has_bf16_units() else "float32")
+
+
+def test_precision_auto_picks_bfloat16_only_on_cpus_with_bfloat16_units(monkeypatch):
+    monkeypatch.setattr(encoders, "cpu_has_bf16_units", lambda: True)
+    assert encoders.dtype_for("cpu") == "bfloat16" and encoders.dtype_for("cuda:1") == "float16"
+    monkeypatch.setattr(encoders, "cpu_has_bf16_units", lambda: False)
     assert encoders.dtype_for("cpu") == "float32"
+    assert encoders.dtype_for("cpu", "bfloat16") == "bfloat16" and encoders.dtype_for("cuda:0", "float32") == "float32"
+    with pytest.raises(ConfigError, match="encode.precision 'int8'"):
+        encoders.dtype_for("cpu", "int8")
+
+
+@pytest.mark.slow
+def test_bfloat16_embeddings_agree_with_float32(minilm_path):
+    fp32 = encoders.get_encoder(minilm_path, "cpu", "float32").encode(TEXTS)
+    bf16_enc = encoders.get_encoder(minilm_path, "cpu", "bfloat16")
+    bf16 = bf16_enc.encode(TEXTS)
+    assert bf16.dtype == np.float32 and next(bf16_enc.model.parameters()).dtype.is_floating_point
+    assert str(next(bf16_enc.model.parameters()).dtype) == "torch.bfloat16"
+    cosine = (fp32 * bf16).sum(1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(bf16, axis=1))
+    assert cosine.min() > 0.999 and np.abs(fp32 - bf16).max() > 1e-6  # really computed in bfloat16
 
 
 @pytest.mark.gpu
@@ -179,7 +201,7 @@ def test_half_precision_gpu_encoding_matches_cpu(minilm_path):
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine")
-    cpu = encoders.get_encoder(minilm_path, "cpu").encode(TEXTS)
+    cpu = encoders.get_encoder(minilm_path, "cpu", "float32").encode(TEXTS)
     gpu_enc = encoders.get_encoder(minilm_path, "cuda:0")
     assert gpu_enc.dtype == "float16"
     gpu = gpu_enc.encode(TEXTS)

@@ -384,7 +384,7 @@ class _OneScore(torch.nn.Module):
         return torch.ones((seqs.shape[0], 1))
 
 
-def test_exposure_calibration_takes_the_largest_penalty_within_the_tolerance():
+def test_exposure_calibration_takes_the_largest_penalty_within_the_tolerance_and_stops_below_it():
     from longtail.stages.train.validation import EXPOSURE_PENALTIES
 
     n_items, n_users = 20, 6
@@ -404,6 +404,8 @@ def test_exposure_calibration_takes_the_largest_penalty_within_the_tolerance():
     assert strict.penalty == 0.1
     by_penalty = {g["penalty"]: g for g in strict.grid}
     assert by_penalty[0.0]["ndcg10"] == 1.0 and by_penalty[0.2]["ndcg10"] == 0.0
+    # The scan stopped at the first penalty below the floor: the larger ones were not ranked.
+    assert [g["penalty"] for g in strict.grid] == [0.0, 0.1, 0.2]
     # The slots move off the popular item as the penalty grows.
     assert by_penalty[0.0]["avg_log_popularity10"] > by_penalty[0.2]["avg_log_popularity10"]
     assert validation.calibrate_exposure(_OneScore(n_items), log_counts, tolerance=1.0).penalty == max(EXPOSURE_PENALTIES)

@@ -228,9 +228,33 @@ def task_cpus() -> int | None:
     return int(ctx.cpus()) if ctx is not None else None
 
 
-def dtype_for(device: str) -> str:
-    """Half precision on GPUs, float32 on CPU (CPU half precision is slow and inexact)."""
-    return "float16" if device.startswith("cuda") else "float32"
+#: ``encode.precision`` values.
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def dtype_for(device: str, precision: str = "auto") -> str:
+    """The model dtype for ``device``: ``precision`` itself, or with ``auto`` half precision on
+    GPUs, bfloat16 on CPUs that multiply bfloat16 matrices natively (:func:`cpu_has_bf16_units`)
+    and float32 on other CPUs (where bfloat16 is emulated and slower than float32).
+
+    Raises:
+        ConfigError: ``precision`` is not one of :data:`PRECISIONS`.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"encode.precision {precision!r}: not one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "float16"
+    return "bfloat16" if cpu_has_bf16_units() else "float32"
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (Intel AMX tiles or AVX512-BF16)."""
+    import torch
+
+    checks = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    return any(check is not None and bool(check()) for check in checks)
 
 
 # --------------------------------------------------------------------------- the encoder
@@ -403,13 +427,15 @@ class EncodeSpec:
     truncate_left: bool = False
     #: Texts gathered before sorting by token length (bounds memory per task).
     sort_window: int = 8192
+    #: ``encode.precision`` (:func:`dtype_for` resolves it on the task's device).
+    precision: str = "auto"
 
 
 def embed_texts_udf(spec: EncodeSpec):
     """An iterator pandas UDF ``text -> array<float>`` running the model inside Spark tasks.
 
-    Per task: picks the device (the task's GPU, half precision; else CPU with torch threads =
-    the task's cores), fetches the per-worker cached model, gathers up to ``sort_window``
+    Per task: picks the device and dtype (the task's GPU, half precision; else CPU with torch
+    threads = the task's cores, bfloat16 where the CPU has bfloat16 units: :func:`dtype_for`), fetches the per-worker cached model, gathers up to ``sort_window``
     texts, sorts them by token length, pads per batch, and returns embeddings in input order.
     Empty or null texts give zero vectors.
     """
@@ -419,7 +445,7 @@ def embed_texts_udf(spec: EncodeSpec):
     # Plain values only: the closure must not drag the module (and its cache) along.
     path, pooling, normalize = spec.path, spec.pooling, spec.normalize
     batch_size, max_tokens, device = spec.batch_size, spec.max_tokens, spec.device
-    truncate_left, window = spec.truncate_left, spec.sort_window
+    truncate_left, window, precision = spec.truncate_left, spec.sort_window, spec.precision
 
     def embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
         from longtail.encoders import text as enc
@@ -427,7 +453,7 @@ def embed_texts_udf(spec: EncodeSpec):
         encoder = None
         for chunk in enc.gather(batches, window):
             if encoder is None:
-                encoder = enc.encoder_for_task(path, device)
+                encoder = enc.encoder_for_task(path, device, precision)
             vecs = encoder.encode(
                 chunk.tolist(), batch_size=batch_size, max_tokens=max_tokens,
                 pooling=pooling, normalize=normalize, truncate_left=truncate_left,
@@ -437,7 +463,7 @@ def embed_texts_udf(spec: EncodeSpec):
     return pandas_udf(embed, ArrayType(FloatType()))
 
 
-def encoder_for_task(path: str, device: str = "auto") -> TextEncoder:
+def encoder_for_task(path: str, device: str = "auto", precision: str = "auto") -> TextEncoder:
     """The cached encoder for the running task's device; sets torch threads on CPU."""
     dev = task_device(device)
     if dev == "cpu":
@@ -447,7 +473,7 @@ def encoder_for_task(path: str, device: str = "auto") -> TextEncoder:
 
             # Each task owns spark.task.cpus cores; more threads would oversubscribe them.
             torch.set_num_threads(cpus)
-    return get_encoder(path, dev, dtype_for(dev))
+    return get_encoder(path, dev, dtype_for(dev, precision))
 
 
 def gather(batches: Iterator[pd.Series], window: int) -> Iterator[pd.Series]:
