@@ -135,7 +135,10 @@ def main() -> None:
     counts = _counts(warehouse)
     print(f"{'stage':<22}{'seconds':>9}{'rows/s':>11}{'driver MiB':>12}{'worker MiB':>12}  summary")
     for s in stages:
-        rows = sum(counts.get(part, 0) for part in ROWS.get(s["stage"], "").split("+"))
+        parts = ROWS.get(s["stage"], "").split("+")
+        if s["stage"] == "encode" and "users not encoded" in s["line"]:
+            parts = ["items"]  # `run` skips the user texts when the model reads no similar users
+        rows = sum(counts.get(part, 0) for part in parts)
         rate = f"{rows / s['seconds']:,.0f}" if rows and s["seconds"] else "-"
         mem = s["memory"]
         print(f"{s['stage']:<22}{s['seconds'] or 0:>9.1f}{rate:>11}{mem['driver'] / 2**20:>12,.0f}"

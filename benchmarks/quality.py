@@ -26,6 +26,12 @@ def _lines(path: str, tags: list[str] | None) -> list[dict]:
     return [r for r in rows if any(t in r["tag"] for t in tags)] if tags else rows
 
 
+def _adjustment(report: dict) -> str:
+    """The exposure adjustment a report was ranked with: ``hubness 0.3``, ``popularity 0.1`` or ``0``."""
+    adj = report.get("exposure_adjustment") or {"kind": "popularity", "penalty": report.get("popularity_penalty", 0.0)}
+    return f"{adj['kind']} {adj['penalty']:g}" if adj["penalty"] else "0"
+
+
 def _summary(path: str, tags: list[str] | None) -> None:
     rows = _lines(path, tags)
     head = (f"{'tag':42s} {'best':>4s}/{'run':>3s} {'s/ep':>5s} {'vFullN':>7s} {'vSampN':>7s} | "
@@ -65,7 +71,7 @@ def _markdown(path: str, tags: list[str] | None) -> None:
     """The lines of ``path`` as the markdown table of benchmarks/README.md."""
     rows = _lines(path, tags)
     print("| run | model | settings (loss; others where not the default) | full HR@10 | full NDCG@10 | tail-item HR@10 | head-item HR@10 "
-          "| tail coverage@10 | tail share@10 | sampled HR@10 / NDCG@10 | popularity penalty | best / run epochs |")
+          "| tail coverage@10 | tail share@10 | sampled HR@10 / NDCG@10 | exposure adjustment | best / run epochs |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         full, samp = r["eval"]["protocols"]["full"], r["eval"]["protocols"]["sampled"]
@@ -76,7 +82,7 @@ def _markdown(path: str, tags: list[str] | None) -> None:
             f"| {r['tag']} | `{r['model']}` | {diff or '-'} | {full['overall']['hr@10']:.4f} | {full['overall']['ndcg@10']:.4f} "
             f"| {full['tail_item']['hr@10']:.4f} | {full['head_item']['hr@10']:.4f} | {cat['tail_coverage@10']:.3f} "
             f"| {'-' if share is None else f'{share:.3f}'} | {samp['overall']['hr@10']:.4f} / {samp['overall']['ndcg@10']:.4f} "
-            f"| {r['eval'].get('popularity_penalty', 0.0):g} | {m['best_epoch']} / {m['epochs_run']} |"
+            f"| {_adjustment(r['eval'])} | {m['best_epoch']} / {m['epochs_run']} |"
         )
 
 
@@ -162,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                           popularity_penalty=served)
     print(report, file=sys.stderr)
     unadjusted = None
-    if served == "model" and report.report.get("popularity_penalty"):  # the model as trained, unadjusted too
+    if served == "model" and _adjustment(report.report) != "0":  # the model as trained, unadjusted too
         unadjusted = run_evaluate(wh, args.model, cfg.evaluate, version=version, popularity_penalty=0.0).report
     default = to_dict(Config())["train"]
     # What the model was trained with (a --version run was trained by another command).

@@ -7,6 +7,7 @@ import torch
 from longtail.models.histories import pad_histories
 from longtail.ranking.metrics import target_ranks
 from longtail.ranking.topk import (
+    item_hubness,
     candidate_scores,
     catalogue_moments,
     chunked_topk,
@@ -159,3 +160,16 @@ def test_zscore_blend_part_with_no_spread_contributes_nothing():
     m, c = catalogue_moments(v, allowed)
     users = zscore_blend_users([(1.0, torch.zeros(1, 2), m, c)])
     assert torch.count_nonzero(users @ zscore_blend_items([v]).T) == 0
+
+
+def test_item_hubness_is_the_mean_of_each_items_top_scores_over_users():
+    gen = torch.Generator().manual_seed(3)
+    users, items = torch.randn(40, 6, generator=gen), torch.randn(23, 6, generator=gen)
+    got = item_hubness(users, items, m=5, item_chunk=4)
+    want = torch.topk(users @ items.T, 5, dim=0).values.mean(0).numpy()
+    want[0] = 0.0  # the padding row
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # Fewer users than m: all of them; no users: zeros.
+    np.testing.assert_allclose(item_hubness(users[:2], items, m=5)[1:], (users[:2] @ items.T).mean(0)[1:].numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert not item_hubness(users[:0], items).any()

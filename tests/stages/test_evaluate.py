@@ -175,6 +175,7 @@ def test_popularity_report_matches_brute_force_and_the_contract(wh):
         "catalog_by_segment": {"tail_user": catalog, "head_user": catalog},
         "exposure": {"slots": "list", "interactions": "list"},
         "popularity_penalty": "float",
+        "exposure_adjustment": "NoneType",  # a baseline is never adjusted
     }
     assert on_disk["dataset"] == {"users": N_USERS, "items": N_ITEMS,
                                   "interactions": sum(len(h) for h in HISTORIES.values())}
@@ -229,11 +230,40 @@ def test_a_model_is_evaluated_with_the_popularity_penalty_it_was_trained_with(wh
 
     served = run_evaluate(wh, "fake_model", CFG, model_loader=lambda *a, **k: CalibratedFake())
     assert served.report["popularity_penalty"] == 0.8
+    assert served.report["exposure_adjustment"] == {"kind": "popularity", "penalty": 0.8}
     _assert_close(served.report, _expected_report(_brute_force(adjusted_scores), with_catalog=True))
     # A number overrides the model's own; 0 is the unadjusted model, with more popular lists.
     raw = run_evaluate(wh, "fake_model", CFG, model_loader=lambda *a, **k: CalibratedFake(), popularity_penalty=0)
     assert raw.report["popularity_penalty"] == 0.0
     assert raw.report["catalog"]["avg_popularity@10"] > served.report["catalog"]["avg_popularity@10"]
+
+
+@pytest.mark.slow
+def test_a_model_saved_with_the_hubness_adjustment_is_evaluated_with_its_own_item_bias(wh, tmp_path):
+    from longtail.inference.store import HUBNESS_FILE, npy_bytes
+
+    hubness = np.linspace(0.0, 2.0, N_ITEMS + 1).astype(np.float32)  # later items lowered more
+    hubness[0] = 0.0
+    (tmp_path / HUBNESS_FILE).write_bytes(npy_bytes(hubness))
+
+    class HubnessFake(FakeTrained):
+        path = str(tmp_path)
+        config = {"exposure_adjustment": {"kind": "hubness", "penalty": 0.5}, "popularity_penalty": 0.0}
+
+    def adjusted_scores(inputs):
+        h = inputs[-MAX_LEN:]
+        return (TABLE[h].mean(0) @ TABLE.T).numpy() - 0.5 * hubness
+
+    served = run_evaluate(wh, "fake_model", CFG, model_loader=lambda *a, **k: HubnessFake())
+    assert served.report["exposure_adjustment"] == {"kind": "hubness", "penalty": 0.5}
+    assert served.report["popularity_penalty"] == 0.0
+    _assert_close(served.report, _expected_report(_brute_force(adjusted_scores), with_catalog=True))
+
+    class Missing(HubnessFake):
+        path = str(tmp_path / "elsewhere")
+
+    with pytest.raises(ModelNotFoundError, match=HUBNESS_FILE):
+        run_evaluate(wh, "fake_model", CFG, model_loader=lambda *a, **k: Missing())
 
 
 def test_bad_requests(wh):

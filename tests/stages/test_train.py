@@ -11,6 +11,7 @@ import torch
 from longtail.core import schemas as S
 from longtail.core.config import TrainConfig
 from longtail.core.errors import (
+    ConfigError,
     EnvironmentProblem,
     InputError,
     LongtailError,
@@ -145,10 +146,14 @@ def test_single_run_saves_registers_and_reloads_identically(data_wh, prepared):
     # The serving popularity penalty was chosen on validation, by the tolerance rule, and saved.
     calibration = json.loads(open(os.path.join(result.path, "metrics.json")).read())["exposure_calibration"]
     floor = (1 - TINY.exposure_tolerance) * calibration["grid"][0]["ndcg10"]
-    assert f"popularity penalty {result.popularity_penalty:g}" in str(result)
-    assert result.popularity_penalty == config["popularity_penalty"] == calibration["penalty"] == max(
+    assert f"hubness penalty {result.exposure_penalty:g}" in str(result)
+    assert result.exposure_adjustment == calibration["kind"] == config["exposure_adjustment"]["kind"] == "hubness"
+    assert result.exposure_penalty == config["exposure_adjustment"]["penalty"] == calibration["penalty"] == max(
         g["penalty"] for g in calibration["grid"] if g["ndcg10"] >= floor
     )
+    assert config["popularity_penalty"] == 0.0  # the older key holds the popularity part only
+    hubness = np.load(os.path.join(result.path, "item_hubness.npy"))
+    assert hubness.shape == (len(loaded_ids(result.path)),) and hubness[0] == 0 and np.isfinite(hubness).all()
     registered = data_wh.read(S.MODELS).filter("model = 'sasrec'").collect()
     assert result.version in {r["model_version"] for r in registered}
     assert not os.listdir(os.path.join(data_wh.root, "_train"))  # the run folder is gone
@@ -382,6 +387,28 @@ class _OneScore(torch.nn.Module):
 
     def user_vectors(self, seqs):
         return torch.ones((seqs.shape[0], 1))
+
+
+def loaded_ids(path: str) -> list[str]:
+    return json.loads(open(os.path.join(path, "item_ids.json")).read())
+
+
+def test_hubness_calibration_lowers_the_item_on_top_of_every_list_by_its_own_scores():
+    n_items, n_users = 20, 6
+    histories = [[2 + u, 3 + u, 1, 9] for u in range(n_users)]
+    values = np.concatenate([np.asarray(h) for h in histories])
+    train_values = np.concatenate([np.asarray(h[:2]) for h in histories])
+    users = UserTable(np.arange(1, n_users + 1), (train_values, np.arange(0, 2 * n_users + 1, 2)),
+                      np.ones(n_users, dtype=np.int64), (values, np.arange(0, 4 * n_users + 1, 4)))
+    validation = ValidationSet.build(users, n_items, max_len=4, seed=0, negatives=5)
+    # No popularity at all: the hubness comes from the scores. Item 1 scores 1.0 for everyone,
+    # the rest 0.5; under a penalty p item 1 keeps its lead while (1 - p) > 0.5 (1 - p).
+    got = validation.calibrate_exposure(_OneScore(n_items), np.zeros(n_items + 1), tolerance=0.01, kind="hubness")
+    assert got.kind == "hubness" and got.bias.shape == (n_items + 1,)
+    assert got.bias[0] == 0.0 and got.bias[1] == 1.0 and np.allclose(got.bias[2:], 0.5)
+    assert got.penalty == 0.75 and [g["penalty"] for g in got.grid][-1] == 1.0  # tied at 1.0: below the floor
+    with pytest.raises(ConfigError, match="train.exposure_adjustment"):
+        validation.calibrate_exposure(_OneScore(n_items), np.zeros(n_items + 1), tolerance=0.01, kind="zipf")
 
 
 def test_exposure_calibration_takes_the_largest_penalty_within_the_tolerance_and_stops_below_it():

@@ -82,6 +82,11 @@ class ModelScorer:
         #: Why items with text only were not placed, when they were not.
         self.text_items_skipped: str | None = None
 
+    @property
+    def lut(self) -> torch.Tensor:
+        """Catalogue idx -> the model's item idx (0 where the model has no such item)."""
+        return self._lut
+
     def user_vectors(self, histories: torch.Tensor) -> torch.Tensor:
         mapped = compact_left(self._lut[histories])
         width = mapped.shape[1]
@@ -175,15 +180,18 @@ class HybridScorer:
         return zscore_blend_users(parts)
 
 
-class PopularityAdjusted:
-    """A scorer with its logits adjusted by item popularity: ``score - penalty * log_counts``.
+class ExposureAdjusted:
+    """A scorer with its logits lowered by a per-item bias: ``score - penalty * bias``.
 
-    Still one dot product: the user side gets a column ``penalty``, the item side ``-log_counts``.
+    ``kind`` names the bias: ``popularity`` (``ln(1 + training count)``, a logit adjustment) or
+    ``hubness`` (:func:`~longtail.ranking.topk.item_hubness`, saved with the model). Still one
+    dot product: the user side gets a column ``penalty``, the item side ``-bias``.
     """
 
-    def __init__(self, inner: Scorer, penalty: float, log_counts: np.ndarray, name: str, version: str) -> None:
-        self.inner, self.penalty, self.name, self.version = inner, float(penalty), name, version
-        self._log_counts = torch.as_tensor(log_counts, dtype=torch.float32)
+    def __init__(self, inner: Scorer, penalty: float, bias: np.ndarray, name: str, version: str,
+                 kind: str = "popularity") -> None:
+        self.inner, self.penalty, self.name, self.version, self.kind = inner, float(penalty), name, version, kind
+        self._log_counts = torch.as_tensor(bias, dtype=torch.float32)
 
     def scorable(self) -> np.ndarray:
         return self.inner.scorable()
@@ -197,12 +205,40 @@ class PopularityAdjusted:
         return torch.cat([users, torch.full((users.shape[0], 1), self.penalty)], dim=1)
 
 
-def served_penalty(setting: str | float, model_config: dict | None) -> float:
-    """The popularity penalty a trained model is served with: ``setting`` when a number, else the
-    one chosen at training (``popularity_penalty`` in its ``config.json``; 0 for older models)."""
+def served_adjustment(setting: str | float, model_config: dict | None) -> tuple[str, float]:
+    """``(kind, penalty)`` of the exposure adjustment a trained model is served with: a
+    ``popularity`` penalty of ``setting`` when it is a number, else the adjustment chosen at
+    training (``exposure_adjustment`` in its ``config.json``; older models: ``popularity_penalty``,
+    0 when absent)."""
     if setting != "model":
-        return float(setting)
-    return float((model_config or {}).get("popularity_penalty", 0.0) or 0.0)
+        return "popularity", float(setting)
+    config = model_config or {}
+    chosen = config.get("exposure_adjustment")
+    if isinstance(chosen, dict):
+        return str(chosen.get("kind", "popularity")), float(chosen.get("penalty", 0.0) or 0.0)
+    return "popularity", float(config.get("popularity_penalty", 0.0) or 0.0)
+
+
+def catalogue_hubness(trained: Any, lut: torch.Tensor) -> np.ndarray:
+    """The model's saved hubness per catalogue idx (``lut``: catalogue idx -> model idx, 0 when
+    unknown). Items the model has no row for (new, text-only) get the median, a neutral value.
+
+    Raises:
+        ModelNotFoundError: the model folder has no hubness file.
+    """
+    from longtail.inference.store import HUBNESS_FILE, read_npy  # noqa: PLC0415 - store imports torch models
+
+    path = f"{trained.path}/{HUBNESS_FILE}"
+    try:
+        hub = read_npy(path).astype(np.float32)
+    except (FileNotFoundError, OSError) as exc:
+        raise ModelNotFoundError(f"model {trained.name} {trained.version}: cannot read {path} ({exc})") from None
+    model_idx = lut.numpy()
+    known = (model_idx > 0) & (model_idx < hub.shape[0])
+    fill = float(np.median(hub[1:])) if hub.shape[0] > 1 else 0.0
+    out = np.where(known, hub[np.where(known, model_idx, 0)], fill).astype(np.float32)
+    out[0] = 0.0
+    return out
 
 
 def hybrid_on(hybrid: HybridConfig | None) -> bool:
@@ -227,9 +263,9 @@ class ScorerFactory:
             evaluation (what the trained models' parameters saw), ``all`` for serving.
         als_cfg: ALS settings (``evaluate`` section).
         model_loader: ``load_model(wh, name, version)``; default :func:`longtail.inference.store.load_model`.
-        popularity_penalty: ``score.popularity_penalty``: ``model`` (the penalty saved with each
-            trained model, 0 when none) or a number; trained models' logits are adjusted by it
-            (:class:`PopularityAdjusted`), baselines never.
+        popularity_penalty: ``score.popularity_penalty``: ``model`` (the exposure adjustment saved
+            with each trained model, none when it has none) or a number (a popularity penalty);
+            trained models' logits are adjusted by it (:class:`ExposureAdjusted`), baselines never.
     """
 
     def __init__(
@@ -279,11 +315,12 @@ class ScorerFactory:
             from longtail.inference.store import load_model as loader  # noqa: PLC0415 - torch models load lazily
         trained = loader(self.wh, name, version)
         scorer = ModelScorer(trained, cat)
-        penalty = served_penalty(self.popularity_penalty, getattr(trained, "config", None))
+        kind, penalty = served_adjustment(self.popularity_penalty, getattr(trained, "config", None))
         if not penalty:
             return scorer
-        # Training popularity (item_stats), the counts the penalty was chosen with at training.
-        return PopularityAdjusted(scorer, penalty, log_popularity(cat.popularity), name=scorer.name, version=scorer.version)
+        # Popularity: training counts (item_stats), those the penalty was chosen with at training.
+        bias = catalogue_hubness(trained, scorer.lut) if kind == "hubness" else log_popularity(cat.popularity)
+        return ExposureAdjusted(scorer, penalty, bias, name=scorer.name, version=scorer.version, kind=kind)
 
     def _baseline(self, name: str) -> Scorer:
         cat = self.catalogue

@@ -3,7 +3,8 @@
 A model folder ``<warehouse>/_models/<model>/<version>/`` holds ``weights.pt`` (state dict),
 ``config.json`` (model name, version, sizes, text encoder, hyperparameters), ``item_ids.json``
 (the item_id of each item idx the model was trained on) and ``metrics.json`` (validation
-figures and per-epoch history). ``train`` writes it (:func:`save_model_dir`) and registers it
+figures and per-epoch history), and ``item_hubness.npy`` when the model is served with the
+``hubness`` exposure adjustment (the bias per item idx it subtracts). ``train`` writes it (:func:`save_model_dir`) and registers it
 (:func:`register_model`); ``evaluate``, ``score`` and notebooks load it (:func:`load_model`).
 """
 from __future__ import annotations
@@ -24,6 +25,20 @@ from longtail.models.histories import ENCODE_CHUNK, encode_histories, ragged_fro
 
 #: Version of the folder format written by :func:`save_model_dir`.
 FORMAT = 1
+#: The per-item bias of the ``hubness`` exposure adjustment, float32 ``[n_items + 1]``.
+HUBNESS_FILE = "item_hubness.npy"
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as the bytes of a ``.npy`` file."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def read_npy(path: str) -> np.ndarray:
+    """A ``.npy`` file (local path or URI), without pickles."""
+    return np.load(io.BytesIO(read_bytes(path)), allow_pickle=False)
 
 
 @dataclass
@@ -79,7 +94,8 @@ class TrainedModel:
             return self.module.item_vectors_from_text(torch.as_tensor(llm_embeddings))
 
 
-def save_model_dir(model_dir: str, module, config: dict, item_ids_json: bytes, metrics: dict) -> None:
+def save_model_dir(model_dir: str, module, config: dict, item_ids_json: bytes, metrics: dict,
+                   extra_files: dict[str, bytes] | None = None) -> None:
     """Write a model folder: a temporary folder, then a rename, so that it appears whole or not at all.
 
     Object stores (S3, GCS, Azure) have no folder rename (pyarrow moves single objects only there):
@@ -94,6 +110,7 @@ def save_model_dir(model_dir: str, module, config: dict, item_ids_json: bytes, m
             ``max_len`` and ``hyperparameters``); ``format`` is added.
         item_ids_json: ``item_ids.json`` as written by the training run.
         metrics: ``metrics.json``.
+        extra_files: more files by name (for example :data:`HUBNESS_FILE`).
     """
     import torch
 
@@ -104,6 +121,7 @@ def save_model_dir(model_dir: str, module, config: dict, item_ids_json: bytes, m
         "config.json": json.dumps({"format": FORMAT, **config}, indent=2).encode(),
         "item_ids.json": item_ids_json,
         "metrics.json": json.dumps(metrics, indent=2).encode(),
+        **(extra_files or {}),
     }
     fs, final = filesystem(model_dir)
     suffix = f".tmp-{uuid.uuid4().hex[:8]}"

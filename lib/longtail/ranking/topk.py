@@ -169,6 +169,35 @@ def log_popularity(counts: np.ndarray) -> np.ndarray:
     return np.log1p(np.asarray(counts, dtype=np.float64)).astype(np.float32)
 
 
+def item_hubness(user_vectors: torch.Tensor, item_vectors: torch.Tensor, m: int = 10, item_chunk: int = 4096) -> np.ndarray:
+    """How strongly each item pulls towards the top of every list: the mean of its ``m`` highest
+    scores over ``user_vectors`` (CSLS's neighbourhood term, Conneau et al., ICLR 2018), float32.
+
+    Subtracting a multiple of it from the scores (the ``hubness`` exposure adjustment) lowers
+    items that score high for very many users (hubs) against items that are no user's best
+    match: it spreads the lists over more distinct items without a popularity count.
+
+    Args:
+        user_vectors: ``[U, D]``; item_vectors: ``[N, D]`` (row 0 is padding; its value is 0).
+        m: top scores averaged per item (fewer when there are fewer users).
+        item_chunk: items per matrix product (memory ``U * item_chunk`` scores).
+
+    Returns:
+        ``[N]`` float32; zeros when there are no users.
+    """
+    n = item_vectors.shape[0]
+    out = np.zeros(n, dtype=np.float32)
+    take = min(int(m), user_vectors.shape[0])
+    if take < 1:
+        return out
+    with torch.no_grad():
+        for start in range(0, n, item_chunk):
+            scores = user_vectors @ item_vectors[start : start + item_chunk].T
+            out[start : start + scores.shape[1]] = torch.topk(scores, take, dim=0).values.mean(0).float().numpy()
+    out[0] = 0.0
+    return out
+
+
 def candidate_scores(user_vectors: torch.Tensor, item_vectors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """Scores of given candidates per user: ``[B, D] x [N, D] x [B, C] idxs -> [B, C]``."""
     return torch.einsum("bd,bcd->bc", user_vectors, item_vectors[candidates])

@@ -266,7 +266,7 @@ def run_evaluate(
     catalogue = load_catalogue(wh, include_new_items=False)
     factory = ScorerFactory(wh, catalogue, "train", cfg, model_loader, popularity_penalty=popularity_penalty)
     scorers = [factory.scorer(model_name, version)]
-    penalty = float(getattr(scorers[0], "penalty", 0.0))
+    adjustment = _served_adjustment(scorers[0])
     bundles = [make_bundle(scorers[0], catalogue, restrict_to_known=True)]
     if hybrid_on(hybrid):
         scorers.append(factory.hybrid(model_name, version, hybrid))
@@ -290,7 +290,8 @@ def run_evaluate(
         for v, scorer in enumerate(scorers)
     ]
     for rep in reports:
-        rep["popularity_penalty"] = penalty
+        rep["exposure_adjustment"] = adjustment
+        rep["popularity_penalty"] = adjustment["penalty"] if adjustment and adjustment["kind"] == "popularity" else 0.0
     with wh.job():
         write_evaluation_rows(wh, reports, evaluated_at)
     paths = [write_report(wh, rep) for rep in reports]
@@ -302,6 +303,12 @@ def run_evaluate(
         variants={rep["model"]: rep for rep in reports[1:]},
         variant_paths={rep["model"]: p for rep, p in zip(reports[1:], paths[1:])},
     )
+
+
+def _served_adjustment(scorer) -> dict | None:
+    """``{"kind", "penalty"}`` of the exposure adjustment ``scorer`` ranks with; None without one."""
+    kind = getattr(scorer, "kind", None)
+    return {"kind": kind, "penalty": float(scorer.penalty)} if kind is not None else None
 
 
 def _check_settings(cfg: EvaluateConfig, user_batch: int, item_chunk: int) -> None:

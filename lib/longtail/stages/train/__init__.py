@@ -52,8 +52,10 @@ class TrainResult:
     processes: int
     mode: str
     train_users: int
-    #: The serving popularity penalty chosen on validation (``train.exposure_tolerance``; 0 when off).
-    popularity_penalty: float = 0.0
+    #: The serving exposure adjustment chosen on validation: the item bias (``hubness`` or
+    #: ``popularity``, ``train.exposure_adjustment``) and its penalty (0 when off).
+    exposure_adjustment: str = "popularity"
+    exposure_penalty: float = 0.0
 
     def __str__(self) -> str:
         return (
@@ -61,7 +63,7 @@ class TrainResult:
             f"{self.epochs_run}, validation NDCG@10 {self.valid_ndcg10:.4f} HR@10 {self.valid_hr10:.4f}; "
             f"{self.seconds_per_epoch:.2f} s/epoch ({self.sequences_per_second:.0f} sequences/s) on "
             f"{self.processes} process(es), mode {self.mode}, {self.train_users} training users; "
-            f"popularity penalty {self.popularity_penalty:g}; saved to {self.path}"
+            f"{self.exposure_adjustment} penalty {self.exposure_penalty:g}; saved to {self.path}"
         )
 
 
@@ -130,7 +132,8 @@ def run_train(
         epochs_run=int(metrics["epochs_run"]), seconds_per_epoch=float(metrics["seconds_per_epoch"]),
         sequences_per_second=float(metrics["sequences_per_second"]), processes=world, mode=cfg.mode,
         train_users=int(prepared["train_users"]),
-        popularity_penalty=float((metrics.get("exposure_calibration") or {}).get("penalty", 0.0)),
+        exposure_adjustment=str((metrics.get("exposure_calibration") or {}).get("kind", cfg.exposure_adjustment)),
+        exposure_penalty=float((metrics.get("exposure_calibration") or {}).get("penalty", 0.0)),
     )
 
 

@@ -9,7 +9,8 @@ import numpy as np
 
 from longtail.models.histories import encode_histories, pad_histories
 from longtail.ranking.metrics import hit_rate, ndcg, sample_negatives, target_ranks
-from longtail.ranking.topk import full_ranks
+from longtail.core.errors import ConfigError
+from longtail.ranking.topk import full_ranks, item_hubness
 from longtail.stages.train.data import UserTable
 
 
@@ -18,17 +19,24 @@ from longtail.stages.train.data import UserTable
 EXPOSURE_PENALTIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5)
 
 
+#: Item biases the exposure adjustment can subtract (``train.exposure_adjustment``).
+EXPOSURE_ADJUSTMENTS = ("hubness", "popularity")
+
+
 @dataclass(frozen=True)
 class ExposureCalibration:
-    """The popularity penalty chosen on validation, and every penalty's figures (``grid``:
-    ``penalty``, ``ndcg10``, ``hr10``, ``avg_log_popularity10`` of the full top-10 lists)."""
+    """The exposure adjustment chosen on validation: ``kind`` of item bias, its multiplier
+    ``penalty``, every penalty's figures (``grid``: ``penalty``, ``ndcg10``, ``hr10``,
+    ``avg_log_popularity10`` of the full top-10 lists) and the bias per item idx (``[n_items + 1]``)."""
 
     penalty: float
     tolerance: float
     grid: list[dict]
+    kind: str = "popularity"
+    bias: np.ndarray | None = None
 
     def as_dict(self) -> dict:
-        return {"penalty": self.penalty, "tolerance": self.tolerance, "grid": self.grid}
+        return {"kind": self.kind, "penalty": self.penalty, "tolerance": self.tolerance, "grid": self.grid}
 
 
 class ValidationSet:
@@ -107,9 +115,12 @@ class ValidationSet:
     def calibrate_exposure(
         self, module, log_counts: np.ndarray, tolerance: float, device=None, k: int = 10,
         penalties: Sequence[float] = EXPOSURE_PENALTIES, user_chunk: int = 1024, item_chunk: int = 8192,
+        kind: str = "popularity",
     ) -> ExposureCalibration:
-        """The largest popularity penalty whose full-protocol validation NDCG@k is at least
-        ``(1 - tolerance)`` times the unadjusted one (scores ``s - penalty * log_counts``).
+        """The largest penalty whose full-protocol validation NDCG@k is at least ``(1 - tolerance)``
+        times the unadjusted one, for scores ``s - penalty * bias``: ``bias`` is ``log_counts``
+        (``kind="popularity"``) or the model's :func:`~longtail.ranking.topk.item_hubness` over the
+        validation users (``kind="hubness"``).
 
         The grid is scanned upwards and the scan stops at the first penalty below the floor: NDCG
         falls with the penalty beyond the tolerance (monotone on all six Beauty models of
@@ -123,14 +134,20 @@ class ValidationSet:
 
         Returns:
             :class:`ExposureCalibration` (penalty 0 when no penalty keeps the tolerance, or no users).
+
+        Raises:
+            ConfigError: an unknown ``kind``.
         """
         import torch
 
+        if kind not in EXPOSURE_ADJUSTMENTS:
+            raise ConfigError(f"config key train.exposure_adjustment: {kind!r} is not one of {', '.join(EXPOSURE_ADJUSTMENTS)}")
         if self.n == 0:
-            return ExposureCalibration(0.0, tolerance, [])
+            return ExposureCalibration(0.0, tolerance, [], kind)
         users, items = (v.cpu() for v in self._vectors(module, device))
         pop = torch.as_tensor(np.asarray(log_counts, dtype=np.float32))[: items.shape[0], None]
-        items = torch.cat([items, -pop], dim=1)
+        bias = item_hubness(users, items) if kind == "hubness" else pop[:, 0].numpy().copy()
+        items = torch.cat([items, -torch.from_numpy(bias)[:, None]], dim=1)
         grid, chosen = [], 0.0
         for penalty in sorted({0.0, *map(float, penalties)}):
             adjusted = torch.cat([users, torch.full((users.shape[0], 1), penalty)], dim=1)
@@ -141,7 +158,7 @@ class ValidationSet:
             if grid[-1]["ndcg10"] < (1.0 - tolerance) * grid[0]["ndcg10"]:
                 break
             chosen = penalty
-        return ExposureCalibration(chosen, tolerance, grid)
+        return ExposureCalibration(chosen, tolerance, grid, kind, bias)
 
     def _full_ranks(self, users, items, k: int, user_chunk: int, item_chunk: int, with_top: bool = False):
         import torch

@@ -18,7 +18,7 @@ import numpy as np
 
 from longtail.core.files import read_bytes
 from longtail.core.progress import write_progress
-from longtail.inference.store import save_model_dir
+from longtail.inference.store import HUBNESS_FILE, npy_bytes, save_model_dir
 from longtail.models.histories import pad_left
 from longtail.ranking.topk import log_popularity
 from longtail.stages.train.data import NegativeSampler, RankData, UserTable, bucketed_order, load_popularity
@@ -373,23 +373,31 @@ def _save(params: dict, module, best: _Best, history: list[dict], epochs_run: in
         "llm_dim": int(params.get("llm_dim") or 0), "encoder": params.get("encoder"),
         "objective": params["objective"], "max_len": int(params["hp"]["max_len"]),
         "hyperparameters": params["hp"],
-        # What ``score.popularity_penalty: model`` serves the model with.
-        "popularity_penalty": exposure.penalty if exposure else 0.0,
+        # What ``score.popularity_penalty: model`` serves the model with (``exposure_adjustment``;
+        # ``popularity_penalty`` is its popularity part, for readers of the older key).
+        "exposure_adjustment": {"kind": exposure.kind, "penalty": exposure.penalty} if exposure else None,
+        "popularity_penalty": exposure.penalty if exposure and exposure.kind == "popularity" else 0.0,
     }
+    extra = {}
+    if exposure and exposure.kind == "hubness":
+        extra[HUBNESS_FILE] = npy_bytes(exposure.bias)
     item_ids = read_bytes(f"{params['run_dir']}/item_ids.json")
-    save_model_dir(params["model_dir"], module, config, item_ids, metrics)
+    save_model_dir(params["model_dir"], module, config, item_ids, metrics, extra_files=extra)
 
 
 def _calibrate_exposure(params: dict, module, validation: ValidationSet, device) -> ExposureCalibration | None:
-    """Rank 0: the popularity penalty the model is served with (``train.exposure_tolerance``; None when 0)."""
+    """Rank 0: the exposure adjustment the model is served with (``train.exposure_adjustment`` and
+    ``train.exposure_tolerance``; None when the tolerance is 0)."""
     tolerance = float(params["hp"].get("exposure_tolerance", 0.0))
     if tolerance <= 0:
         return None
     started = time.perf_counter()
-    exposure = validation.calibrate_exposure(module, log_popularity(load_popularity(params["run_dir"])), tolerance, device)
+    kind = str(params["hp"].get("exposure_adjustment", "popularity"))
+    exposure = validation.calibrate_exposure(module, log_popularity(load_popularity(params["run_dir"])), tolerance,
+                                             device, kind=kind)
     log.info(
-        "popularity penalty %.2f chosen on validation (NDCG@10 within %.1f%%): %s; %.1fs",
-        exposure.penalty, 100 * tolerance,
+        "%s penalty %.2f chosen on validation (NDCG@10 within %.1f%%): %s; %.1fs",
+        kind, exposure.penalty, 100 * tolerance,
         ", ".join(f"{g['penalty']:g}: {g['ndcg10']:.4f}" for g in exposure.grid), time.perf_counter() - started,
     )
     return exposure
