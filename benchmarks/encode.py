@@ -181,7 +181,11 @@ def option_inputs(spark, wh, cfg, n_items: int, n_users: int):
     seqs = wh.read(schemas.USER_SEQUENCES).orderBy(F.xxhash64("user_id")).limit(n_users)
     users = user_texts(seqs, wh.read(schemas.ITEM_STATS), items, cfg.encode)
     n = cfg.encode.user_history_items
-    recent = (seqs.select("user_id", F.slice("train_item_idxs", -n, n).alias("recent"))
+    train = F.col("train_item_idxs")
+    # As the stage's user text: the last n training items (a negative slice start would give
+    # shorter histories nothing).
+    recent = (seqs.select("user_id", F.slice(train, F.greatest(F.size(train) - F.lit(n - 1), F.lit(1)), F.lit(n))
+                          .alias("recent"))
               .select("user_id", F.posexplode("recent").alias("pos", "item_idx"))
               .join(wh.read(schemas.ITEM_STATS).select("item_idx", "item_id"), "item_idx")
               .groupBy("user_id").agg(F.collect_list("item_id").alias("recent")))
@@ -243,6 +247,9 @@ def options_study(spark, wh, cfg, n_items: int, n_users: int, threads: int) -> N
         start = time.perf_counter()
         out = fn(texts)
         return out, len(texts) / (time.perf_counter() - start)
+
+    for enc in (fp32, bf16, int8):  # one-time kernel set-up (oneDNN, quantised kernels) before any timing
+        enc.encode(items[:64] + users[:64], e.batch_size, e.max_tokens)
 
     def run(enc, user_tokens=e.max_tokens, batch=e.batch_size):
         item_vecs, item_rate = timed(lambda t: enc.encode(t, batch, e.max_tokens), items)
