@@ -155,7 +155,8 @@ def score_users_frame(
     def score_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         bundle = worker_bundles(token, staged)[0]
         for frame in frames:
-            modelled = frame["modelled"].fillna(False).to_numpy(dtype=bool)
+            # Arrow gives an object column when a batch holds nulls; nulls are not modelled.
+            modelled = frame["modelled"].astype("boolean").fillna(False).to_numpy(dtype=bool)
             users = frame[modelled]
             for start in range(0, len(users), user_batch):
                 yield _model_rows(users.iloc[start : start + user_batch], bundle, lookups, k, item_chunk)
