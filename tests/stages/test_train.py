@@ -393,6 +393,18 @@ def loaded_ids(path: str) -> list[str]:
     return json.loads(open(os.path.join(path, "item_ids.json")).read())
 
 
+def test_validation_users_are_a_seeded_sample_when_limited():
+    n_users = 30
+    users = UserTable(np.arange(1, n_users + 1), (np.arange(1, n_users + 1), np.arange(n_users + 1)),
+                      np.full(n_users, 5, dtype=np.int64), (np.arange(1, 2 * n_users + 1), np.arange(0, 2 * n_users + 1, 2)))
+    everyone = ValidationSet.build(users, 40, max_len=4, seed=3, negatives=5)
+    sample = ValidationSet.build(users, 40, max_len=4, seed=3, negatives=5, limit=7)
+    again = ValidationSet.build(users, 40, max_len=4, seed=3, negatives=5, limit=7)
+    assert everyone.n == n_users and sample.n == 7 and len(set(sample.rows)) == 7
+    assert sample.rows.tolist() == again.rows.tolist() and set(sample.rows) < set(everyone.rows)
+    assert ValidationSet.build(users, 40, max_len=4, seed=4, negatives=5, limit=7).rows.tolist() != sample.rows.tolist()
+
+
 def test_hubness_calibration_lowers_the_item_on_top_of_every_list_by_its_own_scores():
     n_items, n_users = 20, 6
     histories = [[2 + u, 3 + u, 1, 9] for u in range(n_users)]

@@ -47,10 +47,15 @@ class ValidationSet:
         self.n = len(rows)
 
     @classmethod
-    def build(cls, users: UserTable, n_items: int, max_len: int, seed: int, negatives: int) -> "ValidationSet":
-        """Users with a validation item; ``negatives`` unseen items each (fewer in a tiny catalogue)."""
+    def build(cls, users: UserTable, n_items: int, max_len: int, seed: int, negatives: int,
+              limit: int | None = None) -> "ValidationSet":
+        """Users with a validation item (a seeded sample of ``limit`` of them when there are more);
+        ``negatives`` unseen items each (fewer in a tiny catalogue)."""
         train_len = users.train_offsets[1:] - users.train_offsets[:-1]
         rows = np.nonzero((users.valid > 0) & (train_len > 0))[0]
+        if limit is not None and rows.size > limit:
+            # Its own generator: the sample does not shift the negatives drawn below.
+            rows = np.sort(np.random.default_rng([seed, 1]).choice(rows, size=int(limit), replace=False))
         hist_len = users.hist_offsets[1:] - users.hist_offsets[:-1]
         longest = int(hist_len[rows].max()) if rows.size else 0
         # Enough unseen items for every user even in a tiny test catalogue.

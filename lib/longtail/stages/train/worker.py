@@ -107,7 +107,8 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
     if plan.bucket > 0:  # batches of similar lengths: one encoder pass per batch is enough
         module.loss_group_rows = max(module.loss_group_rows, per_rank)
     validation = (
-        ValidationSet.build(users, n_items, max_len, seed, int(params["valid_negatives"])) if rank == 0 else None
+        ValidationSet.build(users, n_items, max_len, seed, int(params["valid_negatives"]),
+                            limit=hp.get("validation_users")) if rank == 0 else None
     )
     best = _Best(int(hp["patience"]))
     history: list[dict] = []
