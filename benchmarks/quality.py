@@ -101,24 +101,28 @@ def _figure(report: dict, protocol: str, segment: str | None, metric: str) -> fl
     return float("nan") if value is None else float(value)
 
 
-def _seeds(path: str, tags: list[str] | None) -> None:
-    """Mean ± std over seeds: lines whose tags differ only in their ``s<seed>-`` prefix form one row."""
+def _seeds(path: str, tags: list[str] | None, report: str = "eval") -> None:
+    """Mean ± std over seeds: lines whose tags differ only in their ``s<seed>-`` prefix form one row.
+    ``report``: ``eval`` (as served) or ``eval_unadjusted`` (the same models without the adjustment)."""
     import re
 
     import numpy as np
 
     groups: dict[str, list[dict]] = {}
     for r in _lines(path, tags):
+        if not r.get(report):
+            continue
         groups.setdefault(re.sub(r"^s\d+-", "", r["tag"]), []).append(r)
     print("| run | model | seeds | " + " | ".join(c for c, *_ in _SEED_FIGURES) + " |")
     print("| --- | --- | --- | " + " | ".join("---" for _ in _SEED_FIGURES) + " |")
     for name, rows in groups.items():
         cells = []
         for _, *where in _SEED_FIGURES:
-            values = np.array([_figure(r["eval"], *where) for r in rows])
+            values = np.array([_figure(r[report], *where) for r in rows])
             cells.append(f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}")
         seeds = ",".join(str(r["train"]["seed"]) for r in rows)
-        print(f"| {name} | `{rows[0]['model']}` | {seeds} | " + " | ".join(cells) + " |")
+        label = name if report == "eval" else f"{name}, unadjusted"
+        print(f"| {label} | `{rows[0]['model']}` | {seeds} | " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", nargs="*", help="print the table of --out (optionally only tags containing these)")
     parser.add_argument("--markdown", nargs="*", help="the same as a markdown table")
     parser.add_argument("--seeds", nargs="*", help="mean ± std over seeds (tags equal but for their s<seed>- prefix)")
+    parser.add_argument("--unadjusted", action="store_true", help="(--seeds) the models without their exposure adjustment")
     args = parser.parse_args(argv)
     if args.summary is not None:
         _summary(args.out, args.summary)
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         _markdown(args.out, args.markdown)
         return 0
     if args.seeds is not None:
-        _seeds(args.out, args.seeds)
+        _seeds(args.out, args.seeds, "eval_unadjusted" if args.unadjusted else "eval")
         return 0
 
     from longtail.core.config import Config, load_config, to_dict
