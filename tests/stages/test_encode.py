@@ -45,15 +45,16 @@ def _texts(df, key):
     return {r[key]: r["text"] for r in df.collect()}
 
 
-def _worker_model_loads(spark) -> dict[int, int]:
+def _worker_model_loads(spark, dtype: str = "float32") -> dict[int, int]:
     import pandas as pd
 
     def probe(frames):
         from longtail.encoders import text as enc
 
         for _ in frames:
-            # One model in this worker's module-level cache: tasks reused it rather than reloading.
-            yield pd.DataFrame({"pid": [os.getpid()], "loads": [len(enc._CACHE)]})
+            # One model of this dtype in this worker's module-level cache: tasks reused it rather
+            # than reloading. (Workers outlive tests: another test may have left a model of another dtype.)
+            yield pd.DataFrame({"pid": [os.getpid()], "loads": [sum(key[2] == dtype for key in enc._CACHE)]})
 
     rows = spark.range(4, numPartitions=4).mapInPandas(probe, "pid long, loads long").collect()
     return {r["pid"]: r["loads"] for r in rows}
