@@ -148,7 +148,15 @@ def run_point(spark, root: str, users_x: float, items_x: float, exact_max: int, 
     def timed(name: str, rows_of, fn):
         peaks.stage = name
         start = time.perf_counter()
-        result = fn()
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - a stage that fails at this size is a finding, not the end
+            first = str(exc).strip().splitlines()
+            reason = next((line for line in first if "Exception" in line or "Error" in line), first[0] if first else "")
+            stages[name] = {"failed": reason[:300], "seconds": time.perf_counter() - start}
+            print(f"{users_x:g}x users {items_x:g}x items  {name:<16}FAILED after {stages[name]['seconds']:.1f}s: "
+                  f"{reason[:200]}", flush=True)
+            return
         seconds = time.perf_counter() - start
         rows = rows_of()
         stages[name] = {"seconds": seconds, "rows": rows, "us_per_row": 1e6 * seconds / max(rows, 1),
@@ -186,7 +194,13 @@ def summary(path: str) -> None:
     print(f"{'stage':<18}{'points':>7}{'time slope':>12}{'worker-memory slope':>21}  us/row by point")
     for name in names:
         pts = [(line["stages"][name], f"{line['users_x']:g}x{line['items_x']:g}") for line in lines
-               if name in line["stages"]]
+               if name in line["stages"] and "failed" not in line["stages"][name]]
+        failed = [f"{line['users_x']:g}x{line['items_x']:g}" for line in lines
+                  if "failed" in line["stages"].get(name, {})]
+        if failed:
+            print(f"{name:<18} failed at {', '.join(failed)}")
+        if not pts:
+            continue
         rows = np.log([p["rows"] for p, _ in pts])
         def slope(values):
             return float(np.polyfit(rows, np.log(values), 1)[0]) if len(set(rows)) > 1 else float("nan")
