@@ -385,7 +385,7 @@ def _faiss_neighbors(wh, users: DataFrame, n: int):
         import faiss
     except ImportError:
         raise EnvironmentProblem("neighbors.method faiss: faiss is not installed (pip install faiss-cpu)") from None
-    frame = users.toPandas()
+    frame = _stream_to_driver(users.select("user_id", "user_idx", "embedding"))
     if frame.empty:
         _write(wh, wh.spark.createDataFrame([], _RESULT_SCHEMA))
         return None, 0, 0, 0
@@ -408,6 +408,18 @@ def _faiss_neighbors(wh, users: DataFrame, n: int):
     df = wh.spark.createDataFrame(out, _RESULT_SCHEMA)
     _write(wh, df)
     return df, len(out), 1, x.shape[1]
+
+
+def _stream_to_driver(users: DataFrame) -> pd.DataFrame:
+    """The whole user table in the driver, one partition at a time: one collect of every embedding
+    passes ``spark.driver.maxResultSize`` from about a million 384-dimensional users
+    (benchmarks/scale.py, docs/scaling.md); streamed, only the driver's memory bounds it."""
+    user_ids, user_idxs, embeddings = [], [], []
+    for row in users.toLocalIterator(prefetchPartitions=True):
+        user_ids.append(row["user_id"])
+        user_idxs.append(row["user_idx"])
+        embeddings.append(row["embedding"])
+    return pd.DataFrame({"user_id": user_ids, "user_idx": user_idxs, "embedding": embeddings})
 
 
 def faiss_search(x: np.ndarray, n: int, faiss=None, m: int = 32, ef: int | None = None):
