@@ -191,14 +191,14 @@ class ExposureAdjusted:
     def __init__(self, inner: Scorer, penalty: float, bias: np.ndarray, name: str, version: str,
                  kind: str = "popularity") -> None:
         self.inner, self.penalty, self.name, self.version, self.kind = inner, float(penalty), name, version, kind
-        self._log_counts = torch.as_tensor(bias, dtype=torch.float32)
+        self._bias = torch.as_tensor(bias, dtype=torch.float32)
 
     def scorable(self) -> np.ndarray:
         return self.inner.scorable()
 
     def item_vectors(self) -> torch.Tensor:
         items = self.inner.item_vectors().to(torch.float32)
-        return torch.cat([items, -self._log_counts[:, None]], dim=1)
+        return torch.cat([items, -self._bias[:, None]], dim=1)
 
     def user_vectors(self, histories: torch.Tensor) -> torch.Tensor:
         users = self.inner.user_vectors(histories).to(torch.float32)
