@@ -51,7 +51,8 @@ def test_served_adjustment_reads_the_model_config_and_a_number_is_a_popularity_p
 
 
 def test_catalogue_hubness_maps_model_items_and_gives_unknown_items_the_median(tmp_path):
-    from longtail.inference.store import HUBNESS_FILE, npy_bytes
+    from longtail.core.files import npy_bytes
+    from longtail.inference.store import HUBNESS_FILE
 
     (tmp_path / HUBNESS_FILE).write_bytes(npy_bytes(np.array([0.0, 1.0, 2.0, 4.0], dtype=np.float32)))
 

@@ -240,7 +240,8 @@ def test_a_model_is_evaluated_with_the_popularity_penalty_it_was_trained_with(wh
 
 @pytest.mark.slow
 def test_a_model_saved_with_the_hubness_adjustment_is_evaluated_with_its_own_item_bias(wh, tmp_path):
-    from longtail.inference.store import HUBNESS_FILE, npy_bytes
+    from longtail.core.files import npy_bytes
+    from longtail.inference.store import HUBNESS_FILE
 
     hubness = np.linspace(0.0, 2.0, N_ITEMS + 1).astype(np.float32)  # later items lowered more
     hubness[0] = 0.0

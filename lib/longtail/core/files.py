@@ -24,6 +24,7 @@ variables (``spark.executorEnv.<NAME>``).
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import urllib.parse
@@ -190,6 +191,22 @@ def write_bytes(path: str, data: bytes, atomic: bool = True) -> None:
             except Exception:  # noqa: BLE001 - the original error matters, not the cleanup's
                 pass
         raise
+
+
+def npy_bytes(array) -> bytes:
+    """``array`` as the bytes of a ``.npy`` file (no pickles), for :func:`write_bytes`."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def read_npy(path: str):
+    """A ``.npy`` file (local path or URI) as a numpy array; pickled objects are refused."""
+    import numpy as np
+
+    return np.load(io.BytesIO(read_bytes(path)), allow_pickle=False)
 
 
 def remove_tree(path: str, missing_ok: bool = True) -> None:

@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame
 from longtail.core import schemas
 from longtail.core.config import EvaluateConfig, HybridConfig
 from longtail.core.errors import InputError, ModelNotFoundError
+from longtail.core.files import read_npy
 from longtail.inference.baselines import (
     BASELINES,
     ContentScorer,
@@ -226,7 +227,7 @@ def catalogue_hubness(trained: Any, lut: torch.Tensor) -> np.ndarray:
     Raises:
         ModelNotFoundError: the model folder has no hubness file.
     """
-    from longtail.inference.store import HUBNESS_FILE, read_npy  # noqa: PLC0415 - store imports torch models
+    from longtail.inference.store import HUBNESS_FILE  # noqa: PLC0415 - store imports torch models
 
     path = f"{trained.path}/{HUBNESS_FILE}"
     try:

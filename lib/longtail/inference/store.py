@@ -29,17 +29,6 @@ FORMAT = 1
 HUBNESS_FILE = "item_hubness.npy"
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    """``array`` as the bytes of a ``.npy`` file."""
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array), allow_pickle=False)
-    return buf.getvalue()
-
-
-def read_npy(path: str) -> np.ndarray:
-    """A ``.npy`` file (local path or URI), without pickles."""
-    return np.load(io.BytesIO(read_bytes(path)), allow_pickle=False)
-
 
 @dataclass
 class TrainedModel:

@@ -8,12 +8,11 @@ loop seeds per (seed, rank, epoch). What a batch holds depends on the objective
 """
 from __future__ import annotations
 
-import io
 
 import numpy as np
 
 from longtail.core.errors import ConfigError
-from longtail.core.files import filesystem, parquet_files, read_bytes, read_parquet_dir
+from longtail.core.files import filesystem, parquet_files, read_npy, read_parquet_dir
 from longtail.models.histories import pad_left, ragged_from_arrow, ragged_from_lists
 
 
@@ -113,7 +112,7 @@ class NegativeSampler:
 def load_popularity(run_dir: str) -> np.ndarray:
     """Training popularity by item idx: the run folder's ``popularity.npy`` (``prepare`` writes it
     from ``item_stats`` for popularity-drawn negatives)."""
-    return np.load(io.BytesIO(read_bytes(f"{run_dir}/popularity.npy")))
+    return read_npy(f"{run_dir}/popularity.npy")
 
 
 def bucketed_order(

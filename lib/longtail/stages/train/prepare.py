@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 from longtail.core import schemas as S
 from longtail.core.config import TrainConfig
 from longtail.core.errors import ConfigError, InputError
-from longtail.core.files import parquet_rows, read_parquet_dir, write_bytes
+from longtail.core.files import npy_bytes, parquet_rows, read_parquet_dir, write_bytes
 from longtail.core.scratch import read_parquet, write_parquet
 from longtail.encoders.pca import require_pca
 from longtail.inference.items import read_item_index
@@ -85,9 +85,7 @@ def _write_popularity(stats: DataFrame, n_items: int, path: str) -> None:
     out = np.zeros(n_items + 1, dtype=np.int64)
     ok = (idx >= 1) & (idx <= n_items)
     out[idx[ok]] = pop[ok].astype(np.int64)
-    buf = io.BytesIO()
-    np.save(buf, out)
-    write_bytes(path, buf.getvalue(), atomic=False)
+    write_bytes(path, npy_bytes(out), atomic=False)
 
 
 def _training_users(seqs: DataFrame, max_len: int) -> DataFrame:

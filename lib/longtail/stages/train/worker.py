@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from longtail.core.files import read_bytes
+from longtail.core.files import npy_bytes, read_bytes
 from longtail.core.progress import write_progress
-from longtail.inference.store import HUBNESS_FILE, npy_bytes, save_model_dir
+from longtail.inference.store import HUBNESS_FILE, save_model_dir
 from longtail.models.histories import pad_left
 from longtail.ranking.topk import log_popularity
 from longtail.stages.train.data import NegativeSampler, RankData, UserTable, bucketed_order, load_popularity
