@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from proctree import cpu_seconds, descendants
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon_beauty_2014"
 
 
@@ -68,24 +70,7 @@ def sample_texts(spark, data: Path, template: str, n: int) -> list[str]:
 
 def tree_cpu_seconds() -> float:
     """CPU seconds used so far by this process's descendants (the JVM, the Python workers)."""
-    me, parents, cpu = os.getpid(), {}, {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(pid)] = int(fields[1])
-        cpu[int(pid)] = (int(fields[11]) + int(fields[12])) / tick
-    tree, changed = {me}, True
-    while changed:
-        changed = False
-        for pid, ppid in parents.items():
-            if ppid in tree and pid not in tree:
-                tree.add(pid)
-                changed = True
-    return sum(cpu[p] for p in tree - {me})
+    return sum(cpu_seconds(pid) for pid in descendants(os.getpid()))
 
 
 def udf_run(spark, texts: list[str], enc_cfg) -> tuple[float, float]:

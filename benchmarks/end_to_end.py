@@ -23,38 +23,17 @@ import threading
 import time
 from pathlib import Path
 
+from proctree import cmdline, descendants, is_spark_worker, rss
+
 STAGE_LINE = re.compile(r"^\[(?:\d+/\d+|0)\] (?P<stage>[^:]+): (?P<rest>.*)$")
-
-
-def _children(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc), itself excluded."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            parents.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def _rss_and_kind(pid: int) -> tuple[int, str]:
     """Resident bytes of a process, and ``worker`` for PySpark Python workers, else ``driver``."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            rss = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
+    command = cmdline(pid)
+    if not command:
         return 0, "gone"
-    return rss, "worker" if "pyspark.daemon" in cmd or "pyspark.worker" in cmd else "driver"
+    return rss(pid), "worker" if is_spark_worker(command) else "driver"
 
 
 class MemorySampler(threading.Thread):
@@ -69,7 +48,7 @@ class MemorySampler(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             driver, worker = 0, 0
-            for p in [self.pid, *_children(self.pid)]:
+            for p in [self.pid, *descendants(self.pid)]:
                 rss, kind = _rss_and_kind(p)
                 if kind == "worker":
                     worker = max(worker, rss)

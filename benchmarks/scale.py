@@ -28,6 +28,8 @@ import tempfile
 import threading
 import time
 
+from proctree import cmdline, descendants, is_spark_worker, rss
+
 BEAUTY_USERS, BEAUTY_ITEMS = 22_363, 12_101
 EMBEDDING_DIM = 384
 
@@ -42,49 +44,17 @@ class Peaks(threading.Thread):
     def run(self) -> None:
         me = os.getpid()
         while not self.done.is_set():
-            seen = {"python driver": _rss(me), "jvm": 0, "largest worker": 0}
-            for pid in _descendants(me):
-                rss, cmd = _rss(pid), _cmdline(pid)
-                if "pyspark.daemon" in cmd or "pyspark.worker" in cmd:
-                    seen["largest worker"] = max(seen["largest worker"], rss)
-                elif "java" in cmd:
-                    seen["jvm"] += rss
+            seen = {"python driver": rss(me), "jvm": 0, "largest worker": 0}
+            for pid in descendants(me):
+                resident, command = rss(pid), cmdline(pid)
+                if is_spark_worker(command):
+                    seen["largest worker"] = max(seen["largest worker"], resident)
+                elif "java" in command:
+                    seen["jvm"] += resident
             peak = self.peaks.setdefault(self.stage, dict.fromkeys(seen, 0))
             for key, value in seen.items():
                 peak[key] = max(peak[key], value)
             self.done.wait(self.every)
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-        except OSError:
-            continue
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
-    except OSError:
-        return 0
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def write_user_embeddings(wh, dim: int = EMBEDDING_DIM, seed: int = 0) -> None:
