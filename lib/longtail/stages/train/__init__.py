@@ -126,14 +126,15 @@ def run_train(
     if tracking is not None:
         log_training(tracking, wh.root, model_name, version, model_dir, dataclasses.asdict(cfg),
                      {"processes": world, "mode": cfg.mode, "train_users": int(prepared["train_users"])})
+    calibration = metrics.get("exposure_calibration") or {}
     return TrainResult(
         model=model_name, version=version, path=model_dir, best_epoch=int(metrics["best_epoch"]),
         valid_ndcg10=float(metrics["valid_ndcg10"]), valid_hr10=float(metrics["valid_hr10"]),
         epochs_run=int(metrics["epochs_run"]), seconds_per_epoch=float(metrics["seconds_per_epoch"]),
         sequences_per_second=float(metrics["sequences_per_second"]), processes=world, mode=cfg.mode,
         train_users=int(prepared["train_users"]),
-        exposure_adjustment=str((metrics.get("exposure_calibration") or {}).get("kind", cfg.exposure_adjustment)),
-        exposure_penalty=float((metrics.get("exposure_calibration") or {}).get("penalty", 0.0)),
+        exposure_adjustment=str(calibration.get("kind", cfg.exposure_adjustment)),
+        exposure_penalty=float(calibration.get("penalty", 0.0)),
     )
 
 
