@@ -82,3 +82,30 @@ def test_write_catalogue_writes_contract_tables_that_a_5_core_mostly_keeps(wareh
     summary = run_sequences(warehouse, SequencesConfig())
     assert summary.users >= 0.9 * 300
     assert summary.interactions >= 0.9 * len(cat.interactions)
+
+
+def test_mixture_draws_follow_the_mixture_probabilities():
+    import numpy as np
+    from longtail.synthetic import _Mixture
+
+    # Two users over 6 items in 3 categories (category 2 has no items: its weight moves to the rest).
+    cat_of_item = np.array([0, 0, 1, 1, 1, 0])
+    weight = np.array([4.0, 1.0, 3.0, 2.0, 1.0, 3.0])
+    pref = np.array([[1.0, 0.0, 0.0], [0.25, 0.25, 0.5]])
+    mixture = _Mixture.of(pref, cat_of_item, weight, preference_strength=0.8)
+    draws = mixture.draw(np.random.default_rng(0), np.array([0, 1]), 200_000)
+    in_cat = np.where(cat_of_item == 0, weight / 8.0, weight / 6.0)  # P(item | its category)
+    global_p = weight / weight.sum()
+    expected = [
+        0.8 * np.where(cat_of_item == 0, in_cat, 0.0) + 0.2 * global_p,
+        0.8 * 0.5 * in_cat + 0.2 * global_p,
+    ]
+    for user in (0, 1):
+        seen = np.bincount(draws[user], minlength=6) / draws.shape[1]
+        np.testing.assert_allclose(seen, expected[user], atol=0.005)
+
+
+def test_a_catalogue_of_min_history_items_gives_every_user_every_item():
+    cat = generate_catalogue(40, 5, seed=2)
+    per_user = cat.interactions.groupby("user_id")["item_id"].nunique()
+    assert (per_user == 5).all() and len(per_user) == 40

@@ -259,64 +259,111 @@ def _draw_history_lengths(rng: np.random.Generator, users: int, min_history: int
 
 @dataclass(frozen=True)
 class _Mixture:
-    """P(item | user) = strength * sum_c pref(c) * P(item | c) + (1 - strength) * P(item)."""
+    """P(item | user) = strength * sum_c pref(c) * P(item | c) + (1 - strength) * P(item).
 
-    #: (users, 1): ``preference_strength``, or 0 for a user none of whose categories has items.
+    Held as cumulative distributions, so a draw costs a binary search, not a pass over the
+    catalogue: the generator stays linear in users x history length at any catalogue size.
+    """
+
+    #: (users,): ``preference_strength``, or 0 for a user none of whose categories has items.
     strength: np.ndarray
-    #: (users, n_cat): preference weights over the categories that have items, summing to 1.
-    pref: np.ndarray
-    #: (n_cat, items): P(item | category), popularity-weighted within the category.
-    item_given_cat: np.ndarray
-    #: (items,): P(item), popularity over the whole catalogue.
-    global_p: np.ndarray
+    #: (users, n_cat): cumulative preference weights over the categories that have items (last 1).
+    pref_cdf: np.ndarray
+    #: (items,): the items grouped by category, popularity-weighted CDF within each; category c's
+    #: entries lie in (c, c + 1], so ``searchsorted(cat_cdf, c + u)`` draws from P(item | c).
+    cat_cdf: np.ndarray
+    #: (items,): the item index at each position of ``cat_cdf``.
+    cat_items: np.ndarray
+    #: (items,): CDF of P(item), popularity over the whole catalogue.
+    global_cdf: np.ndarray
 
     @staticmethod
     def of(pref: np.ndarray, cat_of_item: np.ndarray, weight: np.ndarray, preference_strength: float) -> _Mixture:
         """The mixture for users' category weights ``pref`` over items of categories ``cat_of_item``."""
-        n_cat, items = pref.shape[1], len(cat_of_item)
-        onehot = np.zeros((n_cat, items))
-        onehot[cat_of_item, np.arange(items)] = 1.0
-        in_cat = onehot * weight
-        cat_mass = in_cat.sum(axis=1, keepdims=True)
-        p_item_given_cat = np.divide(in_cat, cat_mass, out=np.zeros_like(in_cat), where=cat_mass > 0)
+        n_cat = pref.shape[1]
+        cat_mass = np.bincount(cat_of_item, weights=weight, minlength=n_cat)
         # A preferred category with no items would leave its mass unspent: renormalise the rest.
-        pref_eff = pref * (cat_mass.ravel() > 0)
+        pref_eff = pref * (cat_mass > 0)
         pref_sum = pref_eff.sum(axis=1, keepdims=True)
         pref_eff = np.divide(pref_eff, pref_sum, out=np.zeros_like(pref_eff), where=pref_sum > 0)
-        strength = np.where(pref_sum.ravel() > 0, preference_strength, 0.0)[:, None]
-        return _Mixture(strength, pref_eff, p_item_given_cat, weight / weight.sum())
+        strength = np.where(pref_sum.ravel() > 0, preference_strength, 0.0)
+        order = np.argsort(cat_of_item, kind="stable")
+        cats = cat_of_item[order]
+        within = np.cumsum(weight[order])
+        before = np.concatenate(([0.0], np.cumsum(cat_mass)))[cats]  # mass of the lower categories
+        cat_cdf = cats + (within - before) / cat_mass[cats]
+        global_cdf = np.cumsum(weight) / weight.sum()
+        return _Mixture(strength, np.cumsum(pref_eff, axis=1), cat_cdf, order, global_cdf)
 
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        """P(item | user) for users ``start:stop``, (stop - start, items)."""
-        s = self.strength[start:stop]
-        return s * (self.pref[start:stop] @ self.item_given_cat) + (1 - s) * self.global_p
+    def draw(self, rng: np.random.Generator, users: np.ndarray, k: int) -> np.ndarray:
+        """``k`` independent item draws (with replacement) for each user index in ``users``."""
+        component, pick = rng.random((len(users), k)), rng.random((len(users), k))
+        strength = self.strength[users, None]
+        preferred = component < strength
+        # Below ``strength`` the uniform, rescaled, is uniform again: it picks the category.
+        rescaled = component / np.maximum(strength, 1e-12)
+        cat = (rescaled[:, :, None] > self.pref_cdf[users, None, :]).sum(axis=2)
+        cat = np.minimum(cat, self.pref_cdf.shape[1] - 1)
+        last = len(self.global_cdf) - 1
+        from_cat = self.cat_items[np.minimum(np.searchsorted(self.cat_cdf, cat + pick, side="right"), last)]
+        from_all = np.minimum(np.searchsorted(self.global_cdf, pick, side="right"), last)
+        return np.where(preferred, from_cat, from_all)
 
 
 # --------------------------------------------------------------------------- interactions
 
 
-def _draw_histories(rng: np.random.Generator, mixture: _Mixture, lengths: np.ndarray) -> list[np.ndarray]:
-    """Per user, ``lengths[u]`` distinct item indexes drawn from the mixture, in random order."""
-    users, items = mixture.strength.shape[0], mixture.global_p.shape[0]
-    # Sampling without replacement by Gumbel-top-k, in user chunks to bound memory.
-    chosen: list[np.ndarray] = []
-    chunk = max(1, 4_000_000 // items)
-    for start in range(0, users, chunk):
-        stop = min(users, start + chunk)
-        p = mixture.rows(start, stop)
-        keys = np.log(p) + rng.gumbel(size=p.shape)
-        order = np.argsort(-keys, axis=1, kind="stable")
-        for row, u in enumerate(range(start, stop)):
-            # Random order in time: the draw order would put favourite items first.
-            chosen.append(rng.permutation(order[row, : lengths[u]]))
-    return chosen
+def _draw_histories(rng: np.random.Generator, mixture: _Mixture, lengths: np.ndarray) -> np.ndarray:
+    """Per user, ``lengths[u]`` distinct item indexes from the mixture in random order, concatenated.
+
+    Sampling without replacement proportionally to P(item | user) is the same as drawing with
+    replacement and keeping each item's first draw, so a user costs about its history length in
+    draws, whatever the catalogue size (a Gumbel-top-k over the catalogue cost users x items).
+    """
+    out: list[np.ndarray] = []
+    chunk = max(1, 4_000_000 // (4 * int(lengths.max())))  # bounds the (chunk, draws) matrices
+    for start in range(0, len(lengths), chunk):
+        users = np.arange(start, min(len(lengths), start + chunk))
+        out.append(_distinct_draws(rng, mixture, users, lengths[users]))
+    return np.concatenate(out)
+
+
+def _distinct_draws(rng: np.random.Generator, mixture: _Mixture, users: np.ndarray,
+                    lengths: np.ndarray) -> np.ndarray:
+    """``lengths[i]`` distinct items for each of ``users``, in random order, concatenated."""
+    draws = mixture.draw(rng, users, 2 * int(lengths.max()))
+    while True:
+        first = _first_draws(draws)
+        short = np.flatnonzero(first.sum(axis=1) < lengths)
+        if not len(short):
+            break
+        # Draw on for the users still short (rare: users of small catalogues); -1 pads the rest.
+        more = np.full((len(users), draws.shape[1]), -1)
+        more[short] = mixture.draw(rng, users[short], draws.shape[1])
+        draws = np.concatenate([draws, more], axis=1)
+    keep = first & (np.cumsum(first, axis=1) <= lengths[:, None])
+    # Random order in time: the draw order would put favourite items first.
+    order = np.argsort(np.where(keep, rng.random(draws.shape), np.inf), axis=1)
+    in_history = np.arange(draws.shape[1]) < lengths[:, None]
+    return np.take_along_axis(draws, order, axis=1)[in_history]
+
+
+def _first_draws(draws: np.ndarray) -> np.ndarray:
+    """Boolean mask of each row's first draw of each item (-1 is padding, never first)."""
+    order = np.argsort(draws, axis=1, kind="stable")  # stable: the earliest draw leads its run
+    ranked = np.take_along_axis(draws, order, axis=1)
+    new = np.ones_like(ranked, dtype=bool)
+    new[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+    first = np.empty_like(new)
+    np.put_along_axis(first, order, new, axis=1)
+    return first & (draws >= 0)
 
 
 def _draw_interactions(rng: np.random.Generator, user_ids: np.ndarray, drawn: _Items, pref: np.ndarray,
-                       lengths: np.ndarray, chosen: list[np.ndarray]) -> pd.DataFrame:
+                       lengths: np.ndarray, chosen: np.ndarray) -> pd.DataFrame:
     """The interactions frame: the ``chosen`` items of each user with timestamps and ratings."""
     owner, timestamps = _draw_timestamps(rng, lengths)
-    item_idx = np.concatenate(chosen)
+    item_idx = chosen
     preferred = pref[owner, drawn.category[item_idx]] > 0
     rating = _draw_ratings(rng, preferred)
     return pd.DataFrame(
