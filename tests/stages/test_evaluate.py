@@ -1,6 +1,7 @@
 """``longtail evaluate`` against a brute-force recomputation on a tiny warehouse."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -166,7 +167,7 @@ def test_popularity_report_matches_brute_force_and_the_contract(wh):
                                               "avg_popularity")}
     assert _shape(on_disk) == {
         "model": "str", "model_version": "str", "k": "int",
-        "dataset": {"users": "int", "items": "int", "interactions": "int"},
+        "dataset": {"users": "int", "items": "int", "interactions": "int", "evaluated_users": "int"},
         "protocols": {
             "sampled": {"negatives": "int", **{s: seg for s in CONTRACT_SEGMENTS}},
             "full": {s: full_seg for s in CONTRACT_SEGMENTS},
@@ -177,7 +178,7 @@ def test_popularity_report_matches_brute_force_and_the_contract(wh):
         "popularity_penalty": "float",
         "exposure_adjustment": "NoneType",  # a baseline is never adjusted
     }
-    assert on_disk["dataset"] == {"users": N_USERS, "items": N_ITEMS,
+    assert on_disk["dataset"] == {"users": N_USERS, "items": N_ITEMS, "evaluated_users": N_USERS,
                                   "interactions": sum(len(h) for h in HISTORIES.values())}
     assert on_disk["protocols"]["sampled"]["negatives"] == 22
     pop = _train_popularity()
@@ -265,6 +266,28 @@ def test_a_model_saved_with_the_hubness_adjustment_is_evaluated_with_its_own_ite
 
     with pytest.raises(ModelNotFoundError, match=HUBNESS_FILE):
         run_evaluate(wh, "fake_model", CFG, model_loader=lambda *a, **k: Missing())
+
+
+@pytest.mark.slow
+def test_max_users_ranks_the_same_seeded_sample_on_every_run(wh):
+    # Popularity scores, so a user's ranks depend only on the user: the sample's figures are
+    # the brute-force figures over exactly the users it kept.
+    cfg = EvaluateConfig(negatives=8, seed=CFG.seed, max_users=10, protocols=["full"])
+    first = run_evaluate(wh, "popularity", cfg).report
+    again = run_evaluate(wh, "popularity", cfg).report
+    assert first == again
+    kept = first["dataset"]["evaluated_users"]
+    assert 3 <= kept < N_USERS and first["dataset"]["users"] == N_USERS
+    pop = _train_popularity()
+    rows = _brute_force(lambda inputs: pop, cfg)
+    every = run_evaluate(wh, "popularity", dataclasses.replace(cfg, max_users=N_USERS)).report
+    assert every["dataset"]["evaluated_users"] == N_USERS
+    assert every["protocols"]["full"]["overall"]["hr@10"] == pytest.approx(
+        hit_rate(np.array([r[3] for r in rows]), 10))
+    # Some subset of the users of that size gives the sample's hit rate (a sum of kept hits).
+    hits = sorted(int(r[3] < 10) for r in rows)
+    got = round(first["protocols"]["full"]["overall"]["hr@10"] * kept)
+    assert sum(hits[:kept]) <= got <= sum(hits[-kept:])
 
 
 def test_bad_requests(wh):

@@ -319,6 +319,11 @@ class EvaluateConfig:
     #: Users per batch and items per matrix product in each task (bounds memory).
     user_batch: Positive = 1024
     item_chunk: Positive = 8192
+    #: Users evaluated: where more users have a test item, a seeded sample of about this many
+    #: (hashed on ``user_idx`` with ``seed``); null evaluates every user. The driver holds a few
+    #: numbers per evaluated user, so this bounds its memory; the report's ``dataset.evaluated_users``
+    #: says how many were ranked.
+    max_users: Positive | None = 1_000_000
 
 
 @section

@@ -22,8 +22,8 @@ models', sees train + valid (ALS folds the user in from that history).
 
 Scoring is distributed: ``mapInPandas`` over ``user_sequences`` with the model shipped once
 per Python worker (:mod:`longtail.inference.bundle`); per user the task returns ranks, the
-segment flags and the top list. Ranks (a few numbers per user) are collected on the driver
-and turned into the report with the pure functions of :mod:`longtail.ranking.report`; the
+segment flags and the top list. Ranks (a few numbers per user; at most about
+``evaluate.max_users`` users, a seeded sample) are collected on the driver and turned into the report with the pure functions of :mod:`longtail.ranking.report`; the
 distinct recommended items are aggregated by Spark. Report rows are appended to
 ``evaluation`` (readers take the latest ``evaluated_at`` of a model version).
 
@@ -271,7 +271,7 @@ def run_evaluate(
     if hybrid_on(hybrid):
         scorers.append(factory.hybrid(model_name, version, hybrid))
         bundles.append(make_bundle(scorers[1], catalogue, hybrid, restrict_to_known=True))
-    users, dataset = _evaluation_users(seqs, user_stats, catalogue)
+    users, dataset = _evaluation_users(seqs, user_stats, catalogue, cfg.max_users, cfg.seed)
     settings = dataclasses.asdict(cfg)
     holes = np.nonzero(~catalogue.known[1:])[0].astype(np.int64) + 1  # idxs no item has
     token, bc = broadcast_bundles(wh, bundles)
@@ -281,6 +281,7 @@ def run_evaluate(
     finally:
         ranks_df.unpersist()
         bc.unpersist()
+    dataset["evaluated_users"] = int((ranks["variant"] == 0).sum())
     items = {"known": catalogue.known, "tail": catalogue.tail, "popularity": catalogue.popularity}
     reports = [
         build_report(
@@ -322,8 +323,10 @@ def _check_settings(cfg: EvaluateConfig, user_batch: int, item_chunk: int) -> No
             raise InputError(f"config key evaluate.{key}: {value}; must be at least 1")
 
 
-def _evaluation_users(seqs: DataFrame, user_stats: DataFrame, catalogue: Catalogue) -> tuple[DataFrame, dict]:
-    """Users with a test item and their segment flag; the dataset figures of the report.
+def _evaluation_users(seqs: DataFrame, user_stats: DataFrame, catalogue: Catalogue, max_users: int | None,
+                      seed: int) -> tuple[DataFrame, dict]:
+    """Users with a test item (a seeded sample of about ``max_users`` where there are more) and
+    their segment flag; the dataset figures of the report (over every user with a test item).
 
     Raises:
         InputError: no user has a test item.
@@ -339,6 +342,12 @@ def _evaluation_users(seqs: DataFrame, user_stats: DataFrame, catalogue: Catalog
     if n_users == 0:
         raise InputError(f"table {schemas.USER_SEQUENCES}: no user has a test item to evaluate")
     dataset = {"users": n_users, "items": int(catalogue.known.sum()), "interactions": int(summary["interactions"] or 0)}
+    if max_users is not None and n_users > max_users:
+        # A hash, not DataFrame.sample: the same users on every run and every engine.
+        buckets = 1 << 20
+        users = users.where(
+            F.pmod(F.xxhash64("user_idx", F.lit(seed)), F.lit(buckets)) < F.lit(-(-max_users * buckets // n_users))
+        )
     return users, dataset
 
 
