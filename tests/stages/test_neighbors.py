@@ -132,6 +132,8 @@ def test_few_users_and_the_faiss_method(warehouse):
     # Tied users are interchangeable: any neighbour as similar as the exact 5th counts as found.
     found = [min(5, sum(s >= float(r[-1]) - 1e-5 for s in a)) for r, a in zip(ref_sims, approx_sims)]
     assert sum(found) / (5 * len(found)) > 0.95
+    # The staged blocks and the staged result file are gone.
+    assert not [f for _, _, names in os.walk(os.path.join(warehouse.root, "_tmp")) for f in names]
 
     # Three users, top 10: each gets the two others.
     _write_users(warehouse, x[:3], idx[:3])

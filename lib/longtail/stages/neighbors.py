@@ -22,7 +22,10 @@ float32, unless more than ``margin`` (= top_n) *distinct* candidates sit within 
 rounding (~1e-6) of one row's cut-off inside one block.
 
 ``faiss`` method: an HNSW inner-product index on the driver (approximate, for very large user
-counts); its recall@N against the exact method is measured by ``benchmarks/neighbors.py``.
+counts); its recall@N against the exact method is measured by ``benchmarks/neighbors.py``. The
+tasks stage the unit rows as in step 1 and the driver reads the block files (float32, 4 x dim
+bytes per user in the driver's Python, nothing through the JVM); the lists go back through a
+staged Parquet file.
 """
 from __future__ import annotations
 
@@ -284,7 +287,7 @@ def run_neighbors(wh, cfg: NeighborsConfig) -> NeighborsReport:
     users = emb.select("user_id", "embedding").join(seq.select("user_id", "user_idx"), "user_id")
     with wh.job():
         if cfg.method == "faiss":
-            _, count, blocks, dim = _faiss_neighbors(wh, users, cfg.top_n)
+            _, count, blocks, dim = _faiss_neighbors(wh, users, cfg.top_n, cfg.block_size)
         else:
             _, count, blocks, dim = _exact_neighbors(wh, users, cfg.top_n, cfg.block_size)
     return NeighborsReport(count, cfg.top_n, cfg.method, cfg.block_size, blocks, dim, time.perf_counter() - started)
@@ -380,46 +383,66 @@ def search_staged_block(tmp: str, block_ids: list[int], i: int, n: int) -> pd.Da
     })
 
 
-def _faiss_neighbors(wh, users: DataFrame, n: int):
+def _faiss_neighbors(wh, users: DataFrame, n: int, block_size: int):
     try:
         import faiss
     except ImportError:
         raise EnvironmentProblem("neighbors.method faiss: faiss is not installed (pip install faiss-cpu)") from None
-    frame = _stream_to_driver(users.select("user_id", "user_idx", "embedding"))
-    if frame.empty:
-        _write(wh, wh.spark.createDataFrame([], _RESULT_SCHEMA))
-        return None, 0, 0, 0
-    frame = frame.sort_values("user_idx", kind="stable")
-    x = normalize_rows(np.stack(frame["embedding"].to_numpy()))
-    idx = frame["user_idx"].to_numpy(np.int64)
-    ids = np.array(frame["user_id"].tolist(), dtype=object)
-    sims, pos = faiss_search(x, n, faiss)
-    valid = pos >= 0
-    cand_idx = np.where(valid, idx[np.where(valid, pos, 0)], _NO_IDX)
-    sims = np.where(valid, sims, -np.inf).astype(np.float32)
-    cand_ids = np.where(valid, ids[np.where(valid, pos, 0)], None)
-    sims, cand_idx, cand_ids = merge_top_n(sims, cand_idx, n, cand_ids)
+    tmp = f"{absolute(wh.root)}/_tmp/neighbors-{uuid.uuid4().hex}"
+    try:
+        # The tasks stage the unit rows as block files (as for the exact method) and the driver
+        # reads them: no embedding passes through the JVM driver, whose heap a collect or
+        # toLocalIterator of 1.1M x 384 floats overflowed (benchmarks/scale.py, docs/scaling.md).
+        staged = _stage_blocks(users, tmp, block_size)
+        if not staged:
+            _write(wh, wh.spark.createDataFrame([], _RESULT_SCHEMA))
+            return None, 0, 0, 0
+        x, idx, ids = _read_staged(tmp, staged)
+        sims, pos = faiss_search(x, n, faiss)
+        valid = pos >= 0
+        cand_idx = np.where(valid, idx[np.where(valid, pos, 0)], _NO_IDX)
+        sims = np.where(valid, sims, -np.inf).astype(np.float32)
+        cand_ids = np.where(valid, ids[np.where(valid, pos, 0)], None)
+        sims, cand_idx, cand_ids = merge_top_n(sims, cand_idx, n, cand_ids)
+        result = _result_file(tmp, ids, sims, cand_ids)
+        _write(wh, wh.spark.read.schema(_RESULT_SCHEMA).parquet(result))
+        return None, len(ids), 1, x.shape[1]
+    finally:
+        _discard(tmp)
+
+
+def _read_staged(tmp: str, staged: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every staged block in one array, ordered by ``user_idx``: (unit rows, user_idx, user ids)."""
+    dims = {d for _, _, d in staged}
+    if len(dims) != 1:
+        raise SchemaError(f"table {schemas.USER_EMBEDDINGS}: embeddings have different lengths {sorted(dims)}")
+    x = np.empty((sum(r for _, r, _ in staged), dims.pop()), dtype=np.float32)
+    idx, ids, at = [], [], 0
+    for block, rows, _ in staged:  # staged is sorted by block, and blocks by user_idx
+        emb, block_idx, block_ids, _ = read_block(tmp, block)
+        x[at : at + rows] = emb
+        idx.append(block_idx)
+        ids.append(block_ids)
+        at += rows
+    return x, np.concatenate(idx), np.concatenate(ids)
+
+
+def _result_file(tmp: str, ids: np.ndarray, sims: np.ndarray, cand_ids: np.ndarray) -> str:
+    """The neighbour lists as a Parquet file under ``tmp`` for Spark to read; returns its path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     keep = sims > -np.inf
-    out = pd.DataFrame({
-        "user_id": ids.astype(str),
-        "neighbors": [list(r[v]) for r, v in zip(cand_ids, keep)],
-        "similarities": [s[v] for s, v in zip(sims, keep)],
+    table = pa.table({
+        "user_id": pa.array(ids.astype(str)),
+        "neighbors": pa.array([list(r[v]) for r, v in zip(cand_ids, keep)], pa.list_(pa.string())),
+        "similarities": pa.array([s[v] for s, v in zip(sims, keep)], pa.list_(pa.float32())),
     })
-    df = wh.spark.createDataFrame(out, _RESULT_SCHEMA)
-    _write(wh, df)
-    return df, len(out), 1, x.shape[1]
-
-
-def _stream_to_driver(users: DataFrame) -> pd.DataFrame:
-    """The whole user table in the driver, one partition at a time: one collect of every embedding
-    passes ``spark.driver.maxResultSize`` from about a million 384-dimensional users
-    (benchmarks/scale.py, docs/scaling.md); streamed, only the driver's memory bounds it."""
-    user_ids, user_idxs, embeddings = [], [], []
-    for row in users.toLocalIterator(prefetchPartitions=True):
-        user_ids.append(row["user_id"])
-        user_idxs.append(row["user_idx"])
-        embeddings.append(row["embedding"])
-    return pd.DataFrame({"user_id": user_ids, "user_idx": user_idxs, "embedding": embeddings})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    path = f"{tmp}/result/part-0.parquet"
+    write_bytes(path, buf.getvalue(), atomic=False)
+    return f"{tmp}/result"
 
 
 def faiss_search(x: np.ndarray, n: int, faiss=None, m: int = 32, ef: int | None = None):
