@@ -163,7 +163,7 @@ def summary(path: str) -> None:
     names = sorted({s for line in lines for s in line["stages"]})
     print(f"{'stage':<18}{'points':>7}{'time slope':>12}{'worker-memory slope':>21}  us/row by point")
     for name in names:
-        pts = [(line["stages"][name], f"{line['users_x']:g}x{line['items_x']:g}") for line in lines
+        pts = [(line["stages"][name], f"{line['users_x']:g}x{line['items_x']:g}", line["items_x"]) for line in lines
                if name in line["stages"] and "failed" not in line["stages"][name]]
         failed = [f"{line['users_x']:g}x{line['items_x']:g}" for line in lines
                   if "failed" in line["stages"].get(name, {})]
@@ -171,12 +171,14 @@ def summary(path: str) -> None:
             print(f"{name:<18} failed at {', '.join(failed)}")
         if not pts:
             continue
-        rows = np.log([p["rows"] for p, _ in pts])
+        # The slopes are over the users axis (Beauty's items); other item counts are listed only.
+        users_axis = [p for p, _, items_x in pts if items_x == 1]
+        rows = np.log([p["rows"] for p in users_axis])
         def slope(values):
             return float(np.polyfit(rows, np.log(values), 1)[0]) if len(set(rows)) > 1 else float("nan")
-        t = slope([p["seconds"] for p, _ in pts])
-        m = slope([max(p["memory"].get("largest worker", 0), 1) for p, _ in pts])
-        per_row = ", ".join(f"{label}: {p['us_per_row']:.2f}" for p, label in pts)
+        t = slope([p["seconds"] for p in users_axis])
+        m = slope([max(p["memory"].get("largest worker", 0), 1) for p in users_axis])
+        per_row = ", ".join(f"{label}: {p['us_per_row']:.2f}" for p, label, _ in pts)
         print(f"{name:<18}{len(pts):>7}{t:>12.2f}{m:>21.2f}  {per_row}")
 
 
