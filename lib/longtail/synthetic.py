@@ -360,10 +360,10 @@ def _first_draws(draws: np.ndarray) -> np.ndarray:
 
 
 def _draw_interactions(rng: np.random.Generator, user_ids: np.ndarray, drawn: _Items, pref: np.ndarray,
-                       lengths: np.ndarray, chosen: np.ndarray) -> pd.DataFrame:
-    """The interactions frame: the ``chosen`` items of each user with timestamps and ratings."""
+                       lengths: np.ndarray, item_idx: np.ndarray) -> pd.DataFrame:
+    """The interactions frame: the items ``item_idx`` (users' histories one after the other) with
+    timestamps and ratings."""
     owner, timestamps = _draw_timestamps(rng, lengths)
-    item_idx = chosen
     preferred = pref[owner, drawn.category[item_idx]] > 0
     rating = _draw_ratings(rng, preferred)
     return pd.DataFrame(

@@ -1,7 +1,6 @@
 """``longtail evaluate`` against a brute-force recomputation on a tiny warehouse."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import sys
@@ -280,10 +279,7 @@ def test_max_users_ranks_the_same_seeded_sample_on_every_run(wh):
     assert 3 <= kept < N_USERS and first["dataset"]["users"] == N_USERS
     pop = _train_popularity()
     rows = _brute_force(lambda inputs: pop, cfg)
-    every = run_evaluate(wh, "popularity", dataclasses.replace(cfg, max_users=N_USERS)).report
-    assert every["dataset"]["evaluated_users"] == N_USERS
-    assert every["protocols"]["full"]["overall"]["hr@10"] == pytest.approx(
-        hit_rate(np.array([r[3] for r in rows]), 10))
+    # (Every user is ranked below max_users: the contract test's evaluated_users == N_USERS.)
     # Some subset of the users of that size gives the sample's hit rate (a sum of kept hits).
     hits = sorted(int(r[3] < 10) for r in rows)
     got = round(first["protocols"]["full"]["overall"]["hr@10"] * kept)

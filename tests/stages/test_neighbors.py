@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from longtail.core import schemas
 from longtail.core.config import NeighborsConfig
-from longtail.core.errors import ConfigError
+from longtail.core.errors import ConfigError, SchemaError
 from longtail.stages import neighbors as nb
 
 
@@ -149,3 +149,18 @@ def test_bad_neighbors_config_is_rejected():
         nb.run_neighbors(None, NeighborsConfig(top_n=0))
     with pytest.raises(ConfigError, match="neighbors.block_size -1"):
         nb.run_neighbors(None, NeighborsConfig(block_size=-1))
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["exact", "faiss"])
+def test_blocks_of_different_embedding_lengths_stop_with_one_line_and_no_table(warehouse, method):
+    spark = warehouse.spark
+    # Each block is consistent on its own (4 users of 3 dims, then 4 of 5): only the staging sees both.
+    emb = [(f"user{i}", [0.5] * (3 if i < 4 else 5), "test", "h") for i in range(8)]
+    warehouse.write(spark.createDataFrame(emb, schemas.USER_EMBEDDINGS_SCHEMA), schemas.USER_EMBEDDINGS)
+    seqs = [(f"user{i}", i, [1], [1], 1, 1) for i in range(8)]
+    warehouse.write(spark.createDataFrame(seqs, schemas.USER_SEQUENCES_SCHEMA), schemas.USER_SEQUENCES)
+    with pytest.raises(SchemaError, match=r"table user_embeddings: embeddings have different lengths \[3, 5\]"):
+        nb.run_neighbors(warehouse, NeighborsConfig(top_n=2, block_size=4, method=method))
+    assert not warehouse.exists(schemas.SIMILAR_USERS)

@@ -23,9 +23,10 @@ models', sees train + valid (ALS folds the user in from that history).
 Scoring is distributed: ``mapInPandas`` over ``user_sequences`` with the model shipped once
 per Python worker (:mod:`longtail.inference.bundle`); per user the task returns ranks, the
 segment flags and the top list. Ranks (a few numbers per user; at most about
-``evaluate.max_users`` users, a seeded sample) are collected on the driver and turned into the report with the pure functions of :mod:`longtail.ranking.report`; the
-distinct recommended items are aggregated by Spark. Report rows are appended to
-``evaluation`` (readers take the latest ``evaluated_at`` of a model version).
+``evaluate.max_users`` users, a seeded sample) are collected on the driver and turned into the
+report with the pure functions of :mod:`longtail.ranking.report`; the distinct recommended items
+are aggregated by Spark. Report rows are appended to ``evaluation`` (readers take the latest
+``evaluated_at`` of a model version).
 
 With a hybrid config (``score.hybrid``) the blended/MMR variant is evaluated in the same
 pass and reported beside the plain model as ``<model>+hybrid``.

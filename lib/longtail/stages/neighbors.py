@@ -303,9 +303,6 @@ def _exact_neighbors(wh, users: DataFrame, n: int, block_size: int):
         if not staged:
             _write(wh, wh.spark.createDataFrame([], _RESULT_SCHEMA))
             return None, 0, 0, 0
-        dims = {d for _, _, d in staged}
-        if len(dims) != 1:
-            raise SchemaError(f"table {schemas.USER_EMBEDDINGS}: embeddings have different lengths {sorted(dims)}")
         block_ids = [b for b, _, _ in staged]
         count = sum(r for _, r, _ in staged)
 
@@ -318,13 +315,18 @@ def _exact_neighbors(wh, users: DataFrame, n: int, block_size: int):
 
         result = wh.spark.range(len(block_ids), numPartitions=len(block_ids)).mapInPandas(search, _RESULT_SCHEMA)
         _write(wh, result)
-        return result, count, len(block_ids), dims.pop()
+        return result, count, len(block_ids), staged[0][2]
     finally:
         _discard(tmp)
 
 
 def _stage_blocks(users: DataFrame, tmp: str, block_size: int) -> list[tuple[int, int, int]]:
-    """Write one normalised block file per ``user_idx // block_size``; return (block, rows, dim)."""
+    """Write one normalised block file per ``user_idx // block_size``; return (block, rows, dim)
+    sorted by block (so by ``user_idx``), every block of the same dim.
+
+    Raises:
+        SchemaError: an embedding or user_idx is null, or the blocks' dims differ.
+    """
 
     def stage(frame: pd.DataFrame) -> pd.DataFrame:
         from longtail.stages import neighbors as nb
@@ -343,6 +345,9 @@ def _stage_blocks(users: DataFrame, tmp: str, block_size: int) -> list[tuple[int
             msg = str(exc)[str(exc).index(f"{schemas.USER_EMBEDDINGS}:"):].splitlines()[0]
             raise SchemaError(f"table {msg}") from None
         raise
+    dims = sorted({int(r["dim"]) for r in rows})
+    if len(dims) > 1:
+        raise SchemaError(f"table {schemas.USER_EMBEDDINGS}: embeddings have different lengths {dims}")
     return sorted((int(r["block"]), int(r["rows"]), int(r["dim"])) for r in rows)
 
 
@@ -413,10 +418,7 @@ def _faiss_neighbors(wh, users: DataFrame, n: int, block_size: int):
 
 def _read_staged(tmp: str, staged: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every staged block in one array, ordered by ``user_idx``: (unit rows, user_idx, user ids)."""
-    dims = {d for _, _, d in staged}
-    if len(dims) != 1:
-        raise SchemaError(f"table {schemas.USER_EMBEDDINGS}: embeddings have different lengths {sorted(dims)}")
-    x = np.empty((sum(r for _, r, _ in staged), dims.pop()), dtype=np.float32)
+    x = np.empty((sum(r for _, r, _ in staged), staged[0][2]), dtype=np.float32)
     idx, ids, at = [], [], 0
     for block, rows, _ in staged:  # staged is sorted by block, and blocks by user_idx
         emb, block_idx, block_ids, _ = read_block(tmp, block)
