@@ -1,9 +1,10 @@
 """Lane: the demo pipeline on a Spark Connect session (``spark.remote``), as on Databricks
 serverless/shared clusters and Spark 4 remote sessions: no SparkContext, no RDDs, no broadcasts.
 
-The default lane runs Connect over ``local-cluster[2,1,2048]`` (two executor JVMs with their own
-Python workers) with ``train.mode: cluster`` (TorchDistributor barrier tasks on the executors,
-gloo): one run covers Spark Connect, real executors and the side-file scoring path.
+One lane runs Connect over ``local-cluster[2,1,2048]`` (two executor JVMs with their own Python
+workers) with ``train.mode: cluster`` (TorchDistributor barrier tasks on the executors, gloo): one
+run covers Spark Connect, real executors and the side-file scoring path. Both lanes are behind the
+``deploy`` marker: together with the others they would take ``.ci/run`` past its 15 minutes.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from deploy.lanes import CLUSTER, check_demo_tables, check_progress, demo_settings, longtail, read_table
 
 @pytest.mark.slow
+@pytest.mark.deploy
 def test_demo_on_spark_connect_over_two_executors(connect_cluster_warehouse):
     warehouse, done = connect_cluster_warehouse
     check_progress(done.stderr)

@@ -31,6 +31,7 @@ def test_demo_on_two_executors_with_cluster_training(cluster_warehouse):
 
 
 @pytest.mark.slow
+@pytest.mark.deploy
 def test_spark_submit_score_with_the_wheel(connect_cluster_warehouse, wheel, tmp_path):
     import sys
 

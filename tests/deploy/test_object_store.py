@@ -12,6 +12,7 @@ from deploy.lanes import check_demo_tables, demo_settings, environment, longtail
 
 @pytest.mark.spark
 @pytest.mark.slow
+@pytest.mark.deploy
 def test_ingest_to_score_with_the_warehouse_in_a_bucket(s3_spark, s3_bucket, tmp_path):
     from longtail.core.config import Config
     from longtail.core.tables import Warehouse

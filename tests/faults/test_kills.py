@@ -5,8 +5,9 @@ Kill points are the commit points a stage passes (``commit:<table>``: its files 
 commit not made; ``committed:<table>``: the commit made, nothing after it), recorded from an
 uninterrupted run. In-process kills raise :class:`longtail.core.faults.Killed` there (no
 rollback, as with kill -9); a few real ``kill -9`` runs (a subprocess SIGKILLs itself at the
-point) leave uncommitted files and manifests behind as well. The default run (CI) kills each
-stage once between two of its commits, and ``sequences`` once with a real kill -9;
+point) leave uncommitted files and manifests behind as well. The default run (CI) kills
+``ingest``, ``sequences`` and ``score`` once between two of their commits, and ``sequences`` once with a
+real kill -9 (``encode`` and ``train`` only in the full run, for CI time);
 ``LONGTAIL_FAULTS_FULL=1`` kills at every point, and three stages with kill -9 (the figures in
 docs/reliability.md); ``LONGTAIL_FAULT_REPORT=path`` appends each case as JSON.
 """
@@ -124,14 +125,8 @@ def _run_case(spark, world, stage, index):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, index", _cases(FAST_STAGES))
+@pytest.mark.parametrize("stage, index", _cases(FAST_STAGES + (SLOW_STAGES if FULL else [])))
 def test_killed_stage_leaves_readable_tables_and_its_rerun_converges(spark, world, stage, index):
-    _run_case(spark, world, stage, index)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("stage, index", [(s, i) for s, i in _cases(SLOW_STAGES) if FULL or i == 0])
-def test_killed_encode_and_train_converge_too(spark, world, stage, index):
     _run_case(spark, world, stage, index)
 
 
