@@ -22,8 +22,15 @@
    cosine of its embeddings to the float32 ones, and recall@10 of the similar users it finds
    among the sampled users against the float32 similar users.
 
+4. ``--profile --warehouse W``: where the time goes. torch.profiler's self CPU seconds of float32 and
+   bfloat16 on the same sampled texts, by op class (linear layers, attention, other), each class's
+   ratio, and the whole-model ratio bfloat16 could reach if every op but attention ran at the linear
+   layers' ratio, or at the ratio of one large Linear (the most the matrix units give here, timed in
+   the same run): the ceiling that precision alone sets on this CPU.
+
     python benchmarks/encode.py [--sample N] [--full] [--keep DIR] [--set encode.KEY=VALUE ...]
     python benchmarks/encode.py --options --warehouse W [--sample N] [--users N] [--threads T]
+    python benchmarks/encode.py --profile --warehouse W [--sample N] [--users N] [--threads T]
 """
 from __future__ import annotations
 
@@ -273,6 +280,99 @@ def options_study(spark, wh, cfg, n_items: int, n_users: int, threads: int) -> N
               f"{mean_cosine(uv, ref_users):9.4f} {similar_recall(ref_users, uv):23.3f}")
 
 
+# Profiler op names by what they compute; everything else (GELU, layer norm, adds, copies) is "other".
+OP_CLASSES = {
+    "linear": ("aten::addmm", "aten::mm", "aten::matmul", "aten::linear"),
+    "attention": ("aten::_scaled_dot_product", "aten::scaled_dot_product", "aten::bmm", "aten::baddbmm",
+                  "aten::_softmax", "aten::softmax"),
+}
+
+
+def op_class(name: str) -> str:
+    """``linear`` | ``attention`` | ``other`` for a torch profiler op name."""
+    for cls, prefixes in OP_CLASSES.items():
+        if name.startswith(prefixes):
+            return cls
+    return "other"
+
+
+def seconds_by_class(ops) -> dict[str, float]:
+    """Self CPU seconds per op class from ``(name, self_cpu_microseconds)`` pairs."""
+    out = {"linear": 0.0, "attention": 0.0, "other": 0.0}
+    for name, micros in ops:
+        out[op_class(name)] += micros / 1e6
+    return out
+
+
+def ratio_bound(fp32: dict[str, float], fast: dict[str, float], gemm: float | None = None) -> float:
+    """The whole-model speed-up if every op but attention ran ``gemm`` times faster than in float32
+    (default: the linear layers' own measured ratio) and attention as measured: float32 seconds
+    over the seconds that would leave."""
+    gemm = gemm or fp32["linear"] / fast["linear"]
+    left = (fp32["linear"] + fp32["other"]) / gemm + fast["attention"]
+    return sum(fp32.values()) / left
+
+
+def large_gemm_ratio(rows: int = 64 * 96, repeats: int = 20) -> float:
+    """bfloat16 over float32 speed of one large Linear (``rows`` x 384 -> 1536, MiniLM's widest):
+    the most the CPU's matrix units give a BERT layer at this size."""
+    import torch
+
+    x = torch.randn(rows, 384)
+    layer = torch.nn.Linear(384, 1536)
+    seconds = {}
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            lx, xx = layer.to(dtype), x.to(dtype)
+            lx(xx)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                lx(xx)
+            seconds[dtype] = time.perf_counter() - start
+    return seconds[torch.float32] / seconds[torch.bfloat16]
+
+
+def profile_classes(enc, ids, batch: int, rounds: int = 2) -> dict[str, float]:
+    """Self CPU seconds per op class of ``enc`` embedding the tokenised ``ids`` (best of ``rounds``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    best = None
+    for _ in range(rounds):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            enc.encode_ids(ids, batch, enc.default_pooling, True)
+        got = seconds_by_class((e.key, e.self_cpu_time_total) for e in prof.key_averages())
+        best = got if best is None or sum(got.values()) < sum(best.values()) else best
+    return best
+
+
+def profile_study(spark, wh, cfg, n_items: int, n_users: int, threads: int) -> None:
+    """Where float32 and bfloat16 spend their time, by op class, and the speed-up bound it implies."""
+    import torch
+    from longtail.encoders import text as encoders
+
+    torch.set_num_threads(threads)
+    e = cfg.encode
+    items, users, _ = option_inputs(spark, wh, cfg, n_items, n_users)
+    path = encoders.resolve_model_path(e.model)
+    gemm = large_gemm_ratio()
+    print(f"{len(items)} item texts, {len(users)} user texts, {threads} torch threads, batch {e.batch_size}; "
+          f"self CPU seconds by op class (torch.profiler, best of 2); one large Linear: bfloat16 {gemm:.2f}x")
+    print(f"{'texts':6s} {'class':10s} {'float32 s':>10s} {'bfloat16 s':>11s} {'ratio':>6s} {'bf16 share':>11s}")
+    for kind, texts, left in (("items", items, False), ("users", users, True)):
+        classes = {}
+        for dtype in ("float32", "bfloat16"):
+            enc = encoders.get_encoder(path, "cpu", dtype)
+            ids = enc.tokenize(texts, e.max_tokens, truncate_left=left)
+            enc.encode_ids(ids[: e.batch_size], e.batch_size, enc.default_pooling, True)  # warm-up
+            classes[dtype] = profile_classes(enc, ids, e.batch_size)
+        f, b = classes["float32"], classes["bfloat16"]
+        for cls in (*f, "total"):
+            fs, bs = (sum(f.values()), sum(b.values())) if cls == "total" else (f[cls], b[cls])
+            print(f"{kind:6s} {cls:10s} {fs:10.2f} {bs:11.2f} {fs / bs:5.2f}x {bs / sum(b.values()):10.0%}")
+        print(f"{kind:6s} bound if all but attention ran at the linear layers' {f['linear'] / b['linear']:.2f}x: "
+              f"{ratio_bound(f, b):.2f}x; at one large Linear's {gemm:.2f}x: {ratio_bound(f, b, gemm):.2f}x")
+
+
 def full_run(spark, wh, cfg, args) -> None:
     from longtail.core import schemas
     from longtail.stages.encode import run_encode
@@ -311,12 +411,14 @@ def main() -> None:
     parser.add_argument("--keep", help="(--full) copy the temporary warehouse here (for benchmarks/neighbors.py)")
     parser.add_argument("--changed", type=int, default=10, help="(--full) titles changed before the last rerun")
     parser.add_argument("--options", action="store_true", help="the CPU options side by side (needs --warehouse)")
-    parser.add_argument("--users", type=int, default=1000, help="(--options) sampled users")
-    parser.add_argument("--threads", type=int, default=2, help="(--options) torch threads")
+    parser.add_argument("--profile", action="store_true",
+                        help="time by op class, float32 vs bfloat16, and the bound it sets (needs --warehouse)")
+    parser.add_argument("--users", type=int, default=1000, help="(--options, --profile) sampled users")
+    parser.add_argument("--threads", type=int, default=2, help="(--options, --profile) torch threads")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    if args.options and not args.warehouse:
-        parser.error("--options needs --warehouse W (a warehouse after sequences and encode)")
+    if (args.options or args.profile) and not args.warehouse:
+        parser.error("--options and --profile need --warehouse W (a warehouse after sequences and encode)")
 
     from longtail.core.config import load_config
     from longtail.core.session import build_spark
@@ -332,6 +434,10 @@ def main() -> None:
     try:
         if args.options:
             options_study(spark, Warehouse(spark, cfg.warehouse, engine=cfg.delta.engine), cfg, args.sample,
+                          args.users, args.threads)
+            return
+        if args.profile:
+            profile_study(spark, Warehouse(spark, cfg.warehouse, engine=cfg.delta.engine), cfg, args.sample,
                           args.users, args.threads)
             return
         ratio(spark, cfg, args.data, args.sample, args.one_by_one)
