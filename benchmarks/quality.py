@@ -10,7 +10,10 @@ benchmarks/README.md comes from one such line)::
 the config keys that differ from the defaults, the training metrics (best epoch, per-epoch
 history, seconds per epoch) and the evaluation report (both protocols, segments, catalogue).
 ``--summary`` prints a table of the lines of ``--out`` instead; ``--markdown`` the same as markdown;
-``--seeds`` the mean ± std over seeds of the runs whose tags differ only in their ``s<seed>-`` prefix.
+``--seeds`` the mean ± std over seeds of the runs whose tags differ only in their ``s<seed>-`` prefix;
+``--select`` ranks runs by their validation figures alone (how defaults and ablation winners are chosen:
+never on the test split, which each run reads once, in its ``evaluate``). Every line records which split
+chose what (``chosen_on``).
 """
 from __future__ import annotations
 
@@ -101,6 +104,12 @@ def _figure(report: dict, protocol: str, segment: str | None, metric: str) -> fl
     return float("nan") if value is None else float(value)
 
 
+def _served_unadjusted(r: dict, report: str) -> dict | None:
+    """For ``eval_unadjusted``: ``eval`` where the model was ranked without an adjustment (its chosen
+    penalty was 0); the line then has no second report, its served figures are the unadjusted ones."""
+    return r["eval"] if report == "eval_unadjusted" and r.get("eval") and _adjustment(r["eval"]) == "0" else None
+
+
 def _seeds(path: str, tags: list[str] | None, report: str = "eval") -> None:
     """Mean ± std over seeds: lines whose tags differ only in their ``s<seed>-`` prefix form one row.
     ``report``: ``eval`` (as served) or ``eval_unadjusted`` (the same models without the adjustment)."""
@@ -110,9 +119,10 @@ def _seeds(path: str, tags: list[str] | None, report: str = "eval") -> None:
 
     groups: dict[str, list[dict]] = {}
     for r in _lines(path, tags):
-        if not r.get(report):
+        chosen = r.get(report) or _served_unadjusted(r, report)
+        if not chosen:
             continue
-        groups.setdefault(re.sub(r"^s\d+-", "", r["tag"]), []).append(r)
+        groups.setdefault(re.sub(r"^s\d+-", "", r["tag"]), []).append({**r, report: chosen})
     print("| run | model | seeds | " + " | ".join(c for c, *_ in _SEED_FIGURES) + " |")
     print("| --- | --- | --- | " + " | ".join("---" for _ in _SEED_FIGURES) + " |")
     for name, rows in groups.items():
@@ -123,6 +133,53 @@ def _seeds(path: str, tags: list[str] | None, report: str = "eval") -> None:
         seeds = ",".join(str(r["train"]["seed"]) for r in rows)
         label = name if report == "eval" else f"{name}, unadjusted"
         print(f"| {label} | `{rows[0]['model']}` | {seeds} | " + " | ".join(cells) + " |")
+
+
+#: Which split chose what, in every result line and under every seed table.
+CHOSEN_ON = {
+    "best_epoch": "validation split: NDCG@10 of each user's second-last item (train.validate protocol)",
+    "exposure_adjustment": "validation split: the largest penalty within train.exposure_tolerance of the "
+                           "unadjusted validation NDCG@10 (train.exposure_adjustment)",
+    "defaults_and_ablations": "validation split: benchmarks/quality.py --select",
+    "test_split": "read once per run, by its evaluate (the reported figures)",
+}
+
+
+def _chosen_on_note() -> str:
+    return ("Chosen on the validation split: the best epoch, the served exposure adjustment and (with "
+            "--select) every default and ablation winner; the test split was read once per run.")
+
+
+def _validation(r: dict) -> tuple[float, float]:
+    """(full NDCG@10, full HR@10) on the validation split at the run's best epoch."""
+    m = r["train"]
+    best = next((h for h in m["history"] if h["epoch"] == m["best_epoch"]), {})
+    nan = float("nan")
+    return (float(best.get("valid_full_ndcg10", m.get("valid_ndcg10", nan))),
+            float(best.get("valid_full_hr10", m.get("valid_hr10", nan))))
+
+
+def _select(path: str, tags: list[str] | None) -> str | None:
+    """Rank runs (seed groups, as ``--seeds``) by validation full NDCG@10 alone; print the table and
+    return the winner's name. No test figure is read."""
+    import re
+
+    import numpy as np
+
+    groups: dict[str, list[dict]] = {}
+    for r in _lines(path, tags):
+        groups.setdefault(re.sub(r"^s\d+-", "", r["tag"]), []).append(r)
+    ranked = sorted(groups.items(), key=lambda kv: -np.mean([_validation(r)[0] for r in kv[1]]))
+    print("| run | model | seeds | validation full NDCG@10 | validation full HR@10 |")
+    print("| --- | --- | --- | --- | --- |")
+    for i, (name, rows) in enumerate(ranked):
+        ndcg, hr = np.array([_validation(r) for r in rows]).T
+        std = lambda a: a.std(ddof=1) if len(a) > 1 else 0.0  # noqa: E731
+        label = f"**{name}** (chosen)" if i == 0 else name
+        seeds = ",".join(str(r["train"]["seed"]) for r in rows)
+        print(f"| {label} | `{rows[0]['model']}` | {seeds} | {ndcg.mean():.4f} ± {std(ndcg):.4f} | {hr.mean():.4f} ± {std(hr):.4f} |")
+    print("\nChosen on the validation split only; no test figure was read (each run read the test split once, in its evaluate).")
+    return ranked[0][0] if ranked else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", nargs="*", help="the same as a markdown table")
     parser.add_argument("--seeds", nargs="*", help="mean ± std over seeds (tags equal but for their s<seed>- prefix)")
     parser.add_argument("--unadjusted", action="store_true", help="(--seeds) the models without their exposure adjustment")
+    parser.add_argument("--select", nargs="*", help="rank runs by validation figures only (no test figure read)")
     args = parser.parse_args(argv)
     if args.summary is not None:
         _summary(args.out, args.summary)
@@ -146,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.seeds is not None:
         _seeds(args.out, args.seeds, "eval_unadjusted" if args.unadjusted else "eval")
+        print(f"\n{_chosen_on_note()}")
+        return 0
+    if args.select is not None:
+        _select(args.out, args.select)
         return 0
 
     from longtail.core.config import Config, load_config, to_dict
@@ -192,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         # The hybrid (score.hybrid), evaluated in the same pass: blend, MMR, popularity penalty.
         "variants": report.variants,
         "eval_unadjusted": unadjusted,
+        "chosen_on": CHOSEN_ON,
         "train_seconds": trained - started,
         "eval_seconds": time.perf_counter() - trained,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

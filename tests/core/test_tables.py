@@ -6,6 +6,9 @@ import glob
 import hashlib
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
@@ -74,14 +77,26 @@ def test_native_engine_without_jars_is_a_clear_error(spark, tmp_path, warehouse)
         Warehouse(spark, str(tmp_path), engine="native")
 
 
-def test_native_engine_round_trip(spark, tmp_path):
-    wh = Warehouse(spark, str(tmp_path / "wh"))
-    if wh.engine != "native":
-        pytest.skip("delta-spark's JVM classes are not on the classpath (start Spark with --packages io.delta:...)")
-    df = events(spark, [("a", 1, D1), ("b", 2, D2)])
-    wh.write(df, "t", partition_by=["run_date"])
-    wh.write(events(spark, [("c", 3, D1)]), "t", replace_partitions={"run_date": D1})
-    assert_same_rows(wh.read("t"), events(spark, [("b", 2, D2), ("c", 3, D1)]))
+@pytest.mark.slow
+def test_each_engine_reads_the_other_engines_tables(spark, tmp_path):
+    root = str(tmp_path / "wh")
+    if Warehouse(spark, root).engine == "native":  # this session has delta-spark's classes: both engines here
+        each_engine_reads_the_others_tables(Warehouse(spark, root, engine="native"),
+                                            Warehouse(spark, root, engine="delta-rs"), native_partition_columns)
+        return
+    why_not = native_delta_unavailable()
+    if why_not:
+        pytest.skip(why_not)
+    # Delta's jars are at hand but not in this session (its JVM is running): a session of their own, in
+    # one process with both engines (this file run as a script).
+    try:
+        done = subprocess.run([sys.executable, __file__, root], capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the native Delta check did not finish in {exc.timeout}s: {(exc.stdout or '')[-3000:]}")
+    output = (done.stdout + done.stderr)[-6000:]
+    if done.returncode == NATIVE_UNAVAILABLE:
+        pytest.skip(f"native Delta engine not available: {done.stdout.strip().splitlines()[-1]}")
+    assert done.returncode == 0, output
 
 
 def test_overwrite_round_trip_and_versions(spark, warehouse):
@@ -446,3 +461,198 @@ def test_refuses_tables_with_deletion_vectors(spark, warehouse):
     )
     with pytest.raises(UnsupportedDeltaTable, match="table dv.*deletion vectors"):
         warehouse.read("dv")
+
+
+# ---------------------------------------------------------------------------- native Delta <-> delta-rs
+
+#: The delta-spark jar and the jars it needs (delta-storage), separated by os.pathsep: the cross-engine
+#: test then starts its native session with them (``spark.jars``) instead of resolving them.
+DELTA_JARS_ENV = "LONGTAIL_DELTA_JARS"
+#: Exit status of this file run as a script when no native Delta session can start.
+NATIVE_UNAVAILABLE = 77
+GENERATED = dt.datetime(2024, 1, 1, 3, 4, 5, tzinfo=dt.timezone.utc)
+
+
+def delta_coordinate() -> str:
+    """The Maven coordinate ``delta.engine: native`` resolves (``configure_spark_with_delta_pip``'s)."""
+    from delta import configure_spark_with_delta_pip
+    from pyspark.sql import SparkSession
+
+    return configure_spark_with_delta_pip(SparkSession.Builder())._options["spark.jars.packages"]
+
+
+def ivy_jar(coordinate: str) -> Path:
+    """Where Spark's Ivy cache (``~/.ivy2.5.2``, Spark 4) keeps the jar of ``group:artifact:version``."""
+    group, artifact, version = coordinate.split(":")
+    return Path.home() / ".ivy2.5.2" / "cache" / group / artifact / "jars" / f"{artifact}-{version}.jar"
+
+
+def native_delta_unavailable() -> str | None:
+    """Why no native Delta session can start here (None: it can, from LONGTAIL_DELTA_JARS or the Ivy cache)."""
+    if os.environ.get(DELTA_JARS_ENV):
+        return None
+    try:
+        coordinate = delta_coordinate()
+    except ImportError:
+        return ("native Delta engine not available: delta-spark is not installed (pip install 'longtail[delta]'), "
+                "and this session has no Delta JVM classes")
+    if ivy_jar(coordinate).is_file():
+        return None
+    return (
+        f"native Delta engine not available: this session has no Delta JVM classes, {DELTA_JARS_ENV} is unset "
+        f"and the Ivy cache has no {coordinate} ({ivy_jar(coordinate)}). It runs where either is there: fetch the "
+        "jars once with network access (python -c \"from longtail.core.config import SparkConfig; "
+        "from longtail.core.session import build_spark; build_spark(SparkConfig(), delta_engine='native').stop()\") "
+        f"or set {DELTA_JARS_ENV}=<delta-spark jar>{os.pathsep}<delta-storage jar>"
+    )
+
+
+def native_partition_columns(wh: Warehouse, table: str) -> list[str]:
+    """The partition columns native Delta reads from the table's log."""
+    from delta.tables import DeltaTable
+
+    return list(DeltaTable.forPath(wh.spark, wh.path(table)).detail().first()["partitionColumns"])
+
+
+def _recs(spark, rows, run_date):
+    """``recommendations`` rows as ``score`` builds them: the run's date and time as literals (not null)."""
+    from longtail.core import schemas
+
+    written = [f for f in schemas.RECOMMENDATIONS_SCHEMA.fields if f.name not in ("run_date", "generated_at")]
+    return (
+        spark.createDataFrame(rows, StructType(written))
+        .withColumn("run_date", F.lit(run_date))
+        .withColumn("generated_at", F.lit(GENERATED).cast("timestamp"))
+    )
+
+
+def assert_same_rows_any_nullability(actual, expected):
+    """Rows and column types equal; nullability is compared on its own (``_fields``)."""
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True, ignore_metadata=True)
+
+
+def _fields(schema: StructType) -> list[tuple]:
+    return [(f.name, f.dataType.simpleString(), f.nullable) for f in schema]
+
+
+def _deltalake_rows(path: str, columns: list[str], version: int | None = None) -> list[tuple]:
+    """The rows of a Delta table as ``deltalake`` reads it by itself (no Spark), sorted."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(path, version=version).to_pyarrow_table().select(columns)
+    return sorted(tuple(r.values()) for r in table.to_pylist())
+
+
+def _spark_rows(df) -> list[tuple]:
+    def plain(v):  # Spark gives the session's local time without a zone, deltalake UTC with one
+        return v.astimezone(dt.timezone.utc) if isinstance(v, dt.datetime) else v
+
+    return sorted(tuple(plain(v) for v in r) for r in df.collect())
+
+
+def each_engine_reads_the_others_tables(native: Warehouse, rs: Warehouse, partition_columns) -> None:
+    """Tables written by one engine read by the other, by ``deltalake`` itself and by the writer, alike:
+    the nightly table (partitioned by ``run_date``, a partition replaced at a time) and a record table (an
+    append after an overwrite), each then written to by the other engine too; versions, time travel,
+    partitioning and the schema (types, nullability) seen the same by both engines and by ``deltalake``.
+
+    Args:
+        native, rs: the same warehouse folder through native Delta and through delta-rs.
+        partition_columns: ``(warehouse, table) -> partition columns`` as native Delta reads them.
+    """
+    from deltalake import DeltaTable
+    from longtail.core import delta_rs, schemas
+
+    spark = native.spark
+    contract = {t: [(f.name, f.dataType.simpleString()) for f in schemas.SCHEMAS[t]]
+                for t in (schemas.RECOMMENDATIONS, schemas.RECOMMENDATION_RUNS)}
+    for writer, reader in ((native, rs), (rs, native)):
+        recs, runs = f"recommendations_{writer.engine.replace('-', '_')}", f"runs_{writer.engine.replace('-', '_')}"
+        first = _recs(spark, [("u1", 1, "i1", 0.5, "m", "v1", False), ("u2", 1, "i9", 0.25, "popularity", "counts", True)],
+                      D1)
+        second = _recs(spark, [("u1", 1, "i3", 0.75, "m", "v1", False)], D2)
+        rerun = _recs(spark, [("u1", 1, "i2", 1.5, "m", "v2", False), ("u1", 2, "i4", -0.5, "m", "v2", False)], D1)
+        writer.write(first, recs, mode="overwrite", partition_by=["run_date"], replace_partitions={"run_date": D1})
+        writer.write(second, recs, mode="overwrite", replace_partitions={"run_date": D2})
+        assert writer.write(rerun, recs, mode="overwrite", replace_partitions={"run_date": D1}) == 2
+        path = writer.path(recs)
+        assert reader.version(recs) == DeltaTable(path).version() == 2, writer.engine
+        expected = rerun.unionByName(second)
+        for wh in (writer, reader):
+            assert_same_rows_any_nullability(wh.read(recs), expected)
+            assert_same_rows_any_nullability(wh.read(recs, version=0), first)
+        assert _deltalake_rows(path, expected.columns) == _spark_rows(expected)
+        assert _deltalake_rows(path, expected.columns, version=1) == _spark_rows(first.unionByName(second))
+        assert partition_columns(native, recs) == DeltaTable(path).metadata().partition_columns == ["run_date"]
+        seen = _fields(writer.read(recs).schema)
+        assert _fields(reader.read(recs).schema) == _fields(delta_rs.spark_schema(DeltaTable(path))) == seen, writer.engine
+        assert [(n, t) for n, t, _ in seen] == contract[schemas.RECOMMENDATIONS]
+        # Both engines create every column nullable, the literal run_date too: the other's appends never trip on it.
+        assert all(nullable for *_, nullable in seen), (writer.engine, seen)
+        # The other engine replaces a partition of this table; the writer reads it back.
+        again = _recs(spark, [("u3", 1, "i5", 2.0, "m", "v3", False)], D2)
+        assert reader.write(again, recs, mode="overwrite", replace_partitions={"run_date": D2}) == 3
+        for wh in (writer, reader):
+            assert_same_rows_any_nullability(wh.read(recs), rerun.unionByName(again))
+        assert _deltalake_rows(path, expected.columns) == _spark_rows(rerun.unionByName(again))
+
+        # A record table: an overwrite, an append by the same engine, then one by the other.
+        def run(n: int) -> tuple:  # a run row; diversity null in one
+            started = dt.datetime(2024, 1, 1, n, tzinfo=dt.timezone.utc)
+            return (D1, "m", f"v{n}", n, 0.5, 0.25, None if n == 2 else 0.125, started, started + dt.timedelta(minutes=30))
+
+        table = schemas.RECOMMENDATION_RUNS_SCHEMA
+        writer.write(spark.createDataFrame([run(1)], table), runs, mode="overwrite")
+        assert writer.write(spark.createDataFrame([run(2)], table), runs, mode="append") == 1
+        assert reader.write(spark.createDataFrame([run(3)], table), runs, mode="append") == 2
+        for wh in (writer, reader):
+            assert wh.version(runs) == 2
+            assert_same_rows_any_nullability(wh.read(runs), spark.createDataFrame([run(1), run(2), run(3)], table))
+            assert_same_rows_any_nullability(wh.read(runs, version=1), spark.createDataFrame([run(1), run(2)], table))
+        assert _deltalake_rows(writer.path(runs), table.names) == sorted([run(1), run(2), run(3)])
+        assert partition_columns(native, runs) == DeltaTable(writer.path(runs)).metadata().partition_columns == []
+        seen = _fields(writer.read(runs).schema)
+        assert _fields(reader.read(runs).schema) == _fields(delta_rs.spark_schema(DeltaTable(writer.path(runs)))) == seen
+        assert [(n, t) for n, t, _ in seen] == contract[schemas.RECOMMENDATION_RUNS]
+
+
+def _native_session():
+    """A local session with native Delta: the jars of LONGTAIL_DELTA_JARS, else ``delta.engine: native``
+    (delta-spark's Maven coordinate, resolved by Spark from its Ivy cache or Maven Central)."""
+    from longtail.core.config import SparkConfig
+    from longtail.core.session import build_spark
+
+    jars = os.environ.get(DELTA_JARS_ENV)
+    conf = {
+        "spark.jars": ",".join(j for j in jars.split(os.pathsep) if j),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    } if jars else {}
+    cfg = SparkConfig(master="local[2]", app_name="longtail-tests-native-delta", driver_memory="1g",
+                      shuffle_partitions=2, conf=conf)
+    return build_spark(cfg, delta_engine="auto" if jars else "native")
+
+
+def _native_main(root: str) -> int:
+    """``python tests/core/test_tables.py ROOT``: the cross-engine check in a session of its own."""
+    from longtail.core.errors import EnvironmentProblem
+
+    try:
+        spark = _native_session()
+    except EnvironmentProblem as exc:
+        if os.environ.get(DELTA_JARS_ENV):
+            raise
+        print(f"delta-spark's jars did not resolve: {str(exc).splitlines()[0]}", flush=True)
+        return NATIVE_UNAVAILABLE
+    try:
+        each_engine_reads_the_others_tables(
+            Warehouse(spark, root, engine="native"), Warehouse(spark, root, engine="delta-rs"), native_partition_columns
+        )
+    finally:
+        spark.stop()
+    print("each engine reads the other's tables", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_native_main(sys.argv[1]))

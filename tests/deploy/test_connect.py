@@ -3,8 +3,9 @@ serverless/shared clusters and Spark 4 remote sessions: no SparkContext, no RDDs
 
 One lane runs Connect over ``local-cluster[2,1,2048]`` (two executor JVMs with their own Python
 workers) with ``train.mode: cluster`` (TorchDistributor barrier tasks on the executors, gloo): one
-run covers Spark Connect, real executors and the side-file scoring path. Both lanes are behind the
-``deploy`` marker: together with the others they would take ``.ci/run`` past its 15 minutes.
+run covers Spark Connect, real executors, the encoding UDF on executors and the side-file scoring
+path. It is in the default run (CI); the demo on Connect over ``local[2]`` is behind the ``deploy``
+marker (the fault suite's kill -9 victims already run on Spark Connect in every run).
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 
 from deploy.lanes import CLUSTER, check_demo_tables, check_progress, demo_settings, longtail, read_table
 
+
 @pytest.mark.slow
-@pytest.mark.deploy
 def test_demo_on_spark_connect_over_two_executors(connect_cluster_warehouse):
     warehouse, done = connect_cluster_warehouse
     check_progress(done.stderr)

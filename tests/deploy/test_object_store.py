@@ -1,6 +1,7 @@
 """Lane: the warehouse in a bucket of a real S3 API server (moto's server mode), through the embedded
 delta-rs engine: tables, models, reports and scratch files all on ``s3a://``, with no Hadoop S3
-connector in Spark (pip's pyspark has none)."""
+connector in Spark (pip's pyspark has none). Ingest -> sequences -> score runs in every run (CI);
+the whole demo with the warehouse in the bucket is behind the ``deploy`` marker."""
 from __future__ import annotations
 
 import datetime as dt
@@ -12,7 +13,6 @@ from deploy.lanes import check_demo_tables, demo_settings, environment, longtail
 
 @pytest.mark.spark
 @pytest.mark.slow
-@pytest.mark.deploy
 def test_ingest_to_score_with_the_warehouse_in_a_bucket(s3_spark, s3_bucket, tmp_path):
     from longtail.core.config import Config
     from longtail.core.tables import Warehouse

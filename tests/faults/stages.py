@@ -17,9 +17,10 @@ RUN_DATE = dt.date(2026, 1, 15)
 VOLATILE = {"generated_at", "started_at", "finished_at", "evaluated_at", "trained_at", "model_version", "path",
             "seconds_per_epoch"}
 RECORD_TABLES = {"recommendation_runs", "evaluation", "models"}
-#: What each stage needs in the warehouse before it runs.
-NEEDS = {"ingest": [], "sequences": ["ingest"], "score": ["ingest", "sequences"], "encode": ["ingest", "sequences"],
-         "train": ["ingest", "sequences"]}
+#: Every stage that writes tables, in pipeline order: each runs on what the ones before it wrote.
+PIPELINE = ("ingest", "sequences", "encode", "neighbors", "train", "evaluate", "score")
+#: The model ``train`` trains and ``evaluate`` and ``score`` serve.
+MODEL = "sasrec"
 
 
 def write_raw(folder: Path) -> tuple[str, str]:
@@ -52,23 +53,33 @@ def run_stage(name: str, wh, raw: Path):
         from longtail.stages.sequences import run_sequences
 
         return run_sequences(wh, SequencesConfig(k_core=2))
-    if name == "score":
-        from longtail.core.config import ScoreConfig
-        from longtail.stages.score import run_score
-
-        return run_score(wh, "popularity", ScoreConfig(), run_date=RUN_DATE, top_k=3)
     if name == "encode":
         from longtail.core.config import EncodeConfig
         from longtail.stages.encode import run_encode
 
-        return run_encode(wh, EncodeConfig(batch_size=16, max_tokens=32, pca_dim=8, device="cpu"))
+        return run_encode(wh, EncodeConfig(batch_size=16, max_tokens=32, pca_dim=8, device="cpu"), users=True)
+    if name == "neighbors":
+        from longtail.core.config import NeighborsConfig
+        from longtail.stages.neighbors import run_neighbors
+
+        return run_neighbors(wh, NeighborsConfig(top_n=3))
     if name == "train":
         from longtail.core.config import TrainConfig
         from longtail.stages.train import run_train
 
         cfg = TrainConfig(hidden=8, max_len=8, dropout=0.1, layers=1, heads=1, batch_size=16, epochs=2,
                           patience=2, seed=7)
-        return run_train(wh, "sasrec", cfg, valid_negatives=10, threads=1)
+        return run_train(wh, MODEL, cfg, valid_negatives=10, threads=1)
+    if name == "evaluate":
+        from longtail.core.config import EvaluateConfig
+        from longtail.stages.evaluate import run_evaluate
+
+        return run_evaluate(wh, MODEL, EvaluateConfig(negatives=10, k=3, recall_at=5))
+    if name == "score":
+        from longtail.core.config import ScoreConfig
+        from longtail.stages.score import run_score
+
+        return run_score(wh, MODEL, ScoreConfig(), run_date=RUN_DATE, top_k=3)
     raise ValueError(name)
 
 

@@ -139,13 +139,21 @@ def test_pca_init_at_backbone_scale_keeps_its_geometry(hp, text):
     assert torch.allclose(model.item_vectors_from_text(text.llm[1:6]), model.item_vectors()[1:6], atol=1e-4)
 
 
-def test_residual_cross_attention_keeps_each_views_sequence(hp, text, seqs):
+@pytest.mark.parametrize("coefficient", [0.0, 0.5, 1.0])
+def test_residual_fusion_adds_each_views_own_sequence_and_at_0_is_the_papers(hp, text, seqs, coefficient):
+    from longtail.models.layers import attention_mask
+
     torch.manual_seed(0)
-    model = build_model("llmesr_sasrec", N_ITEMS, {**hp, "cross_residual": True}, text)
+    model = build_model("llmesr_sasrec", N_ITEMS, {**hp, "cross_residual": coefficient}, text)
     cross = model.cross
     a, b = torch.randn(3, 6, HIDDEN), torch.randn(3, 6, HIDDEN)
-    cross.residual = False
-    plain_a, plain_b = cross(a, b, seqs)
-    cross.residual = True
-    res_a, res_b = cross(a, b, seqs)
-    assert torch.allclose(res_a, a + plain_a) and torch.allclose(res_b, b + plain_b)
+    # The paper's fusion written out: each view becomes the attention over it with the other
+    # view's queries (padding zeroed), nothing of its own sequence kept.
+    keep = (seqs != 0).unsqueeze(-1)
+    allowed = attention_mask(seqs == 0, causal=True)
+    paper_a, paper_b = cross.first(b, a, allowed) * keep, cross.second(a, b, allowed) * keep
+    fused_a, fused_b = cross(a, b, seqs)
+    assert torch.allclose(fused_a, paper_a + coefficient * a, atol=1e-6)
+    assert torch.allclose(fused_b, paper_b + coefficient * b, atol=1e-6)
+    if coefficient == 0.0:
+        assert torch.equal(fused_a, paper_a) and torch.equal(fused_b, paper_b)

@@ -261,3 +261,108 @@ def test_rerun_of_a_date_replaces_only_that_partition_and_hybrid_diversity(wh):
     assert len(runs) == 3 and (runs["run_date"] == D1).sum() == 2
     latest = runs.sort_values("finished_at").groupby("run_date").last()
     assert latest.loc[D1, "model"] == "popularity" and latest.loc[D2, "model"] == "plain_fake+hybrid"
+
+
+# --------------------------------------------------------------------------- the served exposure adjustment
+
+# Hubness saved with the model (model idx = item number): two hubs, i6 (face) and i12 (hair), top many
+# lists; i5 a little above the rest, so that no two candidates tie. Items the model has no row for
+# (new_face, new_odd) are served with the median, 0.2.
+HUBNESS = [0.0] + [0.2, 0.2, 0.2, 0.2, 0.25, 3.0, 0.2, 0.2, 0.2, 0.2, 0.2, 3.0]
+HUBS = {"i6", "i12"}
+PENALTY = 0.5
+CATALOGUE = [""] + KNOWN + ["new_face", "new_odd"]  # score's catalogue idxs (new items appended)
+
+
+def _hand_lists(history_of, exclude_of, k: int, penalty: float, with_new_items: bool):
+    """Top-``k`` (item id, score) of every model user from the fake's logits minus ``penalty x
+    hubness``, computed here: user vector = mean of the last ``max_len`` (4) history items."""
+    import numpy as np
+
+    table = [[0.0] * 4] + [_embedding(i) for i in range(1, 13)]
+    bias = list(HUBNESS)
+    if with_new_items:  # what the fake's semantic view gives them, and the median hubness
+        table += [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
+        bias += [float(np.median(HUBNESS[1:]))] * 2
+    table, bias = np.asarray(table, dtype=np.float64), np.asarray(bias)
+    out = {}
+    for user, history in HISTORIES.items():
+        scores = table @ table[history_of(history)[-4:]].mean(0) - penalty * bias
+        scores[[0, *exclude_of(history)]] = -np.inf
+        order = np.argsort(-scores, kind="stable")[: k + 1]
+        assert (np.diff(scores[order]) < -1e-4).all(), f"{user}: near tie, the check would be fragile"
+        out[user] = [(CATALOGUE[i], float(scores[i])) for i in order[:k]]
+    return out
+
+
+@pytest.mark.slow
+def test_score_serves_the_hubness_adjustment_saved_with_the_model_as_evaluate_does(wh, tmp_path):
+    from longtail.core.config import EvaluateConfig
+    from longtail.core.files import npy_bytes
+    from longtail.inference.store import HUBNESS_FILE
+    from longtail.stages.evaluate import run_evaluate
+
+    import numpy as np
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / HUBNESS_FILE).write_bytes(npy_bytes(np.asarray(HUBNESS, dtype=np.float32)))
+    fake = FakeTrained("hub_fake", "v1", text=True)
+    fake.path = str(model_dir)
+    fake.config = {"exposure_adjustment": {"kind": "hubness", "penalty": PENALTY}, "popularity_penalty": 0.0}
+    loader = loader_for(hub_fake=fake)
+    k = 2
+
+    served = run_score(wh, "hub_fake", ScoreConfig(), run_date=D1, top_k=k, model_loader=loader)
+    plain = run_score(wh, "hub_fake", ScoreConfig(popularity_penalty=0), run_date=D2, top_k=k, model_loader=loader)
+    assert (served.model, served.model_version) == (plain.model, plain.model_version) == ("hub_fake", "v1")
+    recs = {d: _recs(wh, d) for d in (D1, D2)}
+
+    # Each model user's list and scores: the top-K of logits - p x hubness, every item they touched
+    # excluded; penalty 0 serves the bare logits.
+    for run_date, penalty in ((D1, PENALTY), (D2, 0.0)):
+        expected = _hand_lists(lambda h: h, lambda h: h, k, penalty, with_new_items=True)
+        got = recs[run_date]
+        for user, items in expected.items():
+            rows = got[got["user_id"] == user].sort_values("rank")
+            assert list(rows["item_id"]) == [i for i, _ in items], (run_date, user)
+            assert list(rows["score"]) == pytest.approx([s for _, s in items], abs=1e-5), (run_date, user)
+            assert not rows["fallback"].any()
+    adjusted, unadjusted = _lists(recs[D1]), _lists(recs[D2])
+    # The direction: the hubs lead or fill lists of the plain model and leave every list once adjusted...
+    assert sum(i in HUBS for u in HISTORIES for i in unadjusted[u]) == 3
+    assert not HUBS & {i for u in HISTORIES for i in adjusted[u]}
+    # ...which changes three of the four users' lists; the items staying keep or gain places.
+    assert sum(adjusted[u] != unadjusted[u] for u in HISTORIES) == 3
+    for user in HISTORIES:
+        for item in set(adjusted[user]) & set(unadjusted[user]):
+            assert adjusted[user].index(item) <= unadjusted[user].index(item), (user, item)
+    # Popularity fallbacks are never adjusted.
+    assert {u: adjusted[u] for u in ("u_hair", "u_blank")} == {u: unadjusted[u] for u in ("u_hair", "u_blank")}
+
+    # evaluate serves the same model the same way: its report records the adjustment, and its
+    # figures are those of the same adjusted scores (inputs: train + valid; the test item is ranked).
+    stats = [(u, n, len(h), schemas.TAIL if n % 2 else schemas.HEAD) for n, (u, h) in enumerate(HISTORIES.items(), 1)]
+    wh.write(wh.spark.createDataFrame(stats, schemas.USER_STATS_SCHEMA), schemas.USER_STATS)
+    item_stats = wh.read(schemas.ITEM_STATS).toPandas().set_index("item_id")
+    cfg = EvaluateConfig(k=k, recall_at=k, protocols=["full"])
+    reports = {
+        penalty: run_evaluate(wh, "hub_fake", cfg, model_loader=loader, popularity_penalty=setting).report
+        for penalty, setting in ((PENALTY, "model"), (0.0, 0))
+    }
+    assert reports[PENALTY]["exposure_adjustment"] == {"kind": "hubness", "penalty": PENALTY}
+    assert reports[0.0]["exposure_adjustment"] is None
+    for penalty, report in reports.items():
+        lists = _hand_lists(lambda h: h[:-1], lambda h: h[:-1], k, penalty, with_new_items=False)
+        slots = [i for items in lists.values() for i, _ in items]
+        hits = [f"i{h[-1]}" in {i for i, _ in lists[u]} for u, h in HISTORIES.items()]
+        catalog = report["catalog"]
+        assert report["protocols"]["full"]["overall"][f"hr@{k}"] == pytest.approx(np.mean(hits)), penalty
+        assert catalog[f"coverage@{k}"] == pytest.approx(len(set(slots)) / 12), penalty
+        assert catalog[f"tail_share@{k}"] == pytest.approx(
+            np.mean([item_stats.loc[i, "segment"] == schemas.TAIL for i in slots])), penalty
+        assert catalog[f"avg_popularity@{k}"] == pytest.approx(
+            np.mean([item_stats.loc[i, "popularity"] for i in slots])), penalty
+    # u4's test item is the hub i12: the adjustment costs that hit, as it drops i12 from the lists.
+    assert reports[0.0]["protocols"]["full"]["overall"][f"hr@{k}"] == 1.0
+    assert reports[PENALTY]["protocols"]["full"]["overall"][f"hr@{k}"] == 0.75

@@ -1,6 +1,8 @@
 """sequences: rating threshold, iterative k-core, stable ids, ordering, leave-one-out, segments."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from chispa import assert_df_equality
 from longtail.core import schemas
@@ -8,6 +10,7 @@ from longtail.core.config import SegmentConfig, SequencesConfig
 from longtail.core.errors import ConfigError, InputError
 from longtail.stages.sequences import (
     SequencesSummary,
+    local,
     rank_in_order,
     run_sequences,
     segment_items,
@@ -179,6 +182,54 @@ def test_a_concurrent_run_that_assigned_ids_first_is_retried_without_duplicate_i
     assert {k: v["user_idx"] for k, v in _sequences(warehouse).items()} == {"u1": 1, "u2": 2}
 
 
+def _generated(seed: int, users: int, drop_every: int = 0) -> list[tuple]:
+    """Interactions with what tells the paths apart if anything does: equal timestamps, repeated
+    (user, item) pairs, null and low ratings, users and items near the k-core bound."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for u in range(users):
+        if drop_every and u % drop_every == 0:
+            continue
+        for _ in range(rng.randint(1, 9)):
+            item = f"i{int(rng.paretovariate(1.2)) % 40:02d}"
+            rating = rng.choice([None, 1.0, 3.0, 4.0, 5.0])
+            rows.append((f"u{u:03d}", item, rng.randint(1, 30), rating))
+    return rows
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_the_driver_path_and_the_spark_path_write_the_same_tables(spark, tmp_path):
+    from longtail.core.tables import Warehouse
+
+    from tests.faults.stages import snapshot
+
+    roots = {name: str(tmp_path / name) for name in ("driver", "spark")}
+    summaries = {}
+    # The second run on changed data (some users gone, new ones) extends the id maps.
+    for seed, drop_every, method in ((1, 0, "share"), (2, 7, "pareto")):
+        cfg = SequencesConfig(k_core=2, max_len=4, min_rating=3.0, segments=SegmentConfig(method=method))
+        for name, max_rows in (("driver", cfg.local_max_rows), ("spark", 0)):
+            wh = Warehouse(spark, roots[name])
+            _load(wh, _generated(seed, 60, drop_every))
+            summaries[name] = run_sequences(wh, dataclasses.replace(cfg, local_max_rows=max_rows))
+        assert summaries["driver"] == summaries["spark"]
+        assert snapshot(roots["driver"]) == snapshot(roots["spark"])
+    assert summaries["driver"].new_users > 0 and summaries["driver"].users > 20
+
+
+@pytest.mark.spark
+def test_above_local_max_rows_every_step_runs_in_spark(warehouse, monkeypatch):
+    import longtail.stages.sequences as sequences
+
+    _load(warehouse, [("u1", "a", 1, None), ("u1", "b", 2, None), ("u2", "a", 3, None)])
+    monkeypatch.setattr(sequences.local, "k_core_frame", lambda *a: pytest.fail("the driver path ran"))
+    summary = run_sequences(warehouse, SequencesConfig(k_core=1, local_max_rows=2))
+    assert (summary.users, summary.interactions) == (2, 3)
+
+
 @pytest.mark.spark
 def test_nothing_left_after_filtering_is_an_input_error_and_writes_nothing(warehouse):
     _load(warehouse, [("u1", "a", 1, None), ("u1", "b", 2, None), ("u2", "a", 3, None)])
@@ -205,11 +256,21 @@ USER_LEN = [20, 5, 8, 8, 3]  # user_idx 1..5
 
 
 def _segments(spark, method, **kw):
+    """Head items and users by the Spark functions, checked equal to the driver path's."""
+    import pandas as pd
+
     cfg = SegmentConfig(method=method, **kw)
     items = spark.createDataFrame([(i + 1, p) for i, p in enumerate(ITEM_POP)], "item_idx int, popularity long")
     users = spark.createDataFrame([(i + 1, n) for i, n in enumerate(USER_LEN)], "user_idx int, length int")
     head_items = {r.item_idx for r in segment_items(items, cfg).where("segment = 'head'").collect()}
     head_users = {r.user_idx for r in segment_users(users, cfg).where("segment = 'head'").collect()}
+    # The rows in another order: the driver path must not depend on it.
+    items_pd = pd.DataFrame({"item_idx": range(1, 11), "popularity": ITEM_POP}).iloc[::-1]
+    users_pd = pd.DataFrame({"user_idx": range(1, 6), "length": USER_LEN}).iloc[::-1]
+    local_items = local.segment_items(items_pd, cfg)
+    local_users = local.segment_users(users_pd, cfg)
+    assert set(local_items.loc[local_items.segment == "head", "item_idx"]) == head_items
+    assert set(local_users.loc[local_users.segment == "head", "user_idx"]) == head_users
     return head_items, head_users
 
 

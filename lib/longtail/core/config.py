@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import reprlib
 import string
 from dataclasses import field
 from pathlib import Path
@@ -38,8 +39,9 @@ _LOADING = "longtail-load"
 
 def section(cls: type) -> type:
     """A frozen config section: a dataclass whose fields pydantic type-checks (strictly: no
-    ``"3"`` for an int, no ``2.5`` for an int, no ``1`` for a bool; an int is a fine float)."""
-    return dataclass(frozen=True, config=ConfigDict(extra="forbid", strict=True))(cls)
+    ``"3"`` for an int, no ``2.5`` for an int, no ``1`` for a bool; an int is a fine float; no
+    NaN or infinity, which YAML reads as floats but no setting means)."""
+    return dataclass(frozen=True, config=ConfigDict(extra="forbid", strict=True, allow_inf_nan=False))(cls)
 
 
 def _range(ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None):
@@ -52,7 +54,7 @@ def _range(ge: float | None = None, gt: float | None = None, le: float | None = 
             return value
         for bound, word, ok in words:
             if bound is not None and not ok(value, bound):
-                raise ValueError(f"must be {word} {bound:g}, got {value!r}")
+                raise ValueError(f"must be {word} {bound:g}, got {_show(value)}")
         return value
 
     return AfterValidator(check)
@@ -93,10 +95,12 @@ def _non_empty(value: str) -> None:
 
 
 def _strings(value: Any) -> Any:
-    """Spark properties as strings (YAML makes ``8`` an int and ``true`` a bool)."""
+    """Spark properties as strings (YAML makes ``8`` an int and ``true`` a bool). Only scalars:
+    a list, mapping or null is left for the type check to name, not passed on as its repr."""
     if not isinstance(value, dict):
         return value
-    return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+    return {str(k): (str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, (str, int, float)) else v)
+            for k, v in value.items()}
 
 
 Positive = Annotated[int, _range(ge=1)]
@@ -172,6 +176,10 @@ class SequencesConfig:
     k_core: Positive = 5
     max_len: SeqLen = 200
     segments: SegmentConfig = field(default_factory=SegmentConfig)
+    #: Interactions (after the rating threshold) up to which the stage runs on the driver in pandas:
+    #: the same tables as the distributed path, without its 60-70 Spark jobs of fixed cost (5-13 s
+    #: on 3,000 rows). Above it (and with 0) every step runs in Spark. 1M rows hold ~150 MB on the driver.
+    local_max_rows: NonNegative = 1_000_000
 
 
 @section
@@ -232,8 +240,10 @@ class TrainConfig:
     #: How many of each user's retrieved similar users the distillation uses.
     distill_neighbors: NonNegative = 10
     cross_attention: bool = True
-    #: Add the cross-attention output to each view's own sequence instead of replacing it.
-    cross_residual: bool = False
+    #: Weight of each view's own sequence added to the cross-attention output (``Attn + w * x``):
+    #: 0 (or false) is the paper's fusion, which replaces item t by a mixture of the history up to t;
+    #: 1 (or true) keeps each item's identity and adds what the other view says.
+    cross_residual: NonNegativeFloat | bool = 0.0
     #: LLM-ESR's views: ``semantic_view: false`` (the default) keeps only the collaborative view,
     #: initialised from the PCA of the LLM item embeddings (and the distillation from LLM-retrieved
     #: similar users when ``alpha`` > 0); ``true`` adds the paper's frozen-LLM semantic view and the cross-attention. On
@@ -441,10 +451,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p}: not found")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {p}: not valid YAML: {_one_line(exc)}") from None
+        loaded = _read_yaml(p)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -455,11 +462,42 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = yaml.load(raw, Loader=_Loader) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         _set_dotted(data, key.strip(), value)
     return from_dict(data)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, whose values that Python cannot build (an integer of more than 4,300
+    digits, the date 2024-02-30) are YAML errors at their line instead of a bare ValueError."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read the value {_show(node.value)} ({exc})", node.start_mark
+            ) from None
+
+
+def _read_yaml(p: Path) -> Any:
+    """The document of a YAML file; errors name the file and the line."""
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"config file {p}: not valid UTF-8 at line {line} (byte {raw[exc.start]:#04x})") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow: it has a position, not a line
+        line = text.count("\n", 0, exc.position) + 1
+        what = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
+        raise ConfigError(f"config file {p}: not valid YAML at line {line}: {what}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p}: not valid YAML: {_one_line(exc)}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -526,7 +564,7 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         if nxt is None:
             nxt = node[part] = {}
         if not isinstance(nxt, dict):
-            raise ConfigError(f"config key {'.'.join(parts[: i + 1])}: is a value, not a section")
+            raise ConfigError(f"config key {_dotted(parts[: i + 1])}: is a value, not a section")
         node = nxt
     node[parts[-1]] = value
 
@@ -537,11 +575,13 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config key {where}: expected a section (mapping), got {data!r}")
+        raise ConfigError(f"config key {where}: expected a section (mapping), got {_show(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in set(data) - set(fields))
+    unknown = sorted(k if isinstance(k, str) else _show(k) for k in set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"config key {prefix}{unknown[0]}: unknown (known keys here: {', '.join(sorted(fields))})")
+        raise ConfigError(
+            f"config key {prefix}{_dotted([unknown[0]])}: unknown (known keys here: {', '.join(sorted(fields))})"
+        )
     kwargs = {}
     for name, value in data.items():
         sub = fields[name].type
@@ -558,10 +598,12 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 
 def _message(exc: ValidationError, prefix: str) -> str:
-    """The first pydantic error as ``config key a.b: what is wrong, got value``."""
-    error = exc.errors()[0]
-    loc = [str(p) for p in error["loc"] if not isinstance(p, int) and p not in _TYPE_WORDS]
-    key = f"{prefix}{'.'.join(loc)}" if loc else prefix.rstrip(".")
+    """The first pydantic error as ``config key a.b: what is wrong, got value``; of a union's
+    errors for that key (``Literal["model"] | float``), a range error before a type error."""
+    errors = exc.errors()
+    key = _error_key(errors[0], prefix)
+    same_key = [e for e in errors if _error_key(e, prefix) == key]
+    error = next((e for e in same_key if e["type"] == "value_error"), errors[0])
     kind, value = error["type"], error.get("input")
     if kind == "value_error":
         what = str(error["msg"]).removeprefix("Value error, ")
@@ -569,16 +611,47 @@ def _message(exc: ValidationError, prefix: str) -> str:
     expected = _EXPECTED.get(kind)
     if expected is None:
         expected = str(error["msg"]).replace("Input should be", "expected").replace("'", "")
-    return f"config key {key}: {expected}, got {value!r}"
+    return f"config key {key}: {expected}, got {_show(value)}"
+
+
+def _error_key(error: dict, prefix: str) -> str:
+    # A location holds field names, list indexes and the tags of the union member tried
+    # ("literal['model']", "function-after[check(), float]"); the key is the field names.
+    loc = [str(p) for p in error["loc"]
+           if not isinstance(p, int) and p not in _TYPE_WORDS and not _UNION_TAG.fullmatch(str(p))]
+    return f"{prefix}{_dotted(loc)}" if loc else prefix.rstrip(".")
+
+
+def _dotted(parts: list[str]) -> str:
+    """A dotted key for a one-line message: an empty part, or one with a line break or another
+    unprintable character, as its repr."""
+    return ".".join(p if p and p.isprintable() else repr(p) for p in parts)
+
+
+def _show(value: Any) -> str:
+    """A value's repr for a message, shortened (a long string, a self-containing list, a huge integer)."""
+    return _REPR.repr(value)
+
+
+class _ShortRepr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        # Python will not print an integer of more than 4,300 digits (and a long one is no help).
+        return f"<an integer of {x.bit_length()} bits>" if x.bit_length() > 256 else super().repr_int(x, level)
+
+
+_REPR = _ShortRepr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 80
 
 
 _EXPECTED = {
     "int_type": "expected an integer", "int_from_float": "expected an integer",
     "float_type": "expected a number", "bool_type": "expected true or false",
     "string_type": "expected a string", "list_type": "expected a list", "dict_type": "expected a mapping",
+    "finite_number": "expected a finite number",
 }
 #: Parts of pydantic error locations that name a type tried in a union, not a key.
 _TYPE_WORDS = {"int", "float", "str", "bool", "list", "dict", "none", "function-after[run(), str]"}
+_UNION_TAG = re.compile(r"(literal|function-\w+|nullable|union)\[.*\]")
 
 
 def _one_line(exc: Exception) -> str:

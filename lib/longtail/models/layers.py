@@ -281,16 +281,17 @@ class CrossViewAttention(nn.Module):
 
     New collaborative sequence = Attn(query=semantic, key/value=collaborative) and the
     other way round, as in LLM-ESR (2 heads, padding mask). Causal for causal encoders,
-    so no position sees a later item through the other view. With ``residual`` each view
-    keeps its own sequence and adds the attention output (``x + Attn``): without it (the
-    reference) position t holds a mixture of the items up to t, not item t itself.
+    so no position sees a later item through the other view. ``residual`` is the weight of
+    each view's own sequence in the result (``Attn + residual * x``): 0 is the reference
+    (``1 * cross + 0 * id``), where position t holds a mixture of the items up to t and
+    no longer item t itself; 1 keeps each item's identity and adds what the other view says.
     """
 
-    def __init__(self, hidden: int, causal: bool, heads: int = 2, residual: bool = False) -> None:
+    def __init__(self, hidden: int, causal: bool, heads: int = 2, residual: float = 0.0) -> None:
         super().__init__()
         heads = heads if hidden % heads == 0 else 1
         self.causal = causal
-        self.residual = residual
+        self.residual = float(residual)
         self.first = MultiHeadAttention(hidden, heads, bias=False)
         self.second = MultiHeadAttention(hidden, heads, bias=False)
 
@@ -300,7 +301,7 @@ class CrossViewAttention(nn.Module):
         allowed = attention_mask(pad, self.causal)
         new_a, new_b = self.first(b, a, allowed) * keep, self.second(a, b, allowed) * keep
         if self.residual:
-            return a + new_a, b + new_b
+            return new_a + self.residual * a, new_b + self.residual * b
         return new_a, new_b
 
 

@@ -111,7 +111,7 @@ def build(backbone: str, n_items: int, hp: Mapping[str, Any], text: TextTables) 
     if hp.get("semantic_view", True):
         views.append(SemanticView(llm, hidden, standardize=bool(hp.get("llm_standardize", False))))
         cross = (
-            CrossViewAttention(hidden, causal=part.CAUSAL, residual=bool(hp.get("cross_residual", False)))
+            CrossViewAttention(hidden, causal=part.CAUSAL, residual=float(hp.get("cross_residual", 0.0)))
             if hp["cross_attention"] else None
         )
     model = SequentialRecommender(

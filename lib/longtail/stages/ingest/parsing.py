@@ -14,11 +14,12 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import re
 from typing import Any, Callable, Iterator
 
 from longtail.stages.ingest import amazon, files, movielens
 from longtail.stages.ingest.sources import Source
-from longtail.stages.ingest.values import Bad, Output
+from longtail.stages.ingest.values import TOO_DEEP, Bad, Output, too_deep
 
 # Location columns appended to Parquet rows before parsing (unlikely to clash with data).
 PQ_FILE, PQ_ROW = "__longtail_file", "__longtail_row"
@@ -162,7 +163,12 @@ def csv_records(uri: str, encoding: str = "utf-8") -> Iterator[tuple[dict | None
 
 
 def csv_header(uri: str, encoding: str = "utf-8") -> tuple[str, ...] | None:
-    """The header (first non-blank record) of a CSV file; None for a file without one."""
+    """The header (first non-blank record) of a CSV file; None for a file without one.
+
+    Raises:
+        ValueError: the header is not in ``encoding`` (a bad byte in a later record is that
+            record's problem: :func:`csv_records` marks it).
+    """
     import io
 
     from longtail.core.files import filesystem
@@ -170,10 +176,13 @@ def csv_header(uri: str, encoding: str = "utf-8") -> tuple[str, ...] | None:
     fs, path = filesystem(uri)
     compression = "gzip" if uri.lower().endswith(".gz") else None
     with fs.open_input_stream(path, compression=compression) as raw:
-        text = io.TextIOWrapper(raw, encoding=encoding, errors="strict", newline="")
+        # Not strict: the reader decodes blocks ahead of the header, which may hold a bad row.
+        text = io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline="")
         for fields in csv.reader(text, strict=True):
             if fields and not (len(fields) == 1 and not fields[0].strip()):
                 names = tuple(h.strip() for h in fields)
+                if any(_undecodable(n) for n in names):
+                    raise ValueError(f"the header line is not {encoding}")
                 return (names[0].lstrip("\ufeff"), *names[1:])
     return None
 
@@ -225,11 +234,15 @@ def parse_object(text: str, literal: bool) -> dict:
     else:
         try:
             obj = json.loads(stripped)
+        except RecursionError:  # deeper than the recursion limit, so deeper than MAX_DEPTH too
+            raise Bad("malformed line", TOO_DEEP) from None
         except ValueError as exc:
             if not literal:
                 hint = "; expected one JSON object per line" if stripped.startswith("[") else ""
                 raise Bad("malformed line", f"JSON: {exc}{hint}") from None
             obj = _literal(stripped, json_error=str(exc))
+    if too_deep(obj, stripped):
+        raise Bad("malformed line", TOO_DEEP)
     if not isinstance(obj, dict):
         hint = "; expected one JSON object per line" if isinstance(obj, list) else ""
         raise Bad("malformed line", f"expected an object, got {type(obj).__name__}{hint}")
@@ -239,7 +252,25 @@ def parse_object(text: str, literal: bool) -> dict:
 def _literal(text: str, json_error: str | None = None) -> Any:
     # ast.literal_eval only builds literals (never calls or names): safe for untrusted lines.
     try:
-        return ast.literal_eval(text)
+        tree = ast.parse(text, mode="eval")
+        if _LONG_RADIX_INT.search(text):
+            _check_int_sizes(tree)
+        return ast.literal_eval(tree)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
-        what = f"JSON: {json_error}" if json_error else f"Python literal: {exc.__class__.__name__}: {exc}"
+        # literal_eval names a node it refuses by its repr, with a memory address: name its type.
+        problem = re.sub(r"<ast\.(\w+) object at 0x[0-9a-fA-F]+>", r"\1", str(exc))
+        what = f"JSON: {json_error}" if json_error else f"Python literal: {exc.__class__.__name__}: {problem}"
         raise Bad("malformed line", f"neither JSON nor a Python literal ({what})") from None
+
+
+# About 4,200 decimal digits: Python prints no integer of more than 4,300 (ids, attributes and
+# messages print them). It reads no longer decimal literal either, but hex, octal and binary
+# literals of any length: only text with a long one is checked.
+_MAX_INT_BITS = 14_000
+_LONG_RADIX_INT = re.compile(r"0[xXoObB][0-9a-fA-F_]{1000}")
+
+
+def _check_int_sizes(tree: ast.AST) -> None:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, int) and node.value.bit_length() > _MAX_INT_BITS:
+            raise ValueError(f"an integer of {node.value.bit_length()} bits, more than Python prints")

@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from longtail.core import schemas
-from longtail.core.errors import InputError
+from longtail.core.errors import InputError, SchemaError
 from longtail.stages.ingest.parsing import PQ_FILE, PQ_ROW, csv_header, csv_parser, line_parser, parquet_parser
 from longtail.stages.ingest.sources import Source, display, local_path, require_columns
 
@@ -100,7 +100,7 @@ def csv_files(src: Source) -> list[str]:
 
     Raises:
         InputError: no CSV file there, or one is empty or unreadable (naming it).
-        SchemaError: a file's header lacks a required column (naming the file).
+        SchemaError: a file's header lacks a required column or names one twice (naming the file).
     """
     files = _list_csv(src.path)
     if not files:
@@ -112,6 +112,9 @@ def csv_files(src: Source) -> list[str]:
             raise InputError(f"{src.table} file {display(uri)}: unreadable CSV ({_short(str(exc))})") from None
         if not header:
             raise InputError(f"{src.table} file {display(uri)}: empty, expected a CSV header line")
+        twice = next((c for c in header if header.count(c) > 1), None)
+        if twice is not None:  # a record would keep only the last of them, silently
+            raise SchemaError(f"{src.table} file {display(uri)}: column {twice!r} appears twice in the header")
         require_columns(Source(src.table, display(uri), "csv", "csv", "files"), header)
     return files
 

@@ -18,6 +18,12 @@ from longtail.core import schemas
 
 # Longest detail kept for a bad row's message.
 _MAX_DETAIL = 160
+#: Deepest nesting of lists and mappings a value may have. A fixed bound, so that whether a row
+#: loads never depends on how much of Python's recursion limit the process has left (the
+#: normalisers and ``json`` recurse); real records nest a few levels.
+MAX_DEPTH = 100
+#: A bad row's detail for values nested deeper.
+TOO_DEEP = f"values nested more than {MAX_DEPTH} levels deep"
 
 
 class Bad(Exception):
@@ -34,6 +40,24 @@ def require_key(rec: dict, key: str) -> Any:
     if key not in rec:
         raise Bad(f"missing {key}")
     return rec[key]
+
+
+def too_deep(value: Any, text: str) -> bool:
+    """Whether ``value``, parsed from ``text``, nests lists or mappings more than :data:`MAX_DEPTH`
+    levels deep (walked without recursion, and only when ``text`` has that many brackets)."""
+    if text.count("[") + text.count("{") + text.count("(") <= MAX_DEPTH:
+        return False
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = node.values()
+        elif not isinstance(node, (list, tuple, set, frozenset)):
+            continue
+        if depth >= MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in node)
+    return False
 
 
 def clip(value: Any) -> str:
@@ -74,6 +98,10 @@ _MAX_US = (dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc)
     microseconds=1
 )
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+# Unix seconds beyond these are outside years 1..9999 (checked before scaling: "1e999999" overflows).
+_MIN_S, _MAX_S = _MIN_US // 1_000_000 - 1, _MAX_US // 1_000_000 + 1
+# A lone UTF-16 surrogate: JSON's "\ud800" escape decodes to one; Arrow (UTF-8) cannot hold it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def timestamp_micros(value: Any) -> int:
@@ -95,7 +123,7 @@ def timestamp_micros(value: Any) -> int:
             raise ValueError("not a finite number")
         micros = round(value * 1_000_000)
     elif isinstance(value, Decimal):
-        micros = int(value * 1_000_000)
+        micros = _decimal_micros(value)
     elif isinstance(value, dt.datetime):
         when = value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
         micros = (when - _EPOCH) // dt.timedelta(microseconds=1)
@@ -117,10 +145,18 @@ def _string_micros(value: str) -> int:
     text = value.strip()
     if _NUMBER.fullmatch(text):
         try:
-            return int(Decimal(text) * 1_000_000)
+            return _decimal_micros(Decimal(text))
         except InvalidOperation:
             raise ValueError("not a number") from None
     return timestamp_micros(dt.datetime.fromisoformat(text))
+
+
+def _decimal_micros(seconds: Decimal) -> int:
+    """Microseconds of unix seconds given exactly; the range is checked first, so that a huge
+    exponent is an error rather than a decimal overflow or an integer of a million digits."""
+    if not seconds.is_finite() or not _MIN_S <= seconds <= _MAX_S:
+        raise ValueError("outside years 1..9999 (unix seconds expected)")
+    return int(seconds * 1_000_000)
 
 
 def normalize_rating(value: Any) -> float | None:
@@ -133,7 +169,10 @@ def normalize_rating(value: Any) -> float | None:
         value = value.strip()
         if not value:
             return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the largest float (JSON allows 400 digits)
+        raise ValueError("too large") from None
     if math.isnan(number):
         return None
     if math.isinf(number):
@@ -145,8 +184,8 @@ def normalize_text(value: Any) -> str | None:
     """Item text: lists (2018 descriptions) joined by spaces; blanks are None."""
     if value is None:
         return None
-    if isinstance(value, (list, tuple)):
-        parts = [normalize_text(v) for v in value]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        parts = [normalize_text(v) for v in _in_order(value)]
         value = " ".join(p for p in parts if p)
     elif not isinstance(value, str):
         value = str(value)
@@ -167,9 +206,9 @@ def normalize_categories(value: Any) -> list[str]:
         if text.startswith("["):
             try:
                 parsed = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON (or nested too deeply): plain text
                 parsed = None
-            if isinstance(parsed, list):
+            if isinstance(parsed, list) and not too_deep(parsed, text):
                 return normalize_categories(parsed)
         value = text.split("|")
     flat: list[str] = []
@@ -177,8 +216,8 @@ def normalize_categories(value: Any) -> list[str]:
     def walk(v: Any) -> None:
         if v is None:
             return
-        if isinstance(v, (list, tuple)):
-            for x in v:
+        if isinstance(v, (list, tuple, set, frozenset)):
+            for x in _in_order(v):
                 walk(x)
         else:
             flat.append(str(v).strip())
@@ -202,13 +241,29 @@ def attribute_value(value: Any) -> str | None:
         return str(value)
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
-    return json.dumps(value, ensure_ascii=False, default=str)
+    try:
+        return json.dumps(value, ensure_ascii=False, default=_jsonable)
+    except TypeError:  # a Python-literal mapping with keys JSON cannot hold (tuples): its Python form
+        return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    # Python-literal values JSON has no type for: a set as a sorted list, anything else as its text.
+    return _in_order(value) if isinstance(value, (set, frozenset)) else str(value)
+
+
+def _in_order(values: Any) -> Any:
+    """A Python-literal set's items sorted (its own order depends on the process's string hash
+    seed, so a rerun could load other text); a list or tuple as it is."""
+    return sorted(values, key=repr) if isinstance(values, (set, frozenset)) else values
 
 
 # --------------------------------------------------------------------------- a table's values
 
 
 def _id_or_bad(value: Any, name: str) -> str:
+    if isinstance(value, (list, tuple, dict, set, frozenset)):  # its repr would load as an id
+        raise Bad(f"unparseable {name}", f"{clip(value)}: a {type(value).__name__}, not a string or number")
     ident = normalize_id(value)
     if ident is None:
         raise Bad(f"null {name}")
@@ -280,6 +335,17 @@ def _arrow_fields(table: str, tz: str) -> tuple[list, list]:
     return data, meta
 
 
+def _has_surrogate(values: list) -> bool:
+    """Whether a row's values (strings, lists of strings, map entries) hold a lone surrogate,
+    which would fail the whole Arrow batch, not just this row."""
+    for value in values:
+        for part in value if isinstance(value, list) else (value,):
+            for text in part if isinstance(part, tuple) else (part,):
+                if isinstance(text, str) and not text.isascii() and _SURROGATE.search(text):
+                    return True
+    return False
+
+
 class Output:
     """Columns of one output batch: normalised table values plus reason and location."""
 
@@ -300,7 +366,12 @@ class Output:
 
     def add(self, rec: dict, file: str, split: int, row: int) -> None:
         """Append a record's normalised values; raises :class:`Bad` (appending nothing)."""
-        values = self._values(rec)
+        try:
+            values = self._values(rec)
+        except RecursionError:  # lists in lists deeper than the normalisers recurse
+            raise Bad("malformed line", TOO_DEEP) from None
+        if _has_surrogate(values):
+            raise Bad("invalid encoding", "a lone surrogate escape (\\ud800-\\udfff) in a string")
         for col, v in zip(self.cols, values):
             col.append(v)
         self._meta(None, None, file, split, row)

@@ -12,17 +12,24 @@ From ``interactions`` to the three tables the models read, all in Spark:
    test = last; users with fewer than three items keep them all as training);
 5. item popularity on the training part of each user's whole filtered history, and head/tail
    segments for items and users (``pareto``, ``threshold`` or ``share``).
+
+Two paths write the same rows: up to ``sequences.local_max_rows`` interactions the steps run on
+the driver (:mod:`.local`, pandas: one Spark job instead of 60-70), above it in Spark (this module).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from longtail.core import schemas
 from longtail.core.config import SegmentConfig, SequencesConfig
 from longtail.core.errors import ConfigError, ConflictError, InputError
+from longtail.stages.sequences import local
 
 #: Times a job that lost a conflict to a concurrent writer starts again from fresh reads.
 CONFLICT_RETRIES = 2
@@ -71,6 +78,10 @@ class SequencesSummary:
 def run_sequences(wh, cfg: SequencesConfig) -> SequencesSummary:
     """Build ``user_sequences``, ``item_stats`` and ``user_stats`` from ``interactions``.
 
+    Up to ``cfg.local_max_rows`` interactions (after the rating threshold) every step runs on the
+    driver (:mod:`.local`, one Spark job to collect them); above it every step runs in Spark.
+    Both paths write the same rows.
+
     Args:
         wh: the :class:`~longtail.core.tables.Warehouse` (its ``spark`` runs everything).
         cfg: the ``sequences`` config section.
@@ -96,59 +107,119 @@ def run_sequences(wh, cfg: SequencesConfig) -> SequencesSummary:
         # Null ratings fail the comparison and are dropped: they do not meet the threshold.
         events = events.where(F.col("rating") >= F.lit(float(cfg.min_rating)))
 
+    small = _collect_if_small(events, cfg.local_max_rows)
+    if small is not None:
+        kc_local = local.k_core_frame(small, cfg.k_core)
+        return _build(wh, cfg, kc_local, lambda: _outputs_local(wh, cfg, kc_local))
     kc = k_core(events, cfg.k_core)
     cached = [kc.users, kc.items]  # released in the finally below, whatever happens
     try:
-        return _build(wh, cfg, kc, cached)
+        return _build(wh, cfg, kc, lambda: _outputs_spark(wh, cfg, kc, cached))
     finally:
         for df in cached:
             df.unpersist()
 
 
-def _build(wh, cfg: SequencesConfig, kc: "KCore", cached: list[DataFrame]) -> SequencesSummary:
-    """Map ids, build and segment the three tables from the k-core survivors, write them.
+def _collect_if_small(events: DataFrame, max_rows: int):
+    """The interactions as a pandas frame (``user_id``, ``item_id``, ``ts`` in microseconds) when
+    there are at most ``max_rows`` of them, else None. One job either way: it stops reading at
+    ``max_rows + 1`` rows, so a large table costs a bounded collect, never a full count."""
+    if max_rows <= 0:
+        return None
+    rows = events.select("user_id", "item_id", F.unix_micros("ts").alias("ts")).limit(max_rows + 1).toArrow()
+    return rows.to_pandas() if rows.num_rows <= max_rows else None
+
+
+@dataclass
+class _Outputs:
+    """What one attempt computed: the id rows to append, the three tables, the summary counts."""
+
+    new_user_ids: DataFrame
+    new_item_ids: DataFrame
+    user_sequences: DataFrame
+    item_stats: DataFrame
+    user_stats: DataFrame
+    #: items, head_items, head_interactions, new_items, users, tail_users, new_users.
+    figures: Any
+
+
+def _build(wh, cfg: SequencesConfig, kc, outputs: Callable[[], _Outputs]) -> SequencesSummary:
+    """Compute (``outputs``, which maps ids from the id maps it reads) and write the three tables.
 
     One warehouse job from reading the id maps to the last write: the id maps are appended
     against the version read (a concurrent ``sequences`` that assigned ids meanwhile is a
     conflict, never a duplicate id), and a failure undoes what the job committed. A conflict is
     retried (:data:`CONFLICT_RETRIES` times): the job reads the maps again, so ids already
-    given keep their value. Every DataFrame persisted here is added to ``cached``; the caller
-    unpersists them.
+    given keep their value.
     """
     _check_rows_left(cfg, kc)
     for attempt in range(CONFLICT_RETRIES + 1):
         try:
             with wh.job():
-                return _build_once(wh, cfg, kc, cached)
+                out = outputs()
+                _append_new_ids(wh, schemas.USER_IDS, out.new_user_ids, out.figures["new_users"])
+                _append_new_ids(wh, schemas.ITEM_IDS, out.new_item_ids, out.figures["new_items"])
+                for table, df in ((schemas.USER_SEQUENCES, out.user_sequences), (schemas.ITEM_STATS, out.item_stats),
+                                  (schemas.USER_STATS, out.user_stats)):
+                    wh.write(schemas.conform(df, table), table, mode="overwrite")
+                return _summary(cfg, kc, out.figures)
         except ConflictError:
             if attempt == CONFLICT_RETRIES:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _build_once(wh, cfg: SequencesConfig, kc: "KCore", cached: list[DataFrame]) -> SequencesSummary:
+def _outputs_spark(wh, cfg: SequencesConfig, kc: "KCore", cached: list[DataFrame]) -> _Outputs:
+    """The distributed steps; every DataFrame persisted here is added to ``cached`` (the caller
+    unpersists them)."""
     user_map, new_user_map, user_start = _extend_id_map(wh, schemas.USER_IDS, "user_id", "user_idx", kc.users)
     item_map, new_item_map, item_start = _extend_id_map(wh, schemas.ITEM_IDS, "item_id", "item_idx", kc.items)
     cached += [new_user_map, new_item_map]
 
     history = _history(kc.events, user_map, item_map)
     cached.append(history)
-    sequences = _split(history, cfg.max_len)
     item_stats = segment_items(_item_stats(kc.items, item_map, history), cfg.segments).cache()
     user_stats = segment_users(_user_stats(history), cfg.segments).cache()
     cached += [item_stats, user_stats]
-
     # Summary figures before writing (one job): they also say whether the id maps grew.
     fig = _figures(item_stats, user_stats, item_start, user_start)
-    _append_new_ids(wh, schemas.USER_IDS, new_user_map, fig["new_users"])
-    _append_new_ids(wh, schemas.ITEM_IDS, new_item_map, fig["new_items"])
-    wh.write(schemas.conform(sequences, schemas.USER_SEQUENCES), schemas.USER_SEQUENCES, mode="overwrite")
-    wh.write(schemas.conform(item_stats, schemas.ITEM_STATS), schemas.ITEM_STATS, mode="overwrite")
-    wh.write(schemas.conform(user_stats, schemas.USER_STATS), schemas.USER_STATS, mode="overwrite")
-    return _summary(cfg, kc, fig)
+    return _Outputs(new_user_map, new_item_map, _split(history, cfg.max_len), item_stats, user_stats, fig)
 
 
-def _check_rows_left(cfg: SequencesConfig, kc: KCore) -> None:
+def _outputs_local(wh, cfg: SequencesConfig, kc: local.LocalKCore) -> _Outputs:
+    """The same outputs from the driver's frames (:mod:`.local`), handed back as DataFrames."""
+    known_users = _read_id_map(wh, schemas.USER_IDS, "user_id", "user_idx")
+    known_items = _read_id_map(wh, schemas.ITEM_IDS, "item_id", "item_idx")
+    new_users, user_start = local.new_ids(kc.users, known_users, "user_id", "user_idx")
+    new_items, item_start = local.new_ids(kc.items, known_items, "item_id", "item_idx")
+    item_map = pd.concat([known_items, new_items], ignore_index=True)
+    history = local.histories(kc.events, pd.concat([known_users, new_users], ignore_index=True), item_map)
+    item_stats = local.segment_items(local.item_stats(kc.items, item_map, history), cfg.segments)
+    user_stats = local.segment_users(local.user_stats(history), cfg.segments)
+    fig = local.figures(item_stats, user_stats, item_start, user_start)
+
+    def frame(rows: pd.DataFrame, table: str) -> DataFrame:
+        schema = schemas.SCHEMAS[table]
+        return wh.spark.createDataFrame(rows[schema.names], schema)
+
+    return _Outputs(
+        frame(new_users, schemas.USER_IDS), frame(new_items, schemas.ITEM_IDS),
+        frame(local.split(history, cfg.max_len), schemas.USER_SEQUENCES),
+        frame(item_stats, schemas.ITEM_STATS), frame(user_stats, schemas.USER_STATS), fig,
+    )
+
+
+def _read_id_map(wh, table: str, key: str, idx: str) -> pd.DataFrame:
+    """The id map ``table`` (``key``, ``idx``) on the driver, pinned to the version read; empty if missing."""
+    if not wh.exists(table):
+        return pd.DataFrame({key: pd.Series([], dtype=object), idx: pd.Series([], dtype=np.int32)})
+    known = wh.read(table, version=wh.version(table))
+    schemas.require_columns(known, schemas.SCHEMAS[table], table)
+    rows = known.select(key, idx).toPandas()
+    return rows.astype({idx: np.int32})
+
+
+def _check_rows_left(cfg: SequencesConfig, kc) -> None:
     """Raise :class:`InputError` when the filters left no interactions."""
     if kc.after == 0:
         rating = "" if cfg.min_rating is None else f"rating >= {cfg.min_rating} and "
@@ -215,7 +286,7 @@ def _append_new_ids(wh, table: str, new: DataFrame, n_new: int) -> None:
         wh.write(schemas.conform(new, table), table, mode="append" if wh.exists(table) else "overwrite")
 
 
-def _summary(cfg: SequencesConfig, kc: KCore, fig) -> SequencesSummary:
+def _summary(cfg: SequencesConfig, kc, fig) -> SequencesSummary:
     """The :class:`SequencesSummary` from the k-core result and the :func:`_figures` row."""
     n_users, n_items = int(fig["users"]), int(fig["items"])
     return SequencesSummary(
