@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import HIDDEN, LLM_DIM, N_ITEMS, assert_all_parameters_get_gradients
-from longtail.models import build_model
+from tiny_models import HIDDEN, LLM_DIM, N_ITEMS, assert_all_parameters_get_gradients, fit, full_hr5, planted_walks
+from longtail.models import TextTables, build_model
 
 BACKBONES = ["llmesr_sasrec", "llmesr_gru4rec", "llmesr_bert4rec"]
 
@@ -157,3 +157,60 @@ def test_residual_fusion_adds_each_views_own_sequence_and_at_0_is_the_papers(hp,
     assert torch.allclose(fused_b, paper_b + coefficient * b, atol=1e-6)
     if coefficient == 0.0:
         assert torch.equal(fused_a, paper_a) and torch.equal(fused_b, paper_b)
+
+
+# --------------------------------------------------------------------------- the popularity gate
+
+
+def _gated(hp, text, popularity):
+    text.popularity = torch.as_tensor(popularity, dtype=torch.float64)
+    return build_model("llmesr_sasrec", N_ITEMS, {**hp, "semantic_view": True, "view_gate": "popularity"}, text)
+
+
+def test_the_gate_starts_as_no_gate_and_buckets_items_by_log2_popularity(hp, text, batch):
+    popularity = torch.zeros(N_ITEMS + 1)
+    popularity[1:] = torch.arange(N_ITEMS)  # item i was seen i - 1 times
+    torch.manual_seed(0)
+    gated = _gated(hp, text, popularity)
+    torch.manual_seed(0)
+    plain = build_model("llmesr_sasrec", N_ITEMS, {**hp, "semantic_view": True}, text)
+    assert gated.item_gate is not None and plain.item_gate is None
+    assert torch.allclose(gated.item_vectors(), plain.item_vectors())
+    assert torch.allclose(gated.loss(batch), plain.loss(batch))
+    # floor(log2(1 + count)), capped at 7: counts 0 | 1 | 2-3 | 4-7 | ... | 64+
+    assert gated.item_gate.bucket[[0, 1, 2, 3, 4, 5, 8, 9, 40]].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 5]
+    with torch.no_grad():
+        gated.item_gate.weight[:] = torch.tensor([[0.5, 2.0]] + [[1.0, 1.0]] * 7)
+    items = gated.item_vectors()
+    # Item 1 (never seen, bucket 0): the collaborative half halved, the semantic half doubled.
+    assert torch.allclose(items[1, :HIDDEN], 0.5 * plain.item_vectors()[1, :HIDDEN])
+    assert torch.allclose(items[1, HIDDEN:], 2.0 * plain.item_vectors()[1, HIDDEN:])
+    assert torch.allclose(items[5], plain.item_vectors()[5])
+    # Items placed from text get bucket 0's weights; the sequence encoder reads the ungated tables.
+    assert torch.allclose(gated.item_vectors_from_text(text.llm[1:2]), items[1:2], atol=1e-5)
+    assert torch.allclose(gated.user_vectors(batch["seqs"]), plain.user_vectors(batch["seqs"]), atol=1e-6)
+
+
+def test_a_saved_gate_comes_back_with_its_buckets(hp, text):
+    popularity = torch.arange(N_ITEMS + 1).double()
+    model = _gated(hp, text, popularity)
+    reloaded = build_model("llmesr_sasrec", N_ITEMS, {**hp, "semantic_view": True, "view_gate": "popularity"},
+                           TextTables.zeros(N_ITEMS, LLM_DIM, HIDDEN))
+    reloaded.load_state_dict(model.state_dict())
+    assert torch.equal(reloaded.item_gate.bucket, model.item_gate.bucket)
+
+
+@pytest.mark.parametrize("settings", [
+    {"cross_residual": 1.0}, {"cross_attention": False}, {"cross_attention": False, "view_gate": "popularity"},
+], ids=["residual-fusion", "no-fusion", "popularity-gate"])
+def test_the_dual_view_learns_a_planted_pattern_under_full_ranking(hp, text, settings):
+    data = planted_walks()
+    popularity = torch.bincount(data[:, :-2].flatten(), minlength=N_ITEMS + 1).double()
+    text.popularity = popularity
+    torch.manual_seed(0)
+    model = build_model("llmesr_sasrec", N_ITEMS, {**hp, "dropout": 0.0, "alpha": 0.0, "semantic_view": True,
+                                                    "loss": "sampled_softmax", **settings}, text)
+    before = full_hr5(model, data)
+    fit(model, data, steps=60)
+    after = full_hr5(model, data)
+    assert after > 3 * 5 / N_ITEMS and after > before + 0.2, (before, after)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import N_ITEMS
+from tiny_models import N_ITEMS, fit, full_hr5, next_item, planted_walks
 
 from longtail.models import build_model
 from longtail.models.bert4rec import cloze_mask
@@ -18,7 +18,6 @@ from longtail.models.losses import (
     logsumexp_items,
     sampled_softmax,
 )
-from longtail.ranking.topk import full_ranks
 
 torch.set_num_threads(1)
 
@@ -188,45 +187,18 @@ def test_epoch_teachers_give_the_step_teachers_target(hp, text):
 # --------------------------------------------------------------------------- planted pattern
 
 
-def _planted(n_users=300, n_items=N_ITEMS, length=8, seed=0):
-    """Each user walks item i -> i+1 (mod n): the next item is determined by the last one."""
-    rng = np.random.default_rng(seed)
-    start = rng.integers(0, n_items, size=n_users)
-    seqs = (start[:, None] + np.arange(length)[None, :]) % n_items + 1
-    return torch.from_numpy(seqs.astype(np.int64))
-
-
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "bert4rec"])
 @pytest.mark.parametrize("loss", ["bce", "ce", "sampled_softmax"])
 def test_tiny_model_learns_a_planted_pattern_under_full_ranking(name, loss, hp):
     torch.manual_seed(0)
     model = build_model(name, N_ITEMS, {**hp, "dropout": 0.0, "loss": loss, "ce_item_chunk": 16})
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    data = _planted()
-    inputs = data[:, :-1]
-    rng = np.random.default_rng(1)
-    for _ in range(150 if name == "bert4rec" else 60):
-        rows = torch.from_numpy(rng.choice(data.shape[0], 64, replace=False))
-        s = data[rows]
-        if name == "bert4rec":  # cloze: hide random items, and only the last in half the rows
-            inputs_np, labels = cloze_mask(rng, s.numpy(), N_ITEMS, 0.3, last_only=np.arange(64) % 2 == 0)
-            seqs, pos = torch.from_numpy(inputs_np), torch.from_numpy(labels)
-        else:
-            seqs, pos = s[:, :-1], s[:, 1:]
-        batch = {
-            "seqs": seqs, "pos": pos,
-            "neg": torch.from_numpy(rng.integers(1, N_ITEMS + 1, size=tuple(pos.shape))) * (pos > 0),
-            "negatives": torch.from_numpy(rng.integers(1, N_ITEMS + 1, size=16)),
-        }
-        opt.zero_grad()
-        model.loss(batch).backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        users = model.user_vectors(inputs[:, :-1])
-        ranks, _ = full_ranks(users, model.item_vectors(), inputs[:, -1], seen=None)
-    hr5 = float((ranks < 5).double().mean())
-    random_hr5 = 5 / N_ITEMS
+
+    def cloze(rng, walks):  # hide random items, and only the last in half the rows
+        inputs, labels = cloze_mask(rng, walks.numpy(), N_ITEMS, 0.3, last_only=np.arange(len(walks)) % 2 == 0)
+        return torch.from_numpy(inputs), torch.from_numpy(labels)
+
+    fit(model, planted_walks(), 150 if name == "bert4rec" else 60, batch=cloze if name == "bert4rec" else next_item)
+    hr5, random_hr5 = full_hr5(model, planted_walks()), 5 / N_ITEMS
     assert hr5 > 3 * random_hr5, f"{name}/{loss}: HR@5 {hr5:.3f} vs random {random_hr5:.3f}"
 
 

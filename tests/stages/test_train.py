@@ -202,12 +202,16 @@ def test_early_stopping_with_patience(data_wh):
 
 @pytest.mark.spark
 @pytest.mark.slow
-@pytest.mark.parametrize("views", [1, 2])
-def test_llmesr_run_carries_the_encoders_pca_map(data_wh, views):
+@pytest.mark.parametrize("views, gate", [(1, "none"), (2, "none"), (2, "popularity")])
+def test_llmesr_run_carries_the_encoders_pca_map(data_wh, views, gate):
     from longtail.encoders.pca import load_pca
 
-    run_train(data_wh, "llmesr_bert4rec", dataclasses.replace(TINY, epochs=1, semantic_view=views == 2))
+    run_train(data_wh, "llmesr_bert4rec", dataclasses.replace(TINY, epochs=1, semantic_view=views == 2, view_gate=gate))
     model = load_model(data_wh, "llmesr_bert4rec")
+    if gate == "popularity":  # the buckets of the training counts travel with the saved model
+        stats = data_wh.read("item_stats").select("item_idx", "popularity").collect()
+        expected = {r.item_idx: min(7, int(np.floor(np.log2(1 + r.popularity)))) for r in stats}
+        assert {i: int(model.module.item_gate.bucket[i]) for i in expected} == expected
     # New items are placed through the very map encode fitted (no refit of its own).
     saved = load_pca(data_wh.root, "m")
     view = model.module.views[0]

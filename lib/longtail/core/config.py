@@ -252,6 +252,10 @@ class TrainConfig:
     #: collaborative view alone by 3% NDCG@10 at twice the epoch time (3 seeds; benchmarks/README.md). ``pca_init: false`` starts the
     #: collaborative view at random.
     semantic_view: bool = False
+    #: ``popularity``: with both views, a learned weight per view and per popularity bucket
+    #: (log2 of the training count) on the item side of the score, so that rarely seen items can
+    #: lean on the semantic view and popular ones on the collaborative view; ``none``: equal weights.
+    view_gate: Literal["none", "popularity"] = "none"
     pca_init: bool = True
     #: Scale of the PCA table that initialises the collaborative view: ``raw`` (as encoded, the
     #: paper) or ``backbone`` (rescaled to the spread of the backbone's random init).

@@ -305,6 +305,34 @@ class CrossViewAttention(nn.Module):
         return new_a, new_b
 
 
+class PopularityGate(nn.Module):
+    """A learned weight per view and per popularity bucket on the item side of the score.
+
+    Item i's vector in view v is scaled by ``weight[bucket(i), v]`` where ``bucket(i)`` is
+    ``floor(log2(1 + training count))`` capped at ``buckets - 1``: a handful of parameters that
+    let rarely seen items lean on the view that knows them (the frozen-LLM one, whose adapter is
+    trained on every item) and popular items on the collaborative one. All weights start at 1,
+    so a new model scores as it would without the gate. Only the scoring side is gated: the
+    sequence encoder reads the views' own tables. Items the model never saw (placed from text)
+    get bucket 0's weights, those of items with no training interaction.
+    """
+
+    def __init__(self, popularity: Tensor, views: int, rows: int, buckets: int = 8) -> None:
+        super().__init__()
+        counts = torch.zeros(rows, dtype=torch.float64)
+        counts[: popularity.shape[0]] = popularity.double().clamp_min(0)[:rows]
+        bucket = torch.floor(torch.log2(1.0 + counts)).long().clamp(max=buckets - 1)
+        self.register_buffer("bucket", bucket)
+        self.weight = nn.Parameter(torch.ones(buckets, views))
+
+    def forward(self, tables: list[Tensor]) -> list[Tensor]:
+        return [t * self.weight[self.bucket[: t.shape[0]], v].unsqueeze(-1) for v, t in enumerate(tables)]
+
+    def new_items(self, vectors: list[Tensor]) -> list[Tensor]:
+        """The weights of bucket 0 on per-view vectors of items placed from text."""
+        return [x * self.weight[0, v] for v, x in enumerate(vectors)]
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -320,6 +348,7 @@ class SequentialRecommender(nn.Module):
             position) or ``cloze`` (the same BCE at masked positions; a mask token row
             ``n_items + 1`` exists in every view and ``user_vectors`` appends it).
         cross: optional :class:`CrossViewAttention` between the first two views.
+        item_gate: optional :class:`PopularityGate` on the item side of the score.
         alpha: weight of the self-distillation term (0 turns it off).
         loss: ``bce`` (the reference: one sampled negative per position), ``ce`` (softmax
             over the whole catalogue, in blocks of ``ce_item_chunk`` items) or
@@ -339,6 +368,7 @@ class SequentialRecommender(nn.Module):
         objective: str = "next",
         cross: CrossViewAttention | None = None,
         alpha: float = 0.0,
+        item_gate: PopularityGate | None = None,
         loss: str = "bce",
         ce_item_chunk: int = 16384,
         similarity: str = "dot",
@@ -366,6 +396,7 @@ class SequentialRecommender(nn.Module):
         self.encoder = encoder
         self.views = nn.ModuleList(views)
         self.cross = cross
+        self.item_gate = item_gate
         #: Token that stands for a hidden item (cloze models only).
         self.mask_token = n_items + 1 if objective == "cloze" else None
 
@@ -377,7 +408,11 @@ class SequentialRecommender(nn.Module):
 
     def item_vectors(self) -> Tensor:
         """``[n_items + 1, D]`` item vectors (row 0 padding); scores = users @ items.T."""
-        return self._item_space(torch.cat(self.tables(), dim=-1)[: self.n_items + 1])
+        return self._item_space(self._scored(self.tables())[: self.n_items + 1])
+
+    def _scored(self, tables: list[Tensor]) -> Tensor:
+        """The item side of the score: the views' tables, gated when the model has a gate."""
+        return torch.cat(self.item_gate(tables) if self.item_gate is not None else tables, dim=-1)
 
     def _item_space(self, items: Tensor) -> Tensor:
         return F.normalize(items, dim=-1) if self.similarity == "cosine" else items
@@ -401,7 +436,10 @@ class SequentialRecommender(nn.Module):
         if not self.supports_text:
             raise TypeError("this model has no semantic view: it cannot place items from text")
         llm = llm_embeddings.float()
-        return self._item_space(torch.cat([view.from_text(llm) for view in self.views], dim=-1))
+        vectors = [view.from_text(llm) for view in self.views]
+        if self.item_gate is not None:
+            vectors = self.item_gate.new_items(vectors)
+        return self._item_space(torch.cat(vectors, dim=-1))
 
     # ---- user side
 
@@ -460,7 +498,7 @@ class SequentialRecommender(nn.Module):
         seqs, pos = batch["seqs"], batch["pos"]
         neg = batch.get("neg") if self.loss_kind == "bce" else None
         tables = self.tables()
-        items = torch.cat(tables, dim=-1)
+        items = self._scored(tables)
         # Rows are encoded in groups of similar length, each trimmed to its longest row:
         # the same loss as one padded pass over the batch, at a fraction of the cost when
         # most histories are short. Logits are pooled before averaging.

@@ -23,6 +23,7 @@ from longtail.models import bert4rec, gru4rec, sasrec
 from longtail.models.layers import (
     CrossViewAttention,
     IdView,
+    PopularityGate,
     SemanticView,
     SequentialRecommender,
     loss_options,
@@ -47,6 +48,9 @@ class TextTables:
     pca_mean: Tensor
     pca_components: Tensor
     pca_offset: Tensor
+    #: ``[n_items + 1]`` training counts, for ``view_gate: popularity`` (None: all zero; a saved
+    #: model brings its buckets in its weights).
+    popularity: Tensor | None = None
 
     @classmethod
     def zeros(cls, n_items: int, llm_dim: int, hidden: int) -> "TextTables":
@@ -74,8 +78,9 @@ def build(backbone: str, n_items: int, hp: Mapping[str, Any], text: TextTables) 
         backbone: encoder and objective to use.
         n_items: catalogue size.
         hp: hyperparameters (``hidden``, ``layers``, ``heads``, ``dropout``, ``max_len``,
-            ``alpha``, ``cross_attention``; ablations: ``semantic_view`` false keeps only the
-            collaborative view, ``pca_init`` false starts it from a random init; ``loss``).
+            ``alpha``, ``cross_attention``, ``cross_residual``, ``view_gate``; ablations:
+            ``semantic_view`` false keeps only the collaborative view, ``pca_init`` false starts
+            it from a random init; ``loss``).
         text: the LLM and PCA item tables.
 
     Raises:
@@ -114,10 +119,16 @@ def build(backbone: str, n_items: int, hp: Mapping[str, Any], text: TextTables) 
             CrossViewAttention(hidden, causal=part.CAUSAL, residual=float(hp.get("cross_residual", 0.0)))
             if hp["cross_attention"] else None
         )
+    gate = None
+    if hp.get("view_gate", "none") == "popularity" and len(views) == 2:
+        popularity = text.popularity if text.popularity is not None else torch.zeros(n_items + 1)
+        gate = PopularityGate(popularity, views=2, rows=pca.shape[0])
     model = SequentialRecommender(
         n_items, part.encoder(hp), views, hp["max_len"], part.OBJECTIVE,
-        cross=cross, alpha=hp["alpha"], **loss_options(hp),
+        cross=cross, alpha=hp["alpha"], item_gate=gate, **loss_options(hp),
     )
     # Without pca_init the collaborative view starts like a plain backbone's (Xavier).
-    xavier_init(model, skip=[collaborative.embedding.weight] if pca_init else [])
+    # The gate's weights start at 1 (the ungated score), not at random.
+    skip = ([collaborative.embedding.weight] if pca_init else []) + ([gate.weight] if gate is not None else [])
+    xavier_init(model, skip=skip)
     return model

@@ -8,9 +8,9 @@
   multiple of the number of processes (rank r reads shards r, r + world, ...);
 - ``item_ids.json``: the item index the model is trained on;
 - ``text.npz`` (LLM-ESR): the LLM and PCA item tables and the encoder's PCA map;
-- ``popularity.npy`` (``sampled_softmax`` with popularity draws, or ``exposure_tolerance`` > 0):
-  training popularity by item idx, for the draw of the negatives and their logQ correction, and
-  for the choice of the serving-time popularity penalty.
+- ``popularity.npy`` (``sampled_softmax`` with popularity draws, ``exposure_tolerance`` > 0 or
+  ``view_gate: popularity``): training popularity by item idx, for the draw of the negatives and
+  their logQ correction, the choice of the serving-time popularity penalty and the view gate's buckets.
 """
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def prepare_training_data(wh, model_name: str, cfg: TrainConfig, run_dir: str, n
     index = read_item_index(stats)
     n_items = index.size - 1
     write_bytes(f"{run_dir}/item_ids.json", json.dumps(index.ids).encode(), atomic=False)
-    if (cfg.loss == "sampled_softmax" and cfg.negative_sampling == "popularity") or cfg.exposure_tolerance > 0:
+    if ((cfg.loss == "sampled_softmax" and cfg.negative_sampling == "popularity") or cfg.exposure_tolerance > 0
+            or cfg.view_gate == "popularity"):
         _write_popularity(stats, n_items, f"{run_dir}/popularity.npy")
 
     users = _training_users(seqs, cfg.max_len)

@@ -162,6 +162,8 @@ def _build(params: dict, device, distributed: bool):
     if params["text"]:
         with np.load(io.BytesIO(read_bytes(f"{params['run_dir']}/text.npz"))) as arrays:
             text = TextTables.from_arrays(arrays["llm"], arrays["pca"], arrays["pca_mean"], arrays["pca_components"])
+        if params["hp"].get("view_gate") == "popularity":
+            text.popularity = torch.as_tensor(load_popularity(params["run_dir"]).astype(np.float64))
     torch.manual_seed(int(params["hp"]["seed"]))
     module = build_model(params["model"], int(params["n_items"]), params["hp"], text).to(device)
     if not distributed:
