@@ -1,24 +1,9 @@
 """benchmarks/encode.py --profile: op classes, the speed-up bound, and the profiler read on a real model."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load_script(name: str):
-    """A benchmarks/ script as a module under a private name (benchmarks/ is a folder of scripts, not
-    a package); its sibling imports (``proctree``) resolve from the end of ``sys.path``."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.append(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_script
 
 
 bench = load_script("encode")

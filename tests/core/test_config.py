@@ -83,6 +83,13 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(f)
 
 
+def test_retrieval_settings_load():
+    keys = ["score.retrieval=ann", "score.candidates=300", "score.ann_nlist=4096", "score.ann_nprobe=32"]
+    s = load_config(None, keys).score
+    assert (s.retrieval, s.candidates, s.ann_nlist, s.ann_nprobe) == ("ann", 300, 4096, 32)
+    assert Config().score.retrieval == "auto"  # exact where cheap: small catalogues keep their lists
+
+
 def test_override_without_equals_is_an_error():
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(None, ["train.epochs"])
@@ -117,6 +124,10 @@ def test_replace_returns_a_new_validated_config():
         (["vacuum.keep_models=0"], "vacuum.keep_models: must be >= 1"),
         (["warehouse="], "warehouse: must not be empty"),
         (["ingest.max_bad_rows=-1"], "ingest.max_bad_rows: must be >= 0"),
+        (["score.retrieval=fast"], "score.retrieval"),
+        (["score.candidates=0"], "score.candidates: must be >= 1"),
+        (["score.ann_nprobe=0"], "score.ann_nprobe: must be >= 1"),
+        (["score.ann_nlist=-1"], "score.ann_nlist: must be >= 0"),
     ],
 )
 def test_bad_settings_fail_at_load_with_one_line_naming_the_key(overrides, message):

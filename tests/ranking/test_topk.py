@@ -9,6 +9,7 @@ from longtail.ranking.metrics import target_ranks
 from longtail.ranking.topk import (
     item_hubness,
     candidate_scores,
+    candidate_topk,
     catalogue_moments,
     chunked_topk,
     full_ranks,
@@ -54,6 +55,34 @@ def test_chunked_topk_short_catalogue_marks_missing_slots():
     scores, top = chunked_topk(users, items, 5, seen=pad_histories([[2]]), item_chunk=2)
     assert top.tolist() == [[3, 1, 0, 0, 0]]
     assert torch.isneginf(scores[0, 2:]).all()
+
+
+def test_candidate_topk_over_every_item_equals_chunked_topk():
+    # An index that returns the whole catalogue (in any order) gives the exact lists back.
+    g = torch.Generator().manual_seed(3)
+    users, items = torch.randn(9, 5, generator=g), torch.randn(130, 5, generator=g)
+    seen = pad_histories([[1, 2, 3], [], [129, 128, 5, 5], [7], [0], [10, 20], [30], [40, 41], [99]])
+    excluded = torch.tensor([17, 18])
+    every = torch.stack([torch.randperm(129, generator=g) + 1 for _ in range(9)])
+    scores, top = candidate_topk(users, items, every, 12, seen=seen, excluded=excluded)
+    want_scores, want_top = chunked_topk(users, items, 12, seen=seen, excluded=excluded, item_chunk=64)
+    np.testing.assert_array_equal(top.numpy(), want_top.numpy())
+    np.testing.assert_allclose(scores.numpy(), want_scores.numpy(), rtol=1e-5)
+
+
+def test_candidate_topk_drops_padding_seen_and_excluded_and_marks_short_rows(monkeypatch):
+    import longtail.ranking.topk as topk
+
+    monkeypatch.setattr(topk, "CANDIDATE_FLOATS", 3)  # one user per gathered block
+    users = torch.ones(2, 1)
+    items = torch.arange(10, dtype=torch.float32)[:, None]  # item 9 best
+    candidates = torch.tensor([[9, 8, 7, 0], [9, 3, 2, 1]])  # 0: the index found nothing more
+    seen, excluded = pad_histories([[9], [1]]), torch.tensor([7])
+    scores, top = candidate_topk(users, items, candidates, 3, seen=seen, excluded=excluded)
+    assert top.tolist() == [[8, 0, 0], [9, 3, 2]]
+    assert scores[0, 0] == 8.0 and torch.isneginf(scores[0, 1:]).all()
+    scores, top = candidate_topk(users, items, candidates[:, :2], 3)  # fewer candidates than k
+    assert top.tolist() == [[9, 8, 0], [9, 3, 0]] and torch.isneginf(scores[:, 2]).all()
 
 
 def test_full_ranks_match_target_ranks_with_history_excluded():

@@ -4,7 +4,10 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import sys
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from longtail.core import schemas
@@ -366,3 +369,65 @@ def test_score_serves_the_hubness_adjustment_saved_with_the_model_as_evaluate_do
     # u4's test item is the hub i12: the adjustment costs that hit, as it drops i12 from the lists.
     assert reports[0.0]["protocols"]["full"]["overall"][f"hr@{k}"] == 1.0
     assert reports[PENALTY]["protocols"]["full"]["overall"][f"hr@{k}"] == 0.75
+
+
+# --------------------------------------------------------------------------- candidate retrieval (score.retrieval)
+
+
+def _hub_model(tmp_path) -> FakeTrained:
+    """The fake served with a saved hubness adjustment (as in the test above)."""
+    from longtail.core.files import npy_bytes
+    from longtail.inference.store import HUBNESS_FILE
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / HUBNESS_FILE).write_bytes(npy_bytes(np.asarray(HUBNESS, dtype=np.float32)))
+    fake = FakeTrained("hub_fake", "v1", text=True)
+    fake.path = str(model_dir)
+    fake.config = {"exposure_adjustment": {"kind": "hubness", "penalty": PENALTY}}
+    return fake
+
+
+def _table(wh, run_date):
+    recs = _recs(wh, run_date).sort_values(["user_id", "rank"]).reset_index(drop=True)
+    return recs.drop(columns=["run_date", "generated_at"])
+
+
+@pytest.mark.parametrize(
+    "nlist, nprobe, hybrid",
+    [
+        pytest.param(0, 64, None, id="flat"),
+        pytest.param(2, 2, None, id="ivf-every-list", marks=pytest.mark.slow),
+        pytest.param(0, 64, HybridConfig(content_weight=0.5, mmr_lambda=0.5, mmr_candidates=4), id="flat-hybrid-mmr",
+                     marks=pytest.mark.slow),
+    ],
+)
+def test_ann_with_an_exact_index_writes_the_exact_table(wh, tmp_path, nlist, nprobe, hybrid):
+    # The served hubness adjustment, items touched beyond the sequence (u1: i6, new_face), fallback
+    # users, and with a hybrid the content blend and the MMR re-rank: the same rows either way.
+    extra = [("u1", "i6", dt.datetime(2023, 1, 1), None), ("u1", "new_face", dt.datetime(2023, 1, 2), None)]
+    wh.write(wh.spark.createDataFrame(extra, schemas.INTERACTIONS_SCHEMA), schemas.INTERACTIONS, mode="append")
+    loader = loader_for(hub_fake=_hub_model(tmp_path))
+    hybrid = hybrid or HybridConfig()
+    exact = run_score(wh, "hub_fake", ScoreConfig(hybrid=hybrid), run_date=D1, top_k=2, model_loader=loader)
+    ann_cfg = ScoreConfig(hybrid=hybrid, retrieval="ann", ann_nlist=nlist, ann_nprobe=nprobe, candidates=3)
+    ann = run_score(wh, "hub_fake", ann_cfg, run_date=D2, top_k=2, model_loader=loader)
+    assert exact.retrieval == "exact"  # auto on 14 rankable items (12 known, 2 placed from text)
+    kind = "flat, 14 items" if nlist == 0 else "ivf 2 lists, nprobe 2, 14 items"
+    assert ann.retrieval == f"ann ({kind}, 3 candidates)"
+    want, got = _table(wh, D1), _table(wh, D2)
+    pd.testing.assert_frame_equal(got.drop(columns="score"), want.drop(columns="score"))
+    np.testing.assert_allclose(got["score"], want["score"], rtol=1e-6)
+    assert not {"i6", "new_face"} & set(_lists(_recs(wh, D2))["u1"])
+    assert (ann.users, ann.fallback_users, ann.coverage) == (exact.users, exact.fallback_users, exact.coverage)
+    assert not list((Path(wh.root) / "_tmp" / "bundles").glob("*"))  # both side files removed
+
+
+def test_ann_without_faiss_stops_before_anything_is_written(wh, monkeypatch):
+    from longtail.core.errors import EnvironmentProblem
+
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(EnvironmentProblem, match=r"pip install 'longtail\[ann\]'"):
+        run_score(wh, "plain_fake", ScoreConfig(retrieval="ann"), run_date=D1, top_k=2, model_loader=LOADER)
+    assert not wh.exists(schemas.RECOMMENDATIONS)
+    assert not list((Path(wh.root) / "_tmp" / "bundles").glob("*"))

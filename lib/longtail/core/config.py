@@ -365,6 +365,21 @@ class ScoreConfig:
     #: ``model`` (the default) takes the penalty the model chose on validation when it was trained
     #: (``train.exposure_tolerance``; 0 for models without one); a number sets it (0 is off).
     popularity_penalty: Literal["model"] | NonNegativeFloat = "model"
+    #: How each user's top K is found. ``exact`` scores every rankable item (chunked matrix
+    #: products). ``ann`` searches a faiss inner-product index of the served item vectors (the
+    #: exposure adjustment and the hybrid blend included) for ``candidates`` items per user and
+    #: ranks those exactly (the ``ann`` extra). ``auto``: exact up to 200,000 rankable items (the
+    #: lists stay exactly what they were), ann above (``longtail.ranking.retrieval``, docs/scaling.md).
+    retrieval: Literal["auto", "exact", "ann"] = "auto"
+    #: Candidates per user from the index: K (or ``hybrid.mmr_candidates`` with MMR) plus the items
+    #: the user has seen are always asked for, this many when that is fewer. The index's lists hold
+    #: the full vectors, so recall is set by ``ann_nprobe``; more candidates only cost time.
+    candidates: Positive = 100
+    #: Inverted lists of the index; 0 chooses ``4 x sqrt(items)``, and a flat (exact) index when
+    #: that leaves fewer than 39 items per list.
+    ann_nlist: NonNegative = 0
+    #: Lists scanned per user (more: closer to exact and slower; ``ann_nlist`` or more is exact).
+    ann_nprobe: Positive = 64
 
 
 @section

@@ -8,7 +8,8 @@
 - :mod:`~longtail.inference.scorers` and :mod:`~longtail.inference.baselines`: one dot-product
   interface for trained models, popularity, ALS, content similarity and their blend;
 - :mod:`~longtail.inference.bundle`: scoring a batch of users inside Spark tasks (top-K for
-  serving, ranks under both protocols for evaluation);
+  serving, over the whole catalogue or an index's candidates; ranks under both protocols for
+  evaluation);
 - :mod:`~longtail.inference.recommend`: the same lists for a few users on the driver (notebooks).
 """
 from longtail.inference.bundle import (
@@ -16,6 +17,7 @@ from longtail.inference.bundle import (
     Staged,
     broadcast_bundles,
     make_bundle,
+    make_index,
     spread,
     stage,
     stage_bundles,
@@ -35,7 +37,7 @@ from longtail.inference.store import TrainedModel, load_model
 
 __all__ = [
     "Catalogue", "ItemIndex", "ModelScorer", "Scorer", "ScorerFactory", "ScoringBundle", "Staged", "TrainedModel",
-    "broadcast_bundles", "hybrid_on", "load_catalogue", "load_model", "make_bundle", "read_item_index",
+    "broadcast_bundles", "hybrid_on", "load_catalogue", "load_model", "make_bundle", "make_index", "read_item_index",
     "read_user_sequences", "recommend_users", "spread", "stage", "stage_bundles",
     "worker_bundles",
 ]

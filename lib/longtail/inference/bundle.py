@@ -6,6 +6,8 @@ stages the bundles of a job as one side file in the warehouse (:func:`stage_bund
 (:func:`worker_bundles`, cached in this importable module) and, per batch of users, gets
 their top-K lists (:meth:`ScoringBundle.top_k`, for ``score``) or the ranks of their
 held-out items under both protocols (:meth:`ScoringBundle.ranks`, for ``evaluate``).
+With ``score.retrieval: ann`` a candidate index of the bundle's item matrix (:func:`make_index`)
+is staged the same way (:func:`stage`) and searched per batch before the exact scoring.
 
 A side file instead of a Spark broadcast: it works on Spark Connect (no SparkContext there), on
 every cluster manager and with the warehouse on an object store, and a worker that reads it keeps
@@ -27,7 +29,8 @@ from longtail.core.errors import InputError
 from longtail.inference.catalogue import Catalogue
 from longtail.inference.scorers import Scorer
 from longtail.ranking.metrics import target_ranks
-from longtail.ranking.topk import candidate_scores, chunked_topk, full_ranks, mmr_rerank
+from longtail.ranking.retrieval import CandidateIndex, build_index, candidate_count, seen_counts
+from longtail.ranking.topk import candidate_scores, candidate_topk, chunked_topk, full_ranks, mmr_rerank
 
 #: Users per MMR re-rank step (memory: MMR_ROWS x candidates x embedding dimension floats).
 MMR_ROWS = 256
@@ -59,18 +62,61 @@ class ScoringBundle:
         return self._torch
 
     def top_k(
-        self, histories: torch.Tensor, k: int, item_chunk: int, seen: torch.Tensor | None = None
+        self, histories: torch.Tensor, k: int, item_chunk: int, seen: torch.Tensor | None = None,
+        index: CandidateIndex | None = None, candidates: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-``k`` items per user, excluding ``seen`` (default: the histories); MMR when configured."""
+        """Top-``k`` items per user, excluding ``seen`` (default: the histories); MMR when configured.
+
+        Without ``index`` the whole catalogue is scored (exact). With ``index``
+        (``score.retrieval: ann``, :func:`make_index` of this bundle) each user's list (or MMR
+        pool) is the exact top among the index's candidates (:meth:`from_candidates`;
+        ``candidates``: ``score.candidates``).
+        """
         t = self.tensors()
         seen = histories if seen is None else seen
         users = self.scorer.user_vectors(histories).to(torch.float32)
-        if self.mmr_lambda is None or "unit" not in t:
-            return chunked_topk(users, t["items"], k, seen=seen, excluded=t["excluded"], item_chunk=item_chunk)
-        c = max(self.mmr_candidates, k)
-        scores, items = chunked_topk(users, t["items"], c, seen=seen, excluded=t["excluded"], item_chunk=item_chunk)
+        mmr = self.mmr_lambda is not None and "unit" in t
+        pool = max(self.mmr_candidates, k) if mmr else k
+        if index is None:
+            scores, items = chunked_topk(
+                users, t["items"], pool, seen=seen, excluded=t["excluded"], item_chunk=item_chunk
+            )
+        else:
+            scores, items = self.from_candidates(users, seen, pool, index, candidates, item_chunk)
+        if not mmr:
+            return scores, items
         picked, picked_scores = self.rerank(items, scores, k)
         return picked_scores, picked
+
+    def from_candidates(
+        self, users: torch.Tensor, seen: torch.Tensor, pool: int, index: CandidateIndex, candidates: int,
+        item_chunk: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``pool`` unseen items per user among the index's candidates, scored exactly.
+
+        The index returns ``max(candidates, pool + s)`` items per user, ``s`` the most items a
+        user of the batch has seen (:func:`~longtail.ranking.retrieval.candidate_count`: batches
+        hold users of like history length, so ``s`` is close to each one's own). A user left
+        with fewer than ``pool`` unseen candidates (an IVF probe that found too few, or a user
+        who has seen almost everything) is ranked over the whole catalogue instead, so a list is
+        never short where the exact one is not.
+
+        Returns:
+            ``(scores [B, pool], items [B, pool])``, as :func:`~longtail.ranking.topk.chunked_topk`.
+        """
+        t = self.tensors()
+        most_seen = int(seen_counts(seen.numpy()).max(initial=0))
+        c = candidate_count(candidates, pool, most_seen, index.size)
+        # faiss's threads follow torch's: the task's cores (worker_bundles), not every core of the machine.
+        found = torch.from_numpy(index.search(users.numpy(), c, threads=torch.get_num_threads()))
+        scores, items = candidate_topk(users, t["items"], found, pool, seen=seen, excluded=t["excluded"])
+        short = torch.nonzero(torch.isneginf(scores[:, -1]))[:, 0]
+        if len(short):
+            exact_scores, exact_items = chunked_topk(
+                users[short], t["items"], pool, seen=seen[short], excluded=t["excluded"], item_chunk=item_chunk
+            )
+            scores[short], items[short] = exact_scores, exact_items
+        return scores, items
 
     def rerank(self, candidates: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """MMR re-rank of per-user candidates (see :func:`longtail.ranking.topk.mmr_rerank`): ``(items, scores)``."""
@@ -152,6 +198,29 @@ def make_bundle(
         mmr_lambda=mmr,
         mmr_candidates=hybrid.mmr_candidates if hybrid is not None else 100,
     )
+
+
+def make_index(bundle: ScoringBundle, nlist: int = 0, nprobe: int = 64) -> CandidateIndex:
+    """The candidate index of a bundle (``score.retrieval: ann``), built once on the driver.
+
+    It holds the served item matrix itself (``bundle.items``), minus row 0 and the items the
+    scorer cannot rank: the index ranks by the very score ``top_k`` serves. An exposure
+    adjustment is already a column of that matrix (:class:`~longtail.inference.scorers.ExposureAdjusted`:
+    items ``[v, -bias]``, users ``[u, penalty]``, the per-item bias folded into the inner product as
+    one dimension), and a hybrid's z-score blend is one dot product as well
+    (:func:`~longtail.ranking.topk.zscore_blend_users`; its per-user offset column shifts every
+    item alike), so candidates come from the blend, not from the model alone.
+
+    Args:
+        nlist, nprobe: ``score.ann_nlist`` (0: automatic) and ``score.ann_nprobe``
+            (:func:`~longtail.ranking.retrieval.build_index`).
+
+    Raises:
+        EnvironmentProblem: faiss is not installed.
+    """
+    allowed = np.ones(len(bundle.items), dtype=bool)
+    allowed[bundle.excluded] = False
+    return build_index(bundle.items, allowed=allowed, nlist=nlist, nprobe=nprobe)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Pure tensor maths of scoring: chunked exact top-K, target ranks over the catalogue,
-MMR re-ranking and the z-score blend of several dot-product scorers. No Spark here.
+"""Pure tensor maths of scoring: chunked exact top-K, exact top-K among an index's candidates,
+target ranks over the catalogue, MMR re-ranking and the z-score blend of several dot-product
+scorers. No Spark here.
 
 Conventions: the catalogue is indexed ``0..N-1`` by item idx and row 0 is padding, never
 returned; histories are ``LongTensor[B, L]`` of item idxs, left-padded with 0. Every scorer
@@ -94,6 +95,63 @@ def chunked_topk(
         best_scores, best_items = _merge_top(best_scores, best_items, scores, start, k)
     best_items = torch.where(torch.isneginf(best_scores), torch.zeros_like(best_items), best_items)
     return best_scores, best_items
+
+
+#: Floats gathered per step of :func:`candidate_topk` (users x candidates x dimension): 64 MB.
+CANDIDATE_FLOATS = 1 << 24
+
+
+def candidate_topk(
+    user_vectors: torch.Tensor,
+    item_vectors: torch.Tensor,
+    candidates: torch.Tensor,
+    k: int,
+    seen: torch.Tensor | None = None,
+    excluded: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-``k`` per user among that user's ``candidates`` (from an index), by dot product.
+
+    The same contract as :func:`chunked_topk` over a per-user subset of the catalogue: item 0
+    (padding, or "no candidate"), ``seen`` and ``excluded`` items never come back.
+
+    Args:
+        user_vectors: ``[B, D]``; item_vectors: ``[N, D]`` (row = item idx).
+        candidates: ``[B, C]`` item idxs per user, no repeats within a row (0: none).
+        k: list length. seen, excluded: as :func:`chunked_topk`.
+
+    Returns:
+        ``(scores [B, k], items [B, k])`` best first; ``-inf`` and item 0 where fewer than ``k``
+        candidates remain.
+    """
+    b, c = candidates.shape
+    rows = max(1, CANDIDATE_FLOATS // max(c * item_vectors.shape[1], 1))  # bounds the gathered block
+    scores = torch.cat([
+        candidate_scores(user_vectors[s : s + rows], item_vectors, candidates[s : s + rows])
+        for s in range(0, b, rows)
+    ]) if b else torch.zeros((0, c), dtype=user_vectors.dtype)
+    drop = (candidates == 0).numpy() | _in_rows(candidates.numpy(), seen)
+    if excluded is not None and excluded.numel():
+        drop |= np.isin(candidates.numpy(), excluded.numpy())
+    scores = scores.masked_fill(torch.from_numpy(drop), NEG_INF)
+    best_scores = torch.full((b, k), NEG_INF, dtype=scores.dtype)
+    best_items = torch.zeros((b, k), dtype=torch.long)
+    top_scores, pos = torch.topk(scores, min(k, c), dim=1)
+    best_scores[:, : pos.shape[1]] = top_scores
+    best_items[:, : pos.shape[1]] = torch.gather(candidates, 1, pos)
+    best_items = torch.where(torch.isneginf(best_scores), torch.zeros_like(best_items), best_items)
+    return best_scores, best_items
+
+
+def _in_rows(items: np.ndarray, seen: torch.Tensor | None) -> np.ndarray:
+    """``[B, C]`` bool: whether ``items[b, c]`` is among the (non-zero) ``seen[b]``; one ``isin``
+    over ``row * N + item`` keys instead of a loop over rows."""
+    if seen is None or seen.numel() == 0 or items.size == 0:
+        return np.zeros(items.shape, dtype=bool)
+    s = seen.numpy()
+    n = int(max(items.max(), s.max())) + 1
+    rows = np.arange(items.shape[0], dtype=np.int64)[:, None]
+    seen_keys = (rows * n + s)[s > 0]
+    return np.isin(rows * n + items, seen_keys)
 
 
 def _merge_top(

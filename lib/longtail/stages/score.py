@@ -14,6 +14,11 @@ Shape of the job:
    vectors from the whole history (nothing held out at serving time), scores the catalogue
    in ``item_chunk`` slices with one matrix product each, masks the user's items and keeps
    the exact top K (merge per chunk). Memory per task: ``user_batch x item_chunk`` scores.
+   With ``score.retrieval: ann`` (``auto`` above 200,000 rankable items) the driver also builds
+   a faiss index of the bundle's item matrix once (:func:`~longtail.inference.make_index`) and
+   stages it the same way; each batch searches it for its users' candidates and scores only
+   those exactly (seen items masked, the hybrid blend and MMR as above; a user left with too
+   few unseen candidates is ranked over the whole catalogue).
 3. Users with no usable history (in ``users`` or ``interactions`` but not in
    ``user_sequences``) get popularity within the categories of the items they touched, else
    global popularity, flagged ``fallback = true`` (in the same tasks).
@@ -59,6 +64,7 @@ from longtail.inference import (
     hybrid_on,
     load_catalogue,
     make_bundle,
+    make_index,
     read_user_sequences,
     spread,
     stage,
@@ -68,6 +74,7 @@ from longtail.inference import (
 from longtail.inference.scorers import ModelLoader
 from longtail.models.histories import pad_histories
 from longtail.ranking.metrics import list_diversities
+from longtail.ranking.retrieval import CandidateIndex, choose_retrieval
 
 
 @dataclass
@@ -86,6 +93,8 @@ class ScoreReport:
     diversity: float | None
     seconds: float
     table: str = ""
+    #: How the lists were found: ``exact``, or ``ann (<index>, <candidates> candidates)``.
+    retrieval: str = "exact"
 
     def __str__(self) -> str:
         div = "n/a" if self.diversity is None else f"{self.diversity:.3f}"
@@ -93,7 +102,8 @@ class ScoreReport:
             f"recommendations {self.run_date}: {self.users} users x top-{self.top_k} from {self.model} "
             f"{self.model_version} ({self.fallback_users} popularity fallbacks, {self.new_items} new items "
             f"rankable from text); coverage {self.coverage:.3f}, "
-            f"tail share {self.tail_share:.3f}, diversity {div}; {self.seconds:.1f}s -> {self.table}"
+            f"tail share {self.tail_share:.3f}, diversity {div}; {self.retrieval}; "
+            f"{self.seconds:.1f}s -> {self.table}"
         )
 
 
@@ -141,7 +151,8 @@ def _list_rows(user_ids: list[str], items: np.ndarray, scores: np.ndarray, bundl
 
 
 def score_users_frame(
-    users: DataFrame, token: str, staged: Staged, lookups: Staged | None, k: int, user_batch: int, item_chunk: int
+    users: DataFrame, token: str, staged: Staged, lookups: Staged | None, k: int, user_batch: int, item_chunk: int,
+    index: Staged | None = None, candidates: int = 0,
 ) -> DataFrame:
     """Top-``k`` rows for every row of ``users`` (lazy), from :func:`_scoring_input`.
 
@@ -149,17 +160,20 @@ def score_users_frame(
     the model; the list excludes those and the catalogue items among ``seen``, every item the
     user ever touched, beyond the ``max_len`` kept in ``user_sequences``; may be null); the
     others get the popularity fallback of their ``seen`` (``lookups``: the staged
-    :class:`FallbackPlan`, None when no user can lack a history).
+    :class:`FallbackPlan`, None when no user can lack a history). With ``index`` (the staged
+    :func:`~longtail.inference.make_index` of the bundle) the model's lists come from
+    ``candidates`` retrieved per user and ranked exactly, else from the whole catalogue.
     """
 
     def score_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         bundle = worker_bundles(token, staged)[0]
+        search = (index.value(), candidates) if index is not None else None
         for frame in frames:
             # Arrow gives an object column when a batch holds nulls; nulls are not modelled.
             modelled = frame["modelled"].astype("boolean").fillna(False).to_numpy(dtype=bool)
             users = frame[modelled]
             for start in range(0, len(users), user_batch):
-                yield _model_rows(users.iloc[start : start + user_batch], bundle, lookups, k, item_chunk)
+                yield _model_rows(users.iloc[start : start + user_batch], bundle, lookups, k, item_chunk, search)
             if not modelled.all():
                 yield _fallback_rows(frame[~modelled], bundle, lookups, k)
 
@@ -170,15 +184,20 @@ def score_users_frame(
     return ordered.mapInPandas(score_partition, _SCORED_SCHEMA)
 
 
-def _model_rows(part: pd.DataFrame, bundle: ScoringBundle, lookups: Staged | None, k: int, item_chunk: int) -> pd.DataFrame:
-    """The model's lists of one batch of users (``item_idxs``, ``seen`` item ids)."""
+def _model_rows(
+    part: pd.DataFrame, bundle: ScoringBundle, lookups: Staged | None, k: int, item_chunk: int,
+    search: tuple[CandidateIndex, int] | None = None,
+) -> pd.DataFrame:
+    """The model's lists of one batch of users (``item_idxs``, ``seen`` item ids); ``search``:
+    ``(candidate index, score.candidates)`` with ``score.retrieval: ann``, else None (exact)."""
     histories = pad_histories(list(part["item_idxs"]))
     idx_of = lookups.value().idx_of if lookups is not None else {}
     seen = pad_histories([
         np.concatenate([np.asarray([] if h is None else h, dtype=np.int64), _catalogue_idxs(s, idx_of)])
         for h, s in zip(part["item_idxs"], part["seen"])
     ])
-    scores, items = bundle.top_k(histories, k, item_chunk, seen=seen)
+    index, candidates = search if search is not None else (None, 0)
+    scores, items = bundle.top_k(histories, k, item_chunk, seen=seen, index=index, candidates=candidates)
     return _list_rows(list(part["user_id"]), items.numpy(), scores.numpy(), bundle, False)
 
 
@@ -328,7 +347,8 @@ def run_score(
     Args:
         wh: warehouse (carries the session).
         model_name: a trained model, or a baseline (``popularity``, ``als``, ``content``).
-        cfg: the ``score`` section (``item_chunk``, ``user_batch``, ``hybrid``, ``popularity_penalty``).
+        cfg: the ``score`` section (``item_chunk``, ``user_batch``, ``hybrid``, ``popularity_penalty``,
+            ``retrieval`` with ``candidates``, ``ann_nlist``, ``ann_nprobe``).
         version: model version (default: the latest).
         run_date: partition to replace (default: today, UTC).
         top_k: K (default: ``cfg.top_k``).
@@ -341,6 +361,7 @@ def run_score(
     Raises:
         ModelNotFoundError: unknown model name or version. InputError: K larger than some
             user's unseen catalogue, or a bad hybrid. TableNotFoundError / SchemaError: inputs.
+            EnvironmentProblem: ``retrieval`` is ann and faiss is not installed.
         Nothing is written when any of these is raised.
     """
     started = time.perf_counter()
@@ -360,15 +381,26 @@ def run_score(
     rankable = max(catalogue.size - len(bundle.excluded), 1)
     if k > rankable:  # before anything is allocated per user: no user could get K unseen items
         raise InputError(f"--top-k {k}: larger than the whole rankable catalogue ({rankable} items); nothing written")
+    # The index is built once, here, before anything is staged (a missing faiss leaves no side file).
+    ann = None
+    if choose_retrieval(cfg.retrieval, rankable) == "ann":
+        ann = make_index(bundle, cfg.ann_nlist, cfg.ann_nprobe)
     token, staged = stage_bundles(wh, [bundle])
     shipped = [staged]
+    index = None
+    if ann is not None:
+        index = stage(wh.root, ann)  # a side file next to the bundle's, read once per Python worker
+        shipped.append(index)
+    retrieval = "exact" if ann is None else f"ann ({ann.describe()}, {cfg.candidates} candidates)"
     users, any_fallback = _scoring_input(wh, seqs)
     lookups = None
     if any_fallback:
         # Fallback lists rank by item_stats popularity (training part): already loaded, no extra pass.
         lookups = stage(wh.root, _fallback_plan(wh, catalogue, catalogue.popularity))
         shipped.append(lookups)
-    scored = score_users_frame(users, token, staged, lookups, k, cfg.user_batch, cfg.item_chunk)
+    scored = score_users_frame(
+        users, token, staged, lookups, k, cfg.user_batch, cfg.item_chunk, index=index, candidates=cfg.candidates
+    )
     # Computed once: the figures (and the K-check) read it, then the write.
     scored = scored.persist()
     try:
@@ -388,7 +420,8 @@ def run_score(
     new_items = int(np.isin(np.arange(catalogue.n_known, catalogue.size), bundle.excluded, invert=True).sum())
     return ScoreReport(
         model=scorer.name, model_version=scorer.version, run_date=run_date, top_k=k, new_items=new_items,
-        seconds=time.perf_counter() - started, table=wh.path(schemas.RECOMMENDATIONS), **figures,
+        seconds=time.perf_counter() - started, table=wh.path(schemas.RECOMMENDATIONS), retrieval=retrieval,
+        **figures,
     )
 
 

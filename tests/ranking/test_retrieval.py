@@ -1,0 +1,118 @@
+"""The candidate index (faiss) against brute force: flat and IVF, the bias column, bytes, the choices."""
+from __future__ import annotations
+
+import pickle
+import sys
+
+import numpy as np
+import pytest
+from longtail.core.errors import EnvironmentProblem
+from longtail.ranking.retrieval import (
+    EXACT_MAX_ITEMS,
+    MIN_ITEMS_PER_LIST,
+    build_index,
+    candidate_count,
+    choose_retrieval,
+    list_count,
+    seen_counts,
+)
+
+pytest.importorskip("faiss")
+
+
+def _data(n_items=400, n_users=30, dim=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n_users, dim)).astype(np.float32), rng.normal(size=(n_items, dim)).astype(np.float32)
+
+
+def _brute(users, items, c, allowed=None, bias=None):
+    """Top-``c`` item idxs by ``u . v + b`` over the allowed rows (row 0 never), best first."""
+    scores = users.astype(np.float64) @ items.astype(np.float64).T
+    if bias is not None:
+        scores = scores + bias[None, :]
+    scores[:, 0] = -np.inf
+    if allowed is not None:
+        scores[:, ~allowed] = -np.inf
+    return np.argsort(-scores, axis=1, kind="stable")[:, :c]
+
+
+def test_flat_index_returns_the_brute_force_top_c_with_the_bias_column():
+    users, items = _data()
+    bias = np.random.default_rng(1).normal(scale=2.0, size=len(items)).astype(np.float32)
+    allowed = np.ones(len(items), dtype=bool)
+    allowed[[5, 17, 300]] = False  # items the scorer cannot rank
+    index = build_index(items, allowed=allowed, bias=bias)
+    assert (index.kind, index.size, index.dim, index.biased) == ("flat", len(items) - 4, 6, True)
+    found = index.search(users, 25)
+    np.testing.assert_array_equal(found, _brute(users, items, 25, allowed, bias))
+    assert not np.isin(found, [0, 5, 17, 300]).any()  # padding and unrankable items never come back
+    # The bias moves the lists: without it they differ.
+    assert (build_index(items, allowed=allowed).search(users, 25) != found).any()
+
+
+def test_ivf_scanning_every_list_is_exact_and_fewer_lists_stay_close():
+    users, items = _data(n_items=600)
+    want = _brute(users, items, 20)
+    every = build_index(items, nlist=8, nprobe=8)
+    assert (every.kind, every.nlist, every.nprobe) == ("ivf", 8, 8)
+    np.testing.assert_array_equal(every.search(users, 20), want)
+    assert build_index(items, nlist=8, nprobe=100).nprobe == 8  # never more than the lists
+    some = build_index(items, nlist=8, nprobe=4).search(users, 20)
+    recall = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(some, want)])
+    assert 0.5 < recall <= 1.0
+
+
+def test_short_lists_pad_with_item_zero():
+    users, items = _data(n_items=400)
+    found = build_index(items, nlist=8, nprobe=1).search(users, 300)  # one list holds about 50 items
+    assert (found == 0).any(axis=1).all()
+    for row in found:
+        valid = row[row > 0]
+        assert len(np.unique(valid)) == len(valid) and (row[len(valid):] == 0).all()  # found items first
+
+
+@pytest.mark.parametrize("nlist", [0, 8])
+def test_the_index_travels_as_bytes_and_searches_the_same_after(nlist):
+    users, items = _data()
+    index = build_index(items, nlist=nlist, nprobe=8)
+    before = index.search(users, 10)
+    assert index._index is not None
+    copy = pickle.loads(pickle.dumps(index))
+    assert copy._index is None and isinstance(copy.data, np.ndarray)  # only the bytes travel
+    np.testing.assert_array_equal(copy.search(users, 10), before)
+    assert copy.describe() == index.describe()
+
+
+def test_user_vectors_of_the_wrong_width_are_refused():
+    users, items = _data()
+    with pytest.raises(ValueError, match="7-d, the index holds 6-d"):
+        build_index(items).search(np.ones((2, 7), dtype=np.float32), 3)
+
+
+def test_missing_faiss_is_one_line_naming_the_extra(monkeypatch):
+    users, items = _data()
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
+    with pytest.raises(EnvironmentProblem, match=r"pip install 'longtail\[ann\]'") as err:
+        build_index(items)
+    assert "\n" not in str(err.value)
+
+
+def test_auto_is_exact_up_to_the_threshold_and_lists_follow_the_catalogue():
+    assert choose_retrieval("auto", EXACT_MAX_ITEMS) == "exact"
+    assert choose_retrieval("auto", EXACT_MAX_ITEMS + 1) == "ann"
+    assert choose_retrieval("ann", 10) == "ann" and choose_retrieval("exact", 10**8) == "exact"
+    with pytest.raises(ValueError, match="not one of"):
+        choose_retrieval("fast", 10)
+    # 4 sqrt(N) lists, flat while that leaves fewer than 39 items per list (N below about 24,300).
+    assert list_count(20_000) == 0 and list_count(1_000_000) == 4000 and list_count(10_000_000) == 12649
+    assert list_count(30_000) == round(4 * 30_000**0.5) and 30_000 >= MIN_ITEMS_PER_LIST * list_count(30_000)
+    assert list_count(100, nlist=8) == 8 and list_count(5, nlist=8) == 5  # a number is taken, one list per item at most
+
+
+def test_candidate_count_leaves_pool_unseen_items_and_seen_counts_distinct_items():
+    assert candidate_count(500, pool=10, seen=30, indexed=10_000) == 500
+    assert candidate_count(500, pool=100, seen=450, indexed=10_000) == 550
+    assert candidate_count(500, pool=10, seen=30, indexed=200) == 200
+    seen = np.array([[0, 0, 3, 3, 5], [1, 2, 3, 4, 5], [0, 0, 0, 0, 0]])
+    assert seen_counts(seen).tolist() == [2, 5, 0]
+    assert seen_counts(np.zeros((2, 0), dtype=np.int64)).tolist() == [0, 0]
