@@ -2,7 +2,16 @@
 
 Inputs: ``user_embeddings`` + ``user_sequences`` of a warehouse (``--warehouse``, e.g. the one
 ``benchmarks/encode.py --keep DIR`` leaves: Beauty's 22,363 users), or else random unit vectors
-of Beauty's size (``--users``, ``--dim``) written to a temporary warehouse.
+of Beauty's size (``--users``, ``--dim``) written to a temporary warehouse; ``--topics T`` plants
+structure in them instead (T topics of 10 subtopics each: a user is its subtopic's centre plus
+noise, so that users have near neighbours, as text embeddings do; random vectors have none and
+no index can find them faster than a scan).
+
+``--methods`` picks what runs after the exact stage (``faiss``, ``ivf``; default ``faiss``);
+``--skip-baseline`` leaves out the numpy matmul (users x users floats in memory). The ivf run
+uses the ``neighbors.ivf_*`` keys (``--set neighbors.ivf_probe=32``). The last line printed is one
+JSON object: users, dim, exact and ivf users/s and core-seconds per user, their ratio, ivf's
+recall@N against exact, lists, probe, the driver's peak RSS during ivf, the load average.
 
 Prints, for the exact blockwise Spark stage, the faiss method and the baseline (``X @ X.T`` in
 float32 plus an argpartition top-N per row, all in this process): seconds, users/second, the
@@ -10,11 +19,13 @@ ratio to the baseline, and peak memory (resident set of this process and its Spa
 workers, sampled every 50 ms; for the baseline, the numpy allocations). Also recall@N of
 faiss and of the baseline against the exact stage (ties count as found).
 
-    python benchmarks/neighbors.py [--warehouse DIR] [--users N] [--dim E] [--set neighbors.KEY=VALUE ...]
+    python benchmarks/neighbors.py [--warehouse DIR] [--users N] [--dim E] [--topics T]
+        [--methods faiss ivf] [--skip-baseline] [--set neighbors.KEY=VALUE ...]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -116,15 +127,51 @@ def recall_at_n(exact_ids, approx_ids, exact_sims=None, approx_sims=None, tol: f
     return hits / total if total else 1.0
 
 
+def planted_users(users: int, dim: int, topics: int, seed: int = 0) -> np.ndarray:
+    """``[users, dim]`` float32: topic centres, 10 subtopics around each, users around those."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((topics, dim))
+    subtopics = np.repeat(centres, 10, axis=0) + 0.6 * rng.standard_normal((topics * 10, dim))
+    return (subtopics[rng.integers(0, topics * 10, users)] + 0.4 * rng.standard_normal((users, dim))).astype(np.float32)
+
+
+def write_inputs(spark, wh, x: np.ndarray) -> None:
+    """``user_embeddings`` and ``user_sequences`` of users ``u0..`` (``user_idx`` = row) from ``x``."""
+    import pandas as pd
+
+    from longtail.core import schemas
+
+    emb = pd.DataFrame({"user_id": [f"u{i}" for i in range(len(x))], "embedding": list(x),
+                        "model": "synthetic", "text_hash": ""})
+    wh.write(spark.createDataFrame(emb, schemas.USER_EMBEDDINGS_SCHEMA), schemas.USER_EMBEDDINGS)
+    seqs = [(f"u{i}", i, None, None, None, None) for i in range(len(x))]
+    wh.write(spark.createDataFrame(seqs, schemas.USER_SEQUENCES_SCHEMA), schemas.USER_SEQUENCES)
+
+
+def similar(wh) -> dict:
+    from longtail.core import schemas
+
+    return {r["user_id"]: (r["neighbors"], r["similarities"]) for r in wh.read(schemas.SIMILAR_USERS).collect()}
+
+
+def with_method(cfg, method: str):
+    return cfg.neighbors.__class__(**{**cfg.neighbors.__dict__, "method": method})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warehouse", help="warehouse with user_embeddings and user_sequences (not modified "
                         "except similar_users)")
     parser.add_argument("--users", type=int, default=22_363)
     parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--skip-faiss", action="store_true")
+    parser.add_argument("--topics", type=int, default=0, help="plant this many topics (0: random vectors)")
+    parser.add_argument("--methods", nargs="*", default=["faiss"], choices=["faiss", "ivf"])
+    parser.add_argument("--skip-faiss", action="store_true", help="the same as leaving faiss out of --methods")
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--exact-runs", type=int, default=2, help="exact runs (cold, warm); the last one is compared")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
+    methods = [m for m in args.methods if not (args.skip_faiss and m == "faiss")]
 
     from longtail.core import schemas
     from longtail.core.config import load_config
@@ -140,59 +187,75 @@ def main() -> None:
     cfg = load_config(None, [f"warehouse={root}", *args.overrides])
     spark = build_spark(cfg.spark)
     wh = Warehouse(spark, cfg.warehouse, engine=cfg.delta.engine)
+    summary = {"load_average_1m_at_start": os.getloadavg()[0], "cores": os.cpu_count()}
     try:
         if args.warehouse is None:
             rng = np.random.default_rng(0)
-            x = rng.standard_normal((args.users, args.dim)).astype(np.float32)
-            emb = [(f"u{i}", row.tolist(), "random", "") for i, row in enumerate(x)]
-            wh.write(spark.createDataFrame(emb, schemas.USER_EMBEDDINGS_SCHEMA), schemas.USER_EMBEDDINGS)
-            seqs = [(f"u{i}", i, None, None, None, None) for i in range(args.users)]
-            wh.write(spark.createDataFrame(seqs, schemas.USER_SEQUENCES_SCHEMA), schemas.USER_SEQUENCES)
-            print(f"inputs: {args.users} random users, dim {args.dim}")
+            x = (planted_users(args.users, args.dim, args.topics) if args.topics
+                 else rng.standard_normal((args.users, args.dim)).astype(np.float32))
+            write_inputs(spark, wh, x)
+            print(f"inputs: {args.users} {'planted (' + str(args.topics) + ' topics)' if args.topics else 'random'} "
+                  f"users, dim {args.dim}")
         users = (wh.read(schemas.USER_EMBEDDINGS).join(wh.read(schemas.USER_SEQUENCES).select("user_id", "user_idx"),
                                                        "user_id").select("user_id", "user_idx", "embedding"))
         frame = users.toPandas().sort_values("user_idx")
         ids = frame["user_id"].to_numpy()
         x = normalize_rows(np.stack(frame["embedding"].to_numpy()))
         n = cfg.neighbors.top_n
+        summary.update(users=len(ids), dim=int(x.shape[1]), top_n=n)
 
-        exact_cfg = cfg.neighbors.__class__(**{**cfg.neighbors.__dict__, "method": "exact"})
         results = {}
-        for label in ("cold", "warm"):
+        for label in ("cold", "warm")[: max(1, args.exact_runs)]:
             with PeakRss() as mem:
-                exact = run_neighbors(wh, exact_cfg)
+                exact = run_neighbors(wh, with_method(cfg, "exact"))
             print(f"exact (Spark, {label}): {exact}; peak RSS: largest Python worker {mem.peak_worker / 2**20:.0f} MiB, "
                   f"JVM {mem.peak_jvm / 2**20:.0f} MiB, driver {mem.peak_driver / 2**20:.0f} MiB, "
                   f"whole tree {mem.peak / 2**20:.0f} MiB")
             results[f"exact blockwise (Spark, {label})"] = exact.seconds
-        exact_rows = {r["user_id"]: (r["neighbors"], r["similarities"])
-                      for r in wh.read(schemas.SIMILAR_USERS).collect()}
+        summary["exact_seconds"] = exact.seconds
+        exact_rows = similar(wh)
         ex_ids = [exact_rows[u][0] for u in ids]
         ex_sims = [exact_rows[u][1] for u in ids]
-        if not args.skip_faiss:
-            faiss_cfg = cfg.neighbors.__class__(**{**cfg.neighbors.__dict__, "method": "faiss"})
-            with PeakRss() as fmem:
-                approx = run_neighbors(wh, faiss_cfg)
-            rows = {r["user_id"]: (r["neighbors"], r["similarities"]) for r in wh.read(schemas.SIMILAR_USERS).collect()}
+        for method in methods:
+            with PeakRss() as amem:
+                approx = run_neighbors(wh, with_method(cfg, method))
+            rows = similar(wh)
             rec = recall_at_n(ex_ids, [rows[u][0] for u in ids], ex_sims, [rows[u][1] for u in ids])
-            print(f"faiss (HNSW): {approx}; recall@{n} vs exact {rec:.4f}; peak RSS: driver "
-                  f"{fmem.peak_driver / 2**20:.0f} MiB, whole tree {fmem.peak / 2**20:.0f} MiB")
-            results["faiss HNSW (driver)"] = approx.seconds
-            # Leave the exact result in the table.
-            run_neighbors(wh, exact_cfg)
+            print(f"{method}: {approx}; recall@{n} vs exact {rec:.4f}; peak RSS: driver "
+                  f"{amem.peak_driver / 2**20:.0f} MiB, largest Python worker {amem.peak_worker / 2**20:.0f} MiB, "
+                  f"whole tree {amem.peak / 2**20:.0f} MiB")
+            results[f"{method} ({'driver' if method == 'faiss' else 'Spark'})"] = approx.seconds
+            if method == "ivf":
+                summary.update(ivf_seconds=approx.seconds, ivf_lists=approx.blocks, ivf_probe=approx.probe,
+                               ivf_recall=round(rec, 4), ivf_peak_driver_mib=round(amem.peak_driver / 2**20),
+                               ivf_peak_worker_mib=round(amem.peak_worker / 2**20))
+        if methods:
+            run_neighbors(wh, with_method(cfg, "exact"))  # leave the exact result in the table
 
-        top, sims, base_s, base_peak = numpy_baseline(x, n)
-        base_rec = recall_at_n(ex_ids, [list(ids[t]) for t in top], ex_sims, sims)
-        print(f"numpy baseline (X @ X.T float32 + argpartition, one process, "
-              f"{os.cpu_count()} BLAS threads): {base_s:.1f}s; numpy peak {base_peak / 2**20:.0f} MiB "
-              f"(the users x users matrix); recall@{n} vs exact {base_rec:.4f}")
+        base_rate = None
+        if not args.skip_baseline:
+            top, sims, base_s, base_peak = numpy_baseline(x, n)
+            base_rec = recall_at_n(ex_ids, [list(ids[t]) for t in top], ex_sims, sims)
+            print(f"numpy baseline (X @ X.T float32 + argpartition, one process, "
+                  f"{os.cpu_count()} BLAS threads): {base_s:.1f}s; numpy peak {base_peak / 2**20:.0f} MiB "
+                  f"(the users x users matrix); recall@{n} vs exact {base_rec:.4f}")
+            base_rate = len(ids) / base_s
         print()
-        users_n = len(ids)
-        base_rate = users_n / base_s
         for name, seconds in results.items():
-            rate = users_n / seconds
-            print(f"{name:28s} {seconds:7.1f}s {rate:9.0f} users/s   ratio to numpy baseline {rate / base_rate:5.2f}x")
-        print(f"{'numpy matmul baseline':28s} {base_s:7.1f}s {base_rate:9.0f} users/s")
+            rate = len(ids) / seconds
+            ratio = f"   ratio to numpy baseline {rate / base_rate:5.2f}x" if base_rate else ""
+            print(f"{name:28s} {seconds:7.1f}s {rate:9.0f} users/s{ratio}")
+        if base_rate:
+            print(f"{'numpy matmul baseline':28s} {len(ids) / base_rate:7.1f}s {base_rate:9.0f} users/s")
+        cores = os.cpu_count() or 1
+        for key in ("exact", "ivf"):
+            if f"{key}_seconds" in summary:
+                summary[f"{key}_users_per_s"] = round(len(ids) / summary[f"{key}_seconds"], 1)
+                summary[f"{key}_core_ms_per_user"] = round(1e3 * cores * summary[f"{key}_seconds"] / len(ids), 3)
+        if "ivf_seconds" in summary:
+            summary["ivf_speedup"] = round(summary["exact_seconds"] / summary["ivf_seconds"], 2)
+        summary["load_average_1m_at_end"] = os.getloadavg()[0]
+        print(json.dumps(summary))
     finally:
         spark.stop()
         if tmp:

@@ -135,6 +135,48 @@ def _seeds(path: str, tags: list[str] | None, report: str = "eval") -> None:
         print(f"| {label} | `{rows[0]['model']}` | {seeds} | " + " | ".join(cells) + " |")
 
 
+#: The figures of ``--compare``: every segment of the full protocol, the catalogue, the sampled protocol.
+_COMPARE_FIGURES = [
+    ("full NDCG@10", "full", "overall", "ndcg@10"), ("full HR@10", "full", "overall", "hr@10"),
+    ("tail-item HR@10", "full", "tail_item", "hr@10"), ("head-item HR@10", "full", "head_item", "hr@10"),
+    ("tail-user NDCG@10", "full", "tail_user", "ndcg@10"), ("head-user NDCG@10", "full", "head_user", "ndcg@10"),
+    ("tail coverage@10", "catalog", None, "tail_coverage@10"), ("sampled NDCG@10", "sampled", "overall", "ndcg@10"),
+]
+
+
+def _compare(path: str, base: str, candidate: str) -> list[dict]:
+    """``candidate`` against ``base`` (run names as ``--seeds`` groups them), paired by seed: per figure
+    both means, the change of the means and the per-seed relative gains' mean and std (n - 1); a gain
+    counts as clear when its mean exceeds twice that std. Prints the table; returns its rows."""
+    import re
+
+    import numpy as np
+
+    runs: dict[str, dict[int, dict]] = {base: {}, candidate: {}}
+    for r in _lines(path, None):
+        name = re.sub(r"^s\d+-", "", r["tag"])
+        if name in runs and r.get("eval"):
+            runs[name][int(r["train"]["seed"])] = r["eval"]
+    seeds = sorted(set(runs[base]) & set(runs[candidate]))
+    if not seeds:
+        raise SystemExit(f"--compare: no seed has both {base!r} and {candidate!r} in {path}")
+    print(f"{candidate} against {base}, seeds {','.join(map(str, seeds))} (paired by seed)\n")
+    print("| figure | " + base + " | " + candidate + " | change | per-seed gain | clear (> 2 std) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    rows = []
+    for label, *where in _COMPARE_FIGURES:
+        a = np.array([_figure(runs[base][s], *where) for s in seeds])
+        b = np.array([_figure(runs[candidate][s], *where) for s in seeds])
+        gains = b / a - 1.0
+        std = gains.std(ddof=1) if len(seeds) > 1 else float("nan")
+        clear = bool(len(seeds) > 1 and gains.mean() > 2 * std)
+        rows.append({"figure": label, "base": a.mean(), "candidate": b.mean(), "change": b.mean() / a.mean() - 1.0,
+                     "gain_mean": gains.mean(), "gain_std": std, "clear": clear})
+        print(f"| {label} | {a.mean():.4f} | {b.mean():.4f} | {b.mean() / a.mean() - 1.0:+.1%} | "
+              f"{gains.mean():+.1%} ± {std:.1%} | {'yes' if clear else 'no'} |")
+    return rows
+
+
 #: Which split chose what, in every result line and under every seed table.
 CHOSEN_ON = {
     "best_epoch": "validation split: NDCG@10 of each user's second-last item (train.validate protocol)",
@@ -195,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="*", help="mean ± std over seeds (tags equal but for their s<seed>- prefix)")
     parser.add_argument("--unadjusted", action="store_true", help="(--seeds) the models without their exposure adjustment")
     parser.add_argument("--select", nargs="*", help="rank runs by validation figures only (no test figure read)")
+    parser.add_argument("--compare", nargs=2, metavar=("BASE", "CANDIDATE"),
+                        help="every segment of CANDIDATE against BASE, paired by seed, with the gains' spread")
     args = parser.parse_args(argv)
     if args.summary is not None:
         _summary(args.out, args.summary)
@@ -208,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.select is not None:
         _select(args.out, args.select)
+        return 0
+    if args.compare is not None:
+        _compare(args.out, *args.compare)
+        print(f"\n{_chosen_on_note()}")
         return 0
 
     from longtail.core.config import Config, load_config, to_dict

@@ -1,33 +1,74 @@
-"""Candidate retrieval (``score.retrieval: ann``) against the exact scan, on synthetic item vectors.
+"""Candidate retrieval (``score.retrieval: ann``) against the exact scan: the served lists of a trained model.
 
-    python benchmarks/retrieval.py --items 200000 [--nprobe 16 32 64 128 256] [--hnsw]
+    # a synthetic catalogue with planted structure, a model trained on it for a few epochs:
+    python benchmarks/retrieval.py --items 200000 --users 200000 [--model sasrec] [--epochs 2] [--keep]
+    # a trained model of a real warehouse (read only; scratch files go to --workdir):
+    python benchmarks/retrieval.py --warehouse W --model llmesr_sasrec [--version V] [--nlist 110]
+    # the index alone on synthetic vectors (no Spark, no model; the figures behind the choice of IVF):
+    python benchmarks/retrieval.py --vectors --items 200000 [--nprobe 16 32 64 128 256] [--hnsw]
 
-Items: 64-d vectors from 200 topics (a topic centre plus noise), longer for popular items (Zipf
-popularity), with the exposure adjustment's bias column (``-0.3 ln(1 + popularity)``) folded in as
-``score`` serves it; users: the mean of 5 random items plus noise. One thread throughout.
+``--items N --users M`` writes the synthetic catalogue (``longtail.synthetic``: users who prefer
+one to three of ten categories, popularity Zipf with ``--zipf``, 0.5 by default: flatter than the
+demo's 1.0, so that most of N items have interactions at about M = N users) into a scratch
+warehouse under ``--workdir``, runs ``sequences`` (a ``--k-core`` of 2 by default) and trains
+``--model`` (``sasrec``; models without text only) for ``--epochs`` epochs with the default
+training config (validation on ``train.validation_users``, 2,000 here, and the exposure
+calibration included). ``--warehouse W`` reads a trained model of W instead and writes nothing
+into W (the scratch files, staged bundles and the sampled users, go under ``--workdir``; a
+local W's files are listed before and after, ``warehouse_unchanged`` in the result).
 
-Prints ms per user of the exact path (``chunked_topk`` over every item, what ``score`` does up to
-200,000 items) and of the ann path (``CandidateIndex.search`` for ``--candidates`` items, then
-``candidate_topk``) with IVF (``nlist = 4 sqrt(N)``, the automatic choice) at each ``nprobe``, and
-the served list's recall@10: the share of the exact top-10 that the ann list holds. ``--hnsw`` adds
-faiss HNSW (M 32, efSearch = candidates, the least it can be) for comparison. Synthetic geometry:
-the figures are indicative of the index, not of a trained model's vectors.
+Then, on the same ``--score-users`` users (a seeded sample of ``user_sequences``, all when there
+are fewer), it runs ``score``'s library path in Spark tasks as ``score`` does (one
+``ScoringBundle`` staged as a side file, the users spread over the task slots and sorted by
+history length, ``ScoringBundle.top_k`` per ``score.user_batch``): once exact, once per
+``--nprobe`` with the candidate index (``make_index``, ann forced whatever the catalogue's
+size; ``--nlist``, ``--candidates``: ``score.ann_nlist``, ``score.candidates``). Seen items
+are the histories of ``user_sequences`` (``score`` also excludes older ones from
+``interactions``: the same for both methods). The served score is the default config's: the
+model's exposure adjustment included (a bias column of the item matrix, indexed with it).
+
+The last line printed is one JSON object: ``items`` (items indexed: rankable), ``users``
+(scored), ``exact_core_s_per_user`` and ``ann_core_s_per_user`` (CPU seconds of the
+``top_k`` calls, user vectors included, summed over the tasks and divided by the users:
+``getrusage`` of each Python worker around each call, one torch/faiss thread per task;
+core-seconds measured, not wall x slots, so a loaded machine slows both alike), ``speedup``
+(their ratio), ``recall_at_10`` (mean over users of |ann top-10 & exact top-10| / 10),
+``tail_share_exact`` / ``tail_share_ann`` (list slots holding tail items, by the warehouse's item
+segments), ``peak_driver_mib`` (resident memory of this Python process while it built the
+bundle and the index and ran the jobs, polled every 0.25 s; ``driver_before_mib`` before
+scoring), ``peak_worker_mib`` (``ru_maxrss`` of each task's Python worker, the largest; workers
+are not reused between the jobs here, so each method's figure is its own), the index
+(``index_kind``, ``nlist``, ``nprobe``, ``candidates``, ``index_build_s``, ``index_mib``) and,
+with several ``--nprobe``, one ``sweep`` entry each (the top-level figures are the first's).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
 import time
 
 import numpy as np
 import torch
-
 from longtail.ranking.retrieval import CandidateIndex, build_index
 from longtail.ranking.topk import candidate_topk, chunked_topk
 
+MIB = 2**20
+
+
+# --------------------------------------------------------------------------- --vectors: the index alone
+
 
 def synthetic(n_items: int, n_users: int, dim: int = 64, topics: int = 200, seed: int = 0):
-    """``(items [N, dim], bias [N], users [U, dim])`` float32; row 0 is padding."""
+    """``(items [N, dim], bias [N], users [U, dim])`` float32; row 0 is padding.
+
+    Items: a topic centre plus noise, longer for popular items (Zipf popularity); the bias is an
+    exposure adjustment's ``-0.3 ln(1 + popularity)``; users: the mean of 5 random items plus noise.
+    """
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(topics, dim))
     popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8
@@ -47,41 +88,41 @@ def timed(run, users: int):
     return out, (time.perf_counter() - started) * 1e3 / users
 
 
-def recall(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.mean([len(set(g) & set(w)) / len(w) for g, w in zip(got, want)]))
+def recall(got, want) -> float:
+    """Mean over rows of the share of ``want``'s items (item 0, padding, aside) that ``got`` holds."""
+    shares = []
+    for g, w in zip(got, want):
+        w = {int(i) for i in w if i}
+        shares.append(len({int(i) for i in g if i} & w) / len(w) if w else 1.0)
+    return float(np.mean(shares)) if shares else float("nan")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--items", type=int, default=200_000)
-    parser.add_argument("--users", type=int, default=500)
-    parser.add_argument("--candidates", type=int, default=500)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128, 256])
-    parser.add_argument("--hnsw", action="store_true")
-    args = parser.parse_args()
+def vectors_main(args) -> None:
+    """The index alone on synthetic vectors, one thread: ms per user and recall@k per ``nprobe``."""
     import faiss
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
-    items, bias, users = synthetic(args.items, args.users)
+    items, bias, users = synthetic(args.items, args.score_users)
     # As score serves an exposure adjustment: items [v, b], users [u, 1], one dot product.
     served = torch.from_numpy(np.concatenate([items, bias[:, None]], axis=1))
     queries = torch.from_numpy(np.concatenate([users, np.ones((len(users), 1), np.float32)], axis=1))
     (_, want), exact_ms = timed(lambda: chunked_topk(queries, served, args.k), len(users))
     want = want.numpy()
-    print(f"{args.items:,} items, {args.users} users, top-{args.k} of {args.candidates} candidates, one thread")
+    candidates = args.candidates or 500
+    print(f"{args.items:,} items, {len(users)} users, top-{args.k} of {candidates} candidates, one thread")
     print(f"exact (chunked_topk over every item): {exact_ms:.3f} ms/user")
     started = time.perf_counter()
-    index = build_index(items, bias=bias)  # the automatic choice: IVF with 4 sqrt(N) lists (flat when small)
+    index = build_index(items, bias=bias, nlist=args.nlist or 0)  # automatic: IVF with 4 sqrt(N) lists
     print(f"{index.kind}, {index.nlist} lists: built in {time.perf_counter() - started:.1f} s")
-    for nprobe in args.nprobe:
+    for nprobe in args.nprobe or [16, 32, 64, 128, 256]:
         probed = dataclasses.replace(index, nprobe=min(nprobe, max(index.nlist, 1)), _index=None)
-        got, ms = timed(lambda: _ann(probed, users, queries, served, args.candidates, args.k), len(users))
+        probed.search(users[:1], 1)  # deserialise outside the timing (once per worker in score)
+        got, ms = timed(lambda p=probed: _ann(p, users, queries, served, candidates, args.k), len(users))
         print(f"  nprobe {nprobe}: recall@{args.k} {recall(got, want):.4f}, {ms:.3f} ms/user, "
               f"{exact_ms / ms:.1f}x exact")
     if args.hnsw:
-        _hnsw(faiss, served.numpy(), queries.numpy(), want, args.candidates, args.k)
+        _hnsw(faiss, served.numpy(), queries.numpy(), want, candidates, args.k)
 
 
 def _ann(index: CandidateIndex, users, queries, served, c: int, k: int) -> np.ndarray:
@@ -101,6 +142,316 @@ def _hnsw(faiss, served: np.ndarray, queries: np.ndarray, want: np.ndarray, c: i
     found = torch.from_numpy(np.where(found >= 0, found + 1, 0))
     got = candidate_topk(torch.from_numpy(queries), torch.from_numpy(served), found, k)[1].numpy()
     print(f"  efSearch {c}: recall@{k} {recall(got, want):.4f}, {ms:.3f} ms/user")
+
+
+# --------------------------------------------------------------------------- the served lists
+
+
+def synthetic_warehouse(wh, cfg, args, say) -> tuple[str, dict]:
+    """Write the synthetic catalogue into ``wh``, run ``sequences`` and train ``args.model``.
+
+    Returns:
+        ``(model version, setup figures)``.
+    """
+    from longtail.core.config import DemoConfig
+    from longtail.stages.sequences import run_sequences
+    from longtail.stages.train import run_train
+    from longtail.synthetic import write_catalogue
+
+    if args.model.startswith("llmesr"):
+        raise SystemExit(f"--model {args.model}: the synthetic mode trains models without text "
+                         "(sasrec, gru4rec, bert4rec); for llmesr_* use --warehouse after `longtail encode`")
+    setup: dict = {}
+    started = time.perf_counter()
+    catalogue = write_catalogue(wh, DemoConfig(users=args.users, items=args.items, seed=args.seed),
+                                zipf_exponent=args.zipf)
+    setup.update(catalogue_items=args.items, catalogue_users=args.users,
+                 interactions=len(catalogue.interactions), generate_s=time.perf_counter() - started)
+    say(f"synthetic catalogue: {catalogue} ({setup['generate_s']:.1f}s)")
+    del catalogue
+    started = time.perf_counter()
+    summary = run_sequences(wh, cfg.sequences)
+    setup["sequences_s"] = time.perf_counter() - started
+    say(f"sequences: {str(summary).splitlines()[0]} ({setup['sequences_s']:.1f}s)")
+    started = time.perf_counter()
+    trained = run_train(wh, args.model, cfg.train, valid_negatives=cfg.evaluate.negatives,
+                        threads=cfg.train.threads or 1, progress=lambda line: say(f"  {line}"))
+    setup.update(train_s=time.perf_counter() - started, epochs=trained.epochs_run,
+                 valid_ndcg10=trained.valid_ndcg10, exposure=f"{trained.exposure_adjustment} {trained.exposure_penalty:g}")
+    say(f"train: {str(trained).splitlines()[0]} ({setup['train_s']:.1f}s)")
+    return trained.version, setup
+
+
+def sample_users(wh, scratch: str, n: int, seed: int):
+    """A seeded sample of ``n`` rows of ``user_sequences`` (``user_id``, ``item_idxs``), written once
+    under ``scratch`` (both methods read the same users, and neither pays for the warehouse read)."""
+    from longtail.inference import read_user_sequences
+    from pyspark.sql import functions as F
+
+    path = os.path.join(scratch, "users.parquet")
+    seqs = read_user_sequences(wh).select("user_id", "item_idxs")
+    seqs.orderBy(F.xxhash64("user_id", F.lit(seed))).limit(n).write.mode("overwrite").parquet(path)
+    return wh.spark.read.parquet(path)
+
+
+LISTS_SCHEMA = (
+    "user_id string, items array<bigint>, users bigint, load_cpu_s double, score_cpu_s double, "
+    "score_wall_s double, maxrss_mib double"
+)
+
+
+def served_lists(users, token: str, staged, index, k: int, user_batch: int, item_chunk: int, candidates: int):
+    """Each user's top-``k`` item idxs as ``score`` serves them (lazy), plus one row per task with
+    its figures (``user_id`` null): users, CPU seconds loading the bundle (and index) and inside
+    ``ScoringBundle.top_k``, wall seconds there, and the Python worker's peak resident memory.
+
+    ``index``: the staged candidate index (ann) or None (exact). As ``score_users_frame``: the
+    users spread over the task slots and sorted by history length within each task.
+    """
+    from longtail.inference import spread
+    from pyspark.sql import functions as F
+
+    figures = ["users", "load_cpu_s", "score_cpu_s", "score_wall_s", "maxrss_mib"]
+
+    def run(frames):
+        import resource
+
+        import pandas as pd
+        import torch as _torch
+        from longtail.inference import worker_bundles
+        from longtail.models.histories import pad_histories
+
+        def cpu() -> float:
+            used = resource.getrusage(resource.RUSAGE_SELF)
+            return used.ru_utime + used.ru_stime
+
+        begun = cpu()
+        bundle = worker_bundles(token, staged)[0]  # one torch thread per task core (spark.task.cpus)
+        found = index.value() if index is not None else None
+        if found is not None:  # deserialise it now: loading, not scoring
+            found.search(np.zeros((1, found.dim), np.float32), 1, threads=_torch.get_num_threads())
+        load, score, wall, n = cpu() - begun, 0.0, 0.0, 0
+        for frame in frames:
+            for start in range(0, len(frame), user_batch):
+                part = frame.iloc[start : start + user_batch]
+                histories = pad_histories(list(part["item_idxs"]))
+                before, clock = cpu(), time.perf_counter()
+                _, items = bundle.top_k(histories, k, item_chunk, index=found, candidates=candidates)
+                score, wall, n = score + cpu() - before, wall + time.perf_counter() - clock, n + len(part)
+                yield pd.DataFrame({"user_id": part["user_id"].to_numpy(), "items": list(items.numpy()),
+                                    **dict.fromkeys(figures, np.nan)})
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        yield pd.DataFrame({"user_id": [None], "items": [None], "users": [n], "load_cpu_s": [load],
+                            "score_cpu_s": [score], "score_wall_s": [wall], "maxrss_mib": [peak]})
+
+    return spread(users).sortWithinPartitions(F.size("item_idxs")).mapInPandas(run, LISTS_SCHEMA)
+
+
+def run_method(spark, users, token, staged, index, k: int, score_cfg, candidates: int) -> dict:
+    """One job: the lists (``user_id -> items``) and the figures of its tasks."""
+    started = time.perf_counter()
+    rows = served_lists(users, token, staged, index, k, score_cfg.user_batch, score_cfg.item_chunk,
+                        candidates).toPandas()
+    wall = time.perf_counter() - started
+    tasks = rows[rows["user_id"].isna()]
+    lists = rows[rows["user_id"].notna()]
+    n = int(tasks["users"].sum())
+    return {
+        "lists": dict(zip(lists["user_id"], lists["items"])), "users": n, "wall_s": wall,
+        "tasks": len(tasks), "core_s": float(tasks["score_cpu_s"].sum()),
+        "core_s_per_user": float(tasks["score_cpu_s"].sum()) / max(n, 1),
+        "load_core_s": float(tasks["load_cpu_s"].sum()), "score_wall_s": float(tasks["score_wall_s"].sum()),
+        "peak_worker_mib": float(tasks["maxrss_mib"].max()),
+    }
+
+
+def tail_share(lists: dict, tail: np.ndarray) -> float:
+    """Share of the list slots (item 0, padding, aside) that hold tail items."""
+    items = np.concatenate([np.asarray(v, dtype=np.int64) for v in lists.values()]) if lists else np.zeros(0, int)
+    items = items[items > 0]
+    return float(tail[items].mean()) if len(items) else float("nan")
+
+
+def compare(wh, scratch: str, model: str, version: str | None, cfg, args, peaks) -> dict:
+    """Exact against ann on the same users, as ``score`` serves ``model``; the result's figures."""
+    from longtail.core.config import EvaluateConfig
+    from longtail.inference import (
+        ScorerFactory,
+        hybrid_on,
+        load_catalogue,
+        make_bundle,
+        make_index,
+        stage,
+    )
+
+    spark, score_cfg = wh.spark, cfg.score
+    out: dict = {"driver_before_mib": _rss_mib()}
+    peaks.stage = "exact"
+    catalogue = load_catalogue(wh, include_new_items=True)
+    factory = ScorerFactory(wh, catalogue, "all", EvaluateConfig(), popularity_penalty=score_cfg.popularity_penalty)
+    hybrid = score_cfg.hybrid if hybrid_on(score_cfg.hybrid) else None
+    scorer = factory.hybrid(model, version, hybrid) if hybrid is not None else factory.scorer(model, version)
+    bundle = make_bundle(scorer, catalogue, hybrid)
+    users = sample_users(wh, scratch, args.score_users, args.seed)
+    staged = stage(scratch, [bundle])
+    try:
+        exact = run_method(spark, users, staged.token, staged, None, args.k, score_cfg, 0)
+        out["exact_peak_driver_mib"] = _peak(peaks, "exact", "python driver")
+        peaks.stage = "ann"
+        started = time.perf_counter()
+        index = make_index(bundle, score_cfg.ann_nlist, max(args.nprobe))
+        build_s = time.perf_counter() - started
+        sweep = [_ann_run(spark, users, staged, index, nprobe, args, score_cfg, exact, bundle.tail, scratch)
+                 for nprobe in args.nprobe]
+        out["ann_peak_driver_mib"] = _peak(peaks, "ann", "python driver")
+    finally:
+        staged.unpersist()
+    first = sweep[0]
+    out.update(
+        model=scorer.name, model_version=scorer.version, items=int(index.size), users=exact["users"],
+        exact_core_s_per_user=exact["core_s_per_user"], ann_core_s_per_user=first["ann_core_s_per_user"],
+        speedup=first["speedup"], recall_at_10=first["recall_at_10"],
+        tail_share_exact=tail_share(exact["lists"], bundle.tail), tail_share_ann=first["tail_share_ann"],
+        peak_driver_mib=max(out["exact_peak_driver_mib"], out["ann_peak_driver_mib"]),
+        peak_worker_mib=max([exact["peak_worker_mib"]] + [s["ann_peak_worker_mib"] for s in sweep]),
+        exact_peak_worker_mib=exact["peak_worker_mib"], ann_peak_worker_mib=first["ann_peak_worker_mib"],
+        index_kind=index.kind, nlist=index.nlist, nprobe=first["nprobe"], candidates=score_cfg.candidates,
+        index_build_s=build_s, index_mib=index.data.nbytes / MIB, bundle_item_mib=bundle.items.nbytes / MIB,
+        exact_wall_s=exact["wall_s"], ann_wall_s=first["ann_wall_s"], exact_load_core_s=exact["load_core_s"],
+        ann_load_core_s=first["ann_load_core_s"], tasks=exact["tasks"],
+        core_seconds="CPU time (getrusage) of ScoringBundle.top_k in the tasks, user vectors included",
+    )
+    if len(sweep) > 1:
+        out["sweep"] = sweep
+    return out
+
+
+def _ann_run(spark, users, staged, index, nprobe: int, args, score_cfg, exact: dict, tail, scratch) -> dict:
+    """One ann job at ``nprobe`` against the exact lists."""
+    from longtail.inference import stage
+
+    probed = dataclasses.replace(index, nprobe=min(nprobe, index.nlist) if index.nlist else 0, _index=None)
+    handle = stage(scratch, probed)
+    try:
+        ann = run_method(spark, users, staged.token, staged, handle, args.k, score_cfg, score_cfg.candidates)
+    finally:
+        handle.unpersist()
+    ids = sorted(exact["lists"])
+    return {
+        "nprobe": probed.nprobe, "ann_core_s_per_user": ann["core_s_per_user"],
+        "speedup": exact["core_s_per_user"] / max(ann["core_s_per_user"], 1e-12),
+        "recall_at_10": recall([ann["lists"].get(u, [])[:10] for u in ids], [exact["lists"][u][:10] for u in ids]),
+        "tail_share_ann": tail_share(ann["lists"], tail), "ann_peak_worker_mib": ann["peak_worker_mib"],
+        "ann_wall_s": ann["wall_s"], "ann_load_core_s": ann["load_core_s"],
+    }
+
+
+def _rss_mib() -> float:
+    from proctree import rss
+
+    return rss(os.getpid()) / MIB
+
+
+def _peak(peaks, label: str, key: str) -> float:
+    return peaks.peaks.get(label, {}).get(key, 0) / MIB
+
+
+def snapshot(root: str) -> dict | None:
+    """``{relative path: (size, mtime_ns)}`` of every file under a local ``root``; None elsewhere."""
+    if "://" in root and not root.startswith("file:"):
+        return None
+    base = root.removeprefix("file://").removeprefix("file:")
+    found = {}
+    for folder, _, names in os.walk(base):
+        for name in names:
+            stat = os.stat(os.path.join(folder, name))
+            found[os.path.relpath(os.path.join(folder, name), base)] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def benchmark(args, say=print) -> dict:
+    """Build or open the warehouse, compare exact with ann; returns the result's object."""
+    from longtail.core.config import load_config
+    from longtail.core.session import build_spark
+    from longtail.core.tables import Warehouse
+    from scale import Peaks
+
+    overrides = [f"train.model={args.model}", "train.validation_users=2000", f"train.epochs={args.epochs}", f"train.patience={args.epochs}",
+                 f"sequences.k_core={args.k_core}"] + args.overrides
+    cfg = load_config(None, overrides)
+    if args.candidates:
+        cfg = cfg.replace(**{"score.candidates": args.candidates})
+    if args.nlist is not None:
+        cfg = cfg.replace(**{"score.ann_nlist": args.nlist})
+    args.nprobe = args.nprobe or [cfg.score.ann_nprobe]
+    from pyspark.sql import SparkSession
+
+    ours = SparkSession.getActiveSession() is None
+    # Fresh Python workers for each job: each method's peak memory is its own (ru_maxrss).
+    spark = build_spark(cfg.spark, extra_conf={"spark.python.worker.reuse": "false"})
+    workdir = tempfile.mkdtemp(prefix="longtail-retrieval-", dir=args.workdir)
+    peaks = Peaks()
+    peaks.start()
+    try:
+        scratch = os.path.join(workdir, "scratch")
+        if args.warehouse:
+            before = snapshot(args.warehouse)
+            wh, version, setup = Warehouse(spark, args.warehouse), args.version, {"warehouse": args.warehouse}
+            result = {"mode": "warehouse", **setup, **compare(wh, scratch, args.model, version, cfg, args, peaks)}
+            if before is not None:  # another job writing into W at the same time shows here too
+                after = snapshot(args.warehouse)
+                changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+                result.update(warehouse_unchanged=not changed, warehouse_changes=changed[:5])
+        else:
+            wh = Warehouse(spark, os.path.join(workdir, "warehouse"))
+            version, setup = synthetic_warehouse(wh, cfg, args, say)
+            result = {"mode": "synthetic", **setup, **compare(wh, scratch, args.model, version, cfg, args, peaks)}
+    finally:
+        peaks.done.set()
+        if args.keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if ours:
+            spark.stop()
+    result.update(load_average=os.getloadavg()[0], cpus=os.cpu_count(),
+                  finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return result
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=200_000, help="synthetic catalogue: items")
+    parser.add_argument("--users", type=int, default=200_000, help="synthetic catalogue: users")
+    parser.add_argument("--warehouse", help="a trained warehouse to read (nothing is written into it)")
+    parser.add_argument("--model", default="sasrec")
+    parser.add_argument("--version", help="model version (default: the latest)")
+    parser.add_argument("--epochs", type=int, default=2, help="synthetic: training epochs")
+    parser.add_argument("--zipf", type=float, default=0.5, help="synthetic: popularity exponent (demo: 1.0)")
+    parser.add_argument("--k-core", type=int, default=2, help="synthetic: sequences.k_core")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--score-users", type=int, default=10_000, help="users scored by both methods (a sample)")
+    parser.add_argument("--k", type=int, default=10, help="list length (recall and tail share at 10)")
+    parser.add_argument("--nlist", type=int, help="score.ann_nlist (default: the config's, 0 = automatic)")
+    parser.add_argument("--nprobe", type=int, nargs="+", help="score.ann_nprobe, one ann run each")
+    parser.add_argument("--candidates", type=int, help="score.candidates")
+    parser.add_argument("--workdir", help="parent of the scratch folder (default: the system's temp)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--vectors", action="store_true", help="the index alone on synthetic vectors")
+    parser.add_argument("--hnsw", action="store_true", help="--vectors: add faiss HNSW")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    if args.vectors:
+        if args.score_users == 10_000:
+            args.score_users = 500
+        vectors_main(args)
+        return
+    result = benchmark(args, say=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ with the configured local Spark:
   preference-category centre plus noise so that neighbours exist): ``exact`` up to
   ``--exact-max`` users (it is quadratic by design) and ``faiss`` (HNSW);
 - ``score`` (top-10 for every user) with an untrained ``sasrec`` of the default size: the
-  scoring cost does not depend on the weights.
+  scoring cost does not depend on the weights; ``score`` ranks the whole catalogue
+  (``score.retrieval: exact``), ``score ann`` the same users through the candidate index
+  (``score.retrieval: ann``, forced at any size; the cost of a random item table's index, not its
+  recall: ``benchmarks/retrieval.py`` measures recall with trained models).
 
 Per stage it prints seconds, rows/s, microseconds per row and the peak resident memory of the
 Python driver, the JVM and the largest Spark Python worker, and writes one JSON line per point
@@ -18,6 +21,14 @@ per stage over the lines of ``--out`` and prints the slopes (1.0: linear).
 
     python benchmarks/scale.py --points 1x1 10x1 50x1 10x10 --out benchmarks/results/scale.jsonl
     python benchmarks/scale.py --out benchmarks/results/scale.jsonl --summary
+    # the 1M-item point (300,000 users, 1M items drawn: about 0.9M with interactions), only the stages
+    # of candidate retrieval; a flatter popularity and no k-core so that most items have interactions:
+    python benchmarks/scale.py --points 13.4x82.6 --zipf 0.5 --set sequences.k_core=1 \
+        --stages sequences score "score ann" --out benchmarks/results/scale.jsonl
+
+``--stages`` runs only the named stages of :data:`STAGES` (the synthetic catalogue and ``sequences``
+always run: the others read their tables). ``--set KEY=VALUE`` applies to the stages' config as to
+the session; ``--zipf`` is the catalogue's popularity exponent (the demo's 1.0 by default).
 """
 from __future__ import annotations
 
@@ -31,6 +42,8 @@ import time
 from proctree import cmdline, descendants, is_spark_worker, rss
 
 BEAUTY_USERS, BEAUTY_ITEMS = 22_363, 12_101
+#: What a point can time, in order (``--stages``).
+STAGES = ("sequences", "user embeddings", "neighbors exact", "neighbors faiss", "score", "score ann")
 EMBEDDING_DIM = 384
 
 
@@ -62,9 +75,8 @@ def write_user_embeddings(wh, dim: int = EMBEDDING_DIM, seed: int = 0) -> None:
     one of 64 seeded centres (by a hash of the user id) plus unit noise, so neighbours exist."""
     import numpy as np
     import pandas as pd
-    from pyspark.sql import functions as F
-
     from longtail.core import schemas
+    from pyspark.sql import functions as F
 
     centres = np.random.default_rng(seed).normal(size=(64, dim)).astype(np.float32)
 
@@ -100,8 +112,11 @@ def untrained_sasrec_loader(wh):
     return lambda _wh, _name, _version=None: model
 
 
-def run_point(spark, root: str, users_x: float, items_x: float, exact_max: int, peaks: Peaks) -> dict:
-    """Every stage at one point; returns its JSON line."""
+def run_point(spark, root: str, users_x: float, items_x: float, exact_max: int, peaks: Peaks, cfg=None,
+              stages_wanted=STAGES, zipf: float = 1.0) -> dict:
+    """The stages ``stages_wanted`` (of :data:`STAGES`) at one point; returns its JSON line."""
+    import dataclasses
+
     from longtail.core import schemas
     from longtail.core.config import Config, DemoConfig, NeighborsConfig
     from longtail.core.tables import Warehouse
@@ -110,7 +125,7 @@ def run_point(spark, root: str, users_x: float, items_x: float, exact_max: int, 
     from longtail.stages.sequences import run_sequences
     from longtail.synthetic import write_catalogue
 
-    cfg = Config()
+    cfg = cfg or Config()
     wh = Warehouse(spark, root)
     users, items = int(BEAUTY_USERS * users_x), int(BEAUTY_ITEMS * items_x)
     stages: dict[str, dict] = {}
@@ -139,18 +154,27 @@ def run_point(spark, root: str, users_x: float, items_x: float, exact_max: int, 
               flush=True)
 
     demo = DemoConfig(users=users, items=items, seed=7)
-    timed("synthetic data", lambda: wh.read(schemas.INTERACTIONS).count(), lambda: write_catalogue(wh, demo))
+    timed("synthetic data", lambda: wh.read(schemas.INTERACTIONS).count(),
+          lambda: write_catalogue(wh, demo, zipf_exponent=zipf))
     interactions = stages["synthetic data"]["rows"]
     timed("sequences", lambda: interactions, lambda: run_sequences(wh, cfg.sequences))
     n_users = wh.read(schemas.USER_SEQUENCES).count()
-    timed("user embeddings", lambda: n_users, lambda: write_user_embeddings(wh))
-    if n_users <= exact_max:
+    n_items = wh.read(schemas.ITEM_STATS).count()
+    if "user embeddings" in stages_wanted or any(s.startswith("neighbors") for s in stages_wanted):
+        timed("user embeddings", lambda: n_users, lambda: write_user_embeddings(wh))
+    if "neighbors exact" in stages_wanted and n_users <= exact_max:
         timed("neighbors exact", lambda: n_users, lambda: run_neighbors(wh, NeighborsConfig(method="exact")))
-    timed("neighbors faiss", lambda: n_users, lambda: run_neighbors(wh, NeighborsConfig(method="faiss")))
-    timed("score", lambda: n_users,
-          lambda: run_score(wh, "sasrec", cfg.score, model_loader=untrained_sasrec_loader(wh)))
-    return {"users_x": users_x, "items_x": items_x, "users": n_users, "items": items,
-            "interactions": interactions, "stages": stages, "spark_master": spark.conf.get("spark.master"),
+    if "neighbors faiss" in stages_wanted:
+        timed("neighbors faiss", lambda: n_users, lambda: run_neighbors(wh, NeighborsConfig(method="faiss")))
+    # The whole catalogue (exact: what `score` did at every size before score.retrieval), then the index.
+    for name, retrieval in (("score", "exact"), ("score ann", "ann")):
+        if name in stages_wanted:
+            score_cfg = dataclasses.replace(cfg.score, retrieval=retrieval)
+            timed(name, lambda: n_users,
+                  lambda c=score_cfg: run_score(wh, "sasrec", c, model_loader=untrained_sasrec_loader(wh)))
+    return {"users_x": users_x, "items_x": items_x, "users": n_users, "items": items, "ranked_items": n_items,
+            "interactions": interactions, "zipf": zipf, "stages": stages,
+            "spark_master": spark.conf.get("spark.master"),
             "cpus": os.cpu_count(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -187,6 +211,8 @@ def main() -> None:
     parser.add_argument("--points", nargs="*", default=["1x1", "10x1", "50x1", "10x10"],
                         help="USERSxITEMS multiples of Beauty (e.g. 10x1: 10x the users, Beauty's items)")
     parser.add_argument("--exact-max", type=int, default=300_000, help="largest user count for exact neighbours")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="what to time")
+    parser.add_argument("--zipf", type=float, default=1.0, help="the catalogue's popularity exponent")
     parser.add_argument("--out", required=True)
     parser.add_argument("--summary", action="store_true", help="print the slopes of --out and exit")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -206,7 +232,8 @@ def main() -> None:
         for point in args.points:
             users_x, items_x = (float(v) for v in point.split("x"))
             with tempfile.TemporaryDirectory(prefix="longtail-scale-") as tmp:
-                line = run_point(spark, os.path.join(tmp, "warehouse"), users_x, items_x, args.exact_max, peaks)
+                line = run_point(spark, os.path.join(tmp, "warehouse"), users_x, items_x, args.exact_max, peaks,
+                                 cfg, tuple(args.stages), args.zipf)
             with open(args.out, "a") as f:
                 f.write(json.dumps(line) + "\n")
     finally:

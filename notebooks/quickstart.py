@@ -67,6 +67,24 @@ today.where(F.col("user_id") == user).join(items, "item_id").join(
 
 # COMMAND ----------
 
+# MAGIC %md ## Similar items
+# MAGIC `similar_items`: per item, the top K of each source (`collaborative`, `semantic`, `blend`), never the item
+# MAGIC itself, never an unavailable item. What a product page of the user's last item would show:
+
+# COMMAND ----------
+
+if wh.exists("similar_items"):
+    similar = wh.read("similar_items")
+    last_date = similar.agg(F.max("run_date")).first()[0]
+    last_item = wh.read("interactions").where(F.col("user_id") == user).orderBy(F.col("ts").desc()).first()["item_id"]
+    (
+        similar.where((F.col("run_date") == last_date) & (F.col("item_id") == last_item))
+        .join(items.withColumnRenamed("item_id", "similar_item_id"), "similar_item_id")
+        .orderBy("source", "rank").select("source", "rank", "title", "score").show(30, truncate=50)
+    )
+
+# COMMAND ----------
+
 # MAGIC %md ## Ask the model directly
 # MAGIC `longtail.inference` is the interface `evaluate` and `score` use: load the trained model, or rank the
 # MAGIC catalogue for a few users on the driver (the same lists the nightly job writes, nothing written).

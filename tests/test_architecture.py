@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "longtail"
-STAGES = ("ingest", "sequences", "encode", "neighbors", "train", "evaluate", "score")
+STAGES = ("ingest", "sequences", "encode", "neighbors", "train", "evaluate", "score", "similar_items")
 
 
 def _imports(path: Path) -> set[str]:

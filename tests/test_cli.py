@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_contract_command_has_a_job_script():
-    for command in ("demo", "ingest", "sequences", "encode", "neighbors", "train", "evaluate", "score", "run"):
-        job = ROOT / "jobs" / f"{command}.py"
+    for command in ("demo", "ingest", "sequences", "encode", "neighbors", "train", "evaluate", "score",
+                    "similar-items", "run"):
+        job = ROOT / "jobs" / f"{command.replace('-', '_')}.py"
         assert job.is_file(), job
         assert f'main(["{command}"' in job.read_text()
 

@@ -17,11 +17,11 @@ pytestmark = pytest.mark.spark
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_writes_the_contract_tables(demo_warehouse):
     wh, cfg, result, progress = demo_warehouse
-    for stage in ("synthetic catalogue", "sequences", "encode", "neighbors", "train", "evaluate", "score"):
+    for stage in ("synthetic catalogue", "sequences", "encode", "neighbors", "train", "similar-items", "evaluate", "score"):
         assert f"{stage}: " in progress, stage
     for table in ("interactions", "items", "user_sequences", "item_stats", "user_stats", "item_embeddings",
                   "user_embeddings", "similar_users", "models", "evaluation", "recommendations",
-                  "recommendation_runs"):
+                  "recommendation_runs", "similar_items"):
         assert wh.exists(table), table
     recs = wh.read("recommendations")
     per_user = recs.groupBy("user_id").agg(F.count("*").alias("n"), F.max("rank").alias("max_rank"))

@@ -14,6 +14,7 @@ SparkSession and the warehouse, and calls one stage function. Exit status:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import sys
 import time
@@ -55,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("neighbors", "top-N similar users from the user embeddings")
     p = add("train", "train one model")
     p.add_argument("--model", help="model name (default: train.model in the config)")
+    p.add_argument(
+        "--warm-start", action=argparse.BooleanOptionalAction, default=None,
+        help="start from the latest version of the model: weights, item rows by item_id, Adam state "
+             "(default: train.warm_start in the config; from scratch when there is no version yet)",
+    )
     p = add("evaluate", "test-split metrics overall and by segment")
     p.add_argument("--model", help="trained model name, or a baseline: popularity, als")
     p.add_argument("--model-version", help="version to evaluate (default: the latest)")
@@ -63,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-version", help="version to score with (default: the latest)")
     p.add_argument("--run-date", type=_date, help="partition to write, YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--top-k", type=int, help="K (default: score.top_k in the config)")
-    add("run", "sequences, encode, neighbors, train, evaluate, score in order")
+    p = add("similar-items", "top-K similar items of every item (collaborative, semantic, blend)")
+    p.add_argument("--model", help="trained model name (default: train.model in the config)")
+    p.add_argument("--model-version", help="version to use (default: the latest)")
+    p.add_argument("--run-date", type=_date, help="partition to write, YYYY-MM-DD (default: today, UTC)")
+    p.add_argument("--top-k", type=int, help="K (default: similar_items.top_k in the config)")
+    add("run", "sequences, encode, neighbors, train, similar-items, evaluate, score in order")
     p = add("vacuum", "delete files no table version or kept model needs (vacuum.retention_hours)")
     p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     return parser
@@ -145,7 +156,7 @@ def _check_options(cfg, args: argparse.Namespace) -> None:
     if top_k is not None and not 1 <= top_k <= MAX_K:
         raise InputError(f"--top-k {top_k}: must be between 1 and {MAX_K}")
     model = getattr(args, "model", None)
-    if args.command in ("train", "evaluate", "score"):
+    if args.command in ("train", "evaluate", "score", "similar-items"):
         check_model(cfg, model or cfg.train.model)
 
 
@@ -190,7 +201,8 @@ def _train(spark, wh, cfg, a):
     from longtail.stages.train import run_train
 
     model = cfg.train.model if a.model is None else a.model
-    return run_train(wh, model, cfg.train, valid_negatives=cfg.evaluate.negatives, tracking=cfg.tracking,
+    train_cfg = cfg.train if a.warm_start is None else dataclasses.replace(cfg.train, warm_start=a.warm_start)
+    return run_train(wh, model, train_cfg, valid_negatives=cfg.evaluate.negatives, tracking=cfg.tracking,
                      progress=_lines)
 
 
@@ -209,7 +221,16 @@ def _score(spark, wh, cfg, a):
     # run_date None: run_score's default (today, UTC); top_k None: score.top_k.
     return run_score(
         wh, a.model or cfg.train.model, cfg.score, version=a.model_version,
-        run_date=a.run_date, top_k=a.top_k, als_cfg=cfg.evaluate,
+        run_date=a.run_date, top_k=a.top_k, als_cfg=cfg.evaluate, availability=cfg.availability.table,
+    )
+
+
+def _similar_items(spark, wh, cfg, a):
+    from longtail.stages.similar_items import run_similar_items
+
+    return run_similar_items(
+        wh, a.model or cfg.train.model, cfg.similar_items, version=a.model_version, run_date=a.run_date,
+        top_k=a.top_k, availability=cfg.availability.table,
     )
 
 
@@ -233,7 +254,7 @@ def _vacuum(spark, wh, cfg, a):
 
 _STAGES: dict[str, Callable] = {
     "vacuum": _vacuum, "demo": _demo, "ingest": _ingest, "sequences": _sequences, "encode": _encode, "neighbors": _neighbors,
-    "train": _train, "evaluate": _evaluate, "score": _score, "run": _pipeline,
+    "train": _train, "evaluate": _evaluate, "score": _score, "similar-items": _similar_items, "run": _pipeline,
 }
 
 

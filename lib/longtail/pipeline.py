@@ -95,7 +95,7 @@ def run_pipeline(
     baselines: tuple[str, ...] = ("popularity",),
     out: TextIO = sys.stderr,
 ) -> PipelineResult:
-    """Run sequences, encode, neighbors, train, evaluate, score on what ``ingest`` loaded.
+    """Run sequences, encode, neighbors, train, similar-items, evaluate, score on what ``ingest`` loaded.
 
     Args:
         wh: the warehouse (carries the SparkSession).
@@ -115,9 +115,11 @@ def run_pipeline(
     from longtail.stages.neighbors import run_neighbors
     from longtail.stages.score import run_score
     from longtail.stages.sequences import run_sequences
+    from longtail.stages.similar_items import run_similar_items
     from longtail.stages.train import run_train
 
     model = cfg.train.model
+    run_date = run_date or dt.date.today()
     result = PipelineResult(warehouse=wh.root, model=model)
     reads_neighbors = reads_similar_users(cfg.train)
     steps: list[tuple[str, Callable[[], Any]]] = [
@@ -126,18 +128,23 @@ def run_pipeline(
         ("neighbors", lambda: run_neighbors(wh, cfg.neighbors)),
         ("train", lambda: run_train(wh, model, cfg.train, valid_negatives=cfg.evaluate.negatives,
                                     tracking=cfg.tracking, progress=_detail(out))),
+        # Before evaluate: the report's item-to-item figures read its table.
+        ("similar-items", lambda: run_similar_items(
+            wh, model, cfg.similar_items, run_date=run_date, availability=cfg.availability.table)),
         ("evaluate", lambda: run_evaluate(
             wh, model, cfg.evaluate, hybrid=cfg.score.hybrid, tracking=cfg.tracking,
             popularity_penalty=cfg.score.popularity_penalty,
         )),
         *[(f"evaluate {b}", (lambda b=b: run_evaluate(wh, b, cfg.evaluate))) for b in baselines],
         ("score", lambda: run_score(
-            wh, model, cfg.score, run_date=run_date or dt.date.today(), top_k=cfg.score.top_k,
-            als_cfg=cfg.evaluate)),
+            wh, model, cfg.score, run_date=run_date, top_k=cfg.score.top_k,
+            als_cfg=cfg.evaluate, availability=cfg.availability.table)),
     ]
     if not reads_neighbors:
         # No neighbours needed; the item texts still feed the PCA view, new items and diversity figures.
         steps = [s for s in steps if s[0] != "neighbors"]
+    if not cfg.similar_items.enabled:
+        steps = [s for s in steps if s[0] != "similar-items"]
     for i, (name, step) in enumerate(steps, 1):
         report, seconds = _stage(f"[{i}/{len(steps)}] {name}", step, out)
         result.stages.append((name, report, seconds))

@@ -399,12 +399,16 @@ def _draw_ratings(rng: np.random.Generator, preferred: np.ndarray) -> np.ndarray
                     np.where(r < 0.3, 5.0, np.where(r < 0.6, 4.0, np.where(r < 0.85, 3.0, 2.0))))
 
 
-def write_catalogue(wh, cfg: DemoConfig) -> Catalogue:
+def write_catalogue(wh, cfg: DemoConfig, *, zipf_exponent: float = 1.0) -> Catalogue:
     """Generate the catalogue of ``cfg`` and write tables ``interactions``, ``items`` and ``users``.
 
     Args:
         wh: the :class:`~longtail.core.tables.Warehouse`.
         cfg: the ``demo`` config section (users, items, seed).
+        zipf_exponent: as :func:`generate_catalogue` (the demo's 1.0 by default). A flatter
+            popularity (``benchmarks/retrieval.py`` uses 0.5) gives most of a large catalogue
+            interactions at about as many users as items; at 1.0 and 10 interactions per user
+            most of 200,000 items never pass a 5-core.
 
     Returns:
         The generated :class:`Catalogue` (pandas frames).
@@ -412,7 +416,7 @@ def write_catalogue(wh, cfg: DemoConfig) -> Catalogue:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    cat = generate_catalogue(cfg.users, cfg.items, cfg.seed)
+    cat = generate_catalogue(cfg.users, cfg.items, cfg.seed, zipf_exponent=zipf_exponent)
     spark = wh.spark
     inter = spark.createDataFrame(
         cat.interactions,

@@ -206,3 +206,29 @@ def test_every_line_and_seed_table_says_which_split_chose_what(results, capsys):
     assert out[-1].startswith("Chosen on the validation split: the best epoch, the served exposure adjustment")
     assert set(bench.CHOSEN_ON) == {"best_epoch", "exposure_adjustment", "defaults_and_ablations", "test_split"}
     assert all(v.startswith("validation split") for k, v in bench.CHOSEN_ON.items() if k != "test_split")
+
+
+def test_compare_pairs_the_seeds_and_says_which_gains_are_clear(tmp_path, capsys):
+    """Per-seed gains of b over a: full NDCG +10%, +20%, +30% (mean 20%, std 10%: clear, 20 > 2 x 10);
+    tail-item HR +10%, -10%, +30% (mean 10%, std 20%: not clear). A seed only one run has is left out."""
+    base = {42: 0.0400, 43: 0.0500, 44: 0.0600}
+    gains = {42: (0.1, 0.1), 43: (0.2, -0.1), 44: (0.3, 0.3)}
+    lines = []
+    for seed, ndcg in base.items():
+        lines.append(line(f"s{seed}-a", "sasrec", seed, report((0.08, ndcg, 0.05, 0.04, 0.8, 0.3, 0.7, 0.3))))
+        g_ndcg, g_tail = gains[seed]
+        lines.append(line(f"s{seed}-b", "llmesr_sasrec", seed,
+                          report((0.08, ndcg * (1 + g_ndcg), 0.05 * (1 + g_tail), 0.04, 0.8, 0.3, 0.7, 0.3))))
+    lines.append(line("s45-b", "llmesr_sasrec", 45, report((0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5))))
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    rows = {r["figure"]: r for r in bench._compare(str(path), "a", "b")}
+    assert capsys.readouterr().out.startswith("b against a, seeds 42,43,44 (paired by seed)")
+    ndcg = rows["full NDCG@10"]
+    assert ndcg["gain_mean"] == pytest.approx(0.2) and ndcg["gain_std"] == pytest.approx(0.1) and ndcg["clear"]
+    assert ndcg["base"] == pytest.approx(0.05) and ndcg["candidate"] == pytest.approx((0.044 + 0.06 + 0.078) / 3)
+    tail = rows["tail-item HR@10"]
+    assert tail["gain_mean"] == pytest.approx(0.1) and tail["gain_std"] == pytest.approx(0.2) and not tail["clear"]
+    assert rows["full HR@10"]["gain_mean"] == pytest.approx(0.0) and not rows["full HR@10"]["clear"]
+    with pytest.raises(SystemExit, match="no seed has both"):
+        bench._compare(str(path), "a", "c")

@@ -599,7 +599,8 @@ def each_engine_reads_the_others_tables(native: Warehouse, rs: Warehouse, partit
         # A record table: an overwrite, an append by the same engine, then one by the other.
         def run(n: int) -> tuple:  # a run row; diversity null in one
             started = dt.datetime(2024, 1, 1, n, tzinfo=dt.timezone.utc)
-            return (D1, "m", f"v{n}", n, 0.5, 0.25, None if n == 2 else 0.125, started, started + dt.timedelta(minutes=30))
+            return (D1, "m", f"v{n}", n, 0.5, 0.25, None if n == 2 else 0.125, started, started + dt.timedelta(minutes=30),
+                    n)
 
         table = schemas.RECOMMENDATION_RUNS_SCHEMA
         writer.write(spark.createDataFrame([run(1)], table), runs, mode="overwrite")

@@ -23,7 +23,7 @@ CLUSTER = "local-cluster[2,1,2048]"
 DEMO_TABLES = (
     "interactions", "items", "users", "user_sequences", "item_stats", "user_stats", "item_embeddings",
     "item_embeddings_pca", "user_embeddings", "similar_users", "models", "evaluation", "recommendations",
-    "recommendation_runs",
+    "recommendation_runs", "similar_items",
 )
 
 

@@ -61,3 +61,17 @@ def test_report_segments_and_rows():
     exposure_rows = table[table["protocol"] == "exposure"]
     assert len(exposure_rows) == 20 and "slots_decile_01@2" in set(exposure_rows["metric"])
     assert not table.duplicated(["protocol", "segment", "metric"]).any()
+
+
+def test_similar_items_figures_become_rows_of_their_own_protocol():
+    at = dt.datetime(2024, 1, 1)
+    block = {"run_date": "2024-01-01", "k": 10, "sources": {
+        "blend": {"overall": {"hr@10": 0.25}, "tail_item": {"hr@10": 0.5}, "items": 4, "coverage": 0.75, "tail_share": 0.6},
+    }}
+    report = {"model": "m", "model_version": "v", "k": 10, "protocols": {}, "catalog": {}, "similar_items": block}
+    rows = {(r[2], r[3], r[4]): r[5] for r in report_rows(report, at)}
+    assert rows == {
+        ("similar_items", "overall", "blend_hr@10"): 0.25, ("similar_items", "tail_item", "blend_hr@10"): 0.5,
+        ("similar_items", "overall", "blend_coverage"): 0.75, ("similar_items", "overall", "blend_tail_share"): 0.6,
+    }
+    assert report_rows({**report, "similar_items": None}, at) == []

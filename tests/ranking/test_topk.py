@@ -202,3 +202,52 @@ def test_item_hubness_is_the_mean_of_each_items_top_scores_over_users():
     np.testing.assert_allclose(item_hubness(users[:2], items, m=5)[1:], (users[:2] @ items.T).mean(0)[1:].numpy(),
                                rtol=1e-5, atol=1e-6)
     assert not item_hubness(users[:0], items).any()
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def _device_case(seed: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    users, items = torch.randn(9, 5, generator=g), torch.randn(130, 5, generator=g)
+    seen = pad_histories([[1, 2, 3], [], [129, 128, 5, 5], [7], [0], [10, 20], [30], [40, 41], [99]])
+    excluded = torch.tensor([17, 18, 64])
+    candidates = torch.stack([torch.randperm(129, generator=g)[:40] + 1 for _ in range(9)])
+    targets = torch.tensor([10, 11, 12, 13, 14, 9, 17, 64, 1])
+    return users, items, seen, excluded, candidates, targets
+
+
+def _all_paths(users, items, seen, excluded, candidates, targets):
+    return [
+        *chunked_topk(users, items, 12, seen=seen, excluded=excluded, item_chunk=64),
+        *candidate_topk(users, items, candidates, 12, seen=seen, excluded=excluded),
+        *full_ranks(users, items, targets, seen=seen, excluded=excluded, k=5, item_chunk=64),
+    ]
+
+
+def test_the_accelerator_masks_give_the_cpu_results_bit_for_bit(monkeypatch):
+    # The device code path (positions found on the CPU, one indexed write on the device), run on
+    # CPU tensors: identical to the numpy path, so a GPU differs only by its own arithmetic.
+    import longtail.ranking.topk as topk
+
+    case = _device_case()
+    want = _all_paths(*case)
+    monkeypatch.setattr(topk, "_host", lambda t: False)
+    got = _all_paths(*case)
+    for w, g in zip(want, got):
+        assert torch.equal(w, g)
+
+
+@pytest.mark.gpu
+def test_scoring_on_a_gpu_equals_the_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    users, items, seen, excluded, candidates, targets = _device_case()
+    want = _all_paths(users, items, seen, excluded, candidates, targets)
+    got = _all_paths(users.cuda(), items.cuda(), seen, excluded, candidates, targets)
+    assert all(g.device.type == "cuda" for g in got)
+    for i, (w, g) in enumerate(zip(want, got)):
+        if w.dtype == torch.long:  # items: the same lists (these scores have no near ties)
+            assert torch.equal(w, g.cpu()), i
+        else:
+            torch.testing.assert_close(g.cpu(), w, rtol=1e-5, atol=1e-5)

@@ -176,6 +176,7 @@ def test_popularity_report_matches_brute_force_and_the_contract(wh):
         "exposure": {"slots": "list", "interactions": "list"},
         "popularity_penalty": "float",
         "exposure_adjustment": "NoneType",  # a baseline is never adjusted
+        "similar_items": "NoneType",  # no similar_items table in this warehouse (added with issue 25)
     }
     assert on_disk["dataset"] == {"users": N_USERS, "items": N_ITEMS, "evaluated_users": N_USERS,
                                   "interactions": sum(len(h) for h in HISTORIES.values())}

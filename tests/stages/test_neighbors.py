@@ -85,6 +85,73 @@ def test_ties_between_identical_users_go_to_the_smaller_index():
     np.testing.assert_allclose(sims[0], [1.0, 1.0])
 
 
+# --------------------------------------------------------------------------- ivf, in one process
+
+
+def planted_users(seed: int, users: int, dim: int, topics: int, spread: float = 0.3):
+    """Users near one of ``topics`` random directions (neighbours exist), shuffled ``user_idx``."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((topics, dim))
+    x = centres[rng.integers(0, topics, users)] + spread * rng.standard_normal((users, dim))
+    return x.astype(np.float32), rng.permutation(users * 2)[:users].astype(np.int64)
+
+
+def ivf_top_n(vectors, idx, ids, n, lists, probe, block_size, tmp):
+    """The ivf method's task code in one process (fit, assign, stage buckets under ``tmp``, search
+    them); returns ``(sims, ids)`` in ascending ``idx`` order, as :func:`exact_top_n`."""
+    import pandas as pd
+    from longtail.ranking import ivf
+
+    frame = pd.DataFrame({"user_id": list(ids), "embedding": list(vectors), "user_idx": np.asarray(idx)})
+    unit = nb.normalize_rows(vectors[np.argsort(idx)])
+    centroids = ivf.order_centroids(ivf.fit_centroids(unit, lists, seed=nb.IVF_SEED), seed=nb.IVF_SEED)
+    per_bucket = max(1, round(block_size * len(centroids) / len(frame)))
+    assigned = nb.assign_lists(frame, centroids, probe, per_bucket)
+    staged = [nb.write_bucket(str(tmp), group) for _, group in assigned.groupby("bucket")]
+    members = {int(k): int(c) for row in staged for k, c in zip(row["lists"][0], row["counts"][0])}
+    buckets = sorted(int(row["block"][0]) for row in staged)
+    rows = pd.concat(nb.search_staged_buckets(str(tmp), buckets, members, per_bucket, n, block_size))
+    got = {u: (list(nbrs), list(sims)) for u, nbrs, sims in zip(rows["user_id"], rows["neighbors"], rows["similarities"])}
+    in_order = [str(ids[i]) for i in np.argsort(idx, kind="stable")]
+    sims = np.array([got[u][1] + [-np.inf] * (n - len(got[u][1])) for u in in_order], dtype=np.float32)
+    found = np.array([got[u][0] + [None] * (n - len(got[u][0])) for u in in_order], dtype=object)
+    return sims, found
+
+
+def recall_at(exact_ids, approx_ids) -> float:
+    return float(np.mean([len(set(e) & set(a)) / len(e) for e, a in zip(exact_ids, approx_ids)]))
+
+
+@pytest.mark.parametrize("block", [7, 64])  # 7: lists cut into pieces, buckets evicted from the task's cache
+def test_ivf_probing_every_list_equals_the_exact_search(block, tmp_path):
+    pytest.importorskip("faiss")
+    x, idx = random_users(11, 200, 12)  # duplicates, zero users, ties: the exact search's hard cases
+    ids = np.array([f"user{i}" for i in idx], dtype=object)
+    want_sims, _, want_ids = exact_top_n(x, idx, ids, 10, 64)
+    sims, got = ivf_top_n(x, idx, ids, 10, lists=9, probe=9, block_size=block, tmp=tmp_path)
+    assert np.array_equal(got, want_ids)
+    assert np.array_equal(sims, want_sims)
+
+
+def test_ivf_recall_on_planted_users_is_high_at_a_small_probe(tmp_path):
+    pytest.importorskip("faiss")
+    x, idx = planted_users(2, 2000, 16, topics=30)
+    ids = np.array([f"user{i}" for i in idx], dtype=object)
+    _, _, want = exact_top_n(x, idx, ids, 10, 512)
+    # 179 lists (4 sqrt(2000)), 16 probed: each user meets about 9% of the others.
+    _, got = ivf_top_n(x, idx, ids, 10, lists=179, probe=16, block_size=512, tmp=tmp_path / "16")
+    assert recall_at(want, got) >= 0.95
+    _, few = ivf_top_n(x, idx, ids, 10, lists=179, probe=1, block_size=512, tmp=tmp_path / "1")
+    assert recall_at(want, few) < 0.8  # the probe is what buys the recall
+
+
+def test_auto_is_exact_up_to_the_threshold_then_ivf():
+    assert nb.choose_method("auto", 22_363) == "exact"  # Beauty keeps its lists
+    assert nb.choose_method("auto", nb.EXACT_MAX_USERS) == "exact"
+    assert nb.choose_method("auto", nb.EXACT_MAX_USERS + 1) == "ivf"
+    assert nb.choose_method("faiss", 10) == "faiss" and nb.choose_method("ivf", 10) == "ivf"
+
+
 # --------------------------------------------------------------------------- Spark
 
 
@@ -144,6 +211,61 @@ def test_few_users_and_the_faiss_method(warehouse):
     }
 
 
+class DriverFetches:
+    """Records what every DataFrame fetch to the driver returns (columns, rows), while active."""
+
+    METHODS = ("collect", "toArrow", "toPandas", "toLocalIterator", "take", "tail")
+
+    def __init__(self, monkeypatch):
+        from pyspark.sql.classic.dataframe import DataFrame
+
+        self.seen: list[tuple[list[str], int]] = []
+        for name in self.METHODS:
+            monkeypatch.setattr(DataFrame, name, self._spy(getattr(DataFrame, name)))
+
+    def _spy(self, original):
+        def fetch(df, *args, **kwargs):
+            out = original(df, *args, **kwargs)
+            if not hasattr(out, "__len__"):  # an iterator: drain it to count the rows
+                out = list(out)
+            self.seen.append((list(df.columns), len(out)))
+            return out
+
+        return fetch
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_ivf_method_in_spark_exact_when_every_list_is_probed_idempotent_no_users_on_driver(warehouse, monkeypatch):
+    pytest.importorskip("faiss")
+    x, idx = planted_users(5, 240, 16, topics=6)
+    _write_users(warehouse, x, idx)
+    ref_idx, ref_sims, ref_nbrs = brute_force(x, idx, 10)  # what the exact method writes (tested above)
+
+    def table():
+        return {r["user_id"]: (r["neighbors"], r["similarities"]) for r in warehouse.read(schemas.SIMILAR_USERS).collect()}
+
+    fetches = DriverFetches(monkeypatch)
+    cfg = NeighborsConfig(top_n=10, block_size=64, method="ivf", ivf_lists=8, ivf_probe=8, ivf_sample=50)
+    report = nb.run_neighbors(warehouse, cfg)
+    monkeypatch.undo()
+    assert report.method == "ivf" and report.users == 240 and report.blocks == 8 and report.probe == 8
+    assert "8 inverted lists, 8 probed" in str(report)
+    first = table()  # every list probed: the exact lists and similarities
+    assert {u: r[0] for u, r in first.items()} == {
+        f"user{i}": [f"user{j}" for j in row] for i, row in zip(ref_idx, ref_nbrs)
+    }
+    np.testing.assert_allclose([first[f"user{i}"][1] for i in ref_idx], ref_sims, atol=1e-6)
+    # The driver got the bounded sample (embeddings only) and one row per bucket, never a user's row.
+    assert not [cols for cols, _ in fetches.seen if "user_id" in cols or "neighbors" in cols]
+    assert sum(rows for _, rows in fetches.seen) <= cfg.ivf_sample + 8
+    assert any(cols == ["embedding"] and 0 < rows <= cfg.ivf_sample for cols, rows in fetches.seen)
+
+    nb.run_neighbors(warehouse, cfg)
+    assert table() == first  # a rerun writes the same table
+    assert not [f for _, _, names in os.walk(os.path.join(warehouse.root, "_tmp")) for f in names]
+
+
 def test_bad_neighbors_config_is_rejected():
     with pytest.raises(ConfigError, match="neighbors.top_n 0"):
         nb.run_neighbors(None, NeighborsConfig(top_n=0))
@@ -153,7 +275,7 @@ def test_bad_neighbors_config_is_rejected():
 
 @pytest.mark.spark
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["exact", "faiss"])
+@pytest.mark.parametrize("method", ["exact", "faiss", "ivf"])
 def test_blocks_of_different_embedding_lengths_stop_with_one_line_and_no_table(warehouse, method):
     spark = warehouse.spark
     # Each block is consistent on its own (4 users of 3 dims, then 4 of 5): only the staging sees both.

@@ -15,6 +15,7 @@ from longtail.core.config import HybridConfig, ScoreConfig
 from longtail.core.errors import InputError, ModelNotFoundError
 from longtail.stages.score import run_score
 from pyspark import cloudpickle
+from pyspark.sql import types as T
 
 pytestmark = pytest.mark.spark
 
@@ -431,3 +432,41 @@ def test_ann_without_faiss_stops_before_anything_is_written(wh, monkeypatch):
         run_score(wh, "plain_fake", ScoreConfig(retrieval="ann"), run_date=D1, top_k=2, model_loader=LOADER)
     assert not wh.exists(schemas.RECOMMENDATIONS)
     assert not list((Path(wh.root) / "_tmp" / "bundles").glob("*"))
+
+
+# --------------------------------------------------------------------------- availability rules (availability.table)
+
+
+def test_unavailable_items_stay_out_of_model_and_fallback_lists_and_the_run_row_counts_them(wh):
+    # i2 and i6 lead the global popularity fallback, new_face leads u1's model list (see above).
+    blocked = ["i2", "i6", "new_face"]
+    rules = [(i, False) for i in blocked] + [("i1", True), ("not_in_catalogue", False)]
+    wh.write(wh.spark.createDataFrame(rules, "item_id string, available boolean"), "availability")
+    # A run table from before the column: the first run with it adds the column (older rows: null).
+    old = T.StructType([f for f in schemas.RECOMMENDATION_RUNS_SCHEMA.fields if f.name != "unavailable_items"])
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    wh.write(wh.spark.createDataFrame([(D2, "m", "v0", 1, 0.5, 0.5, None, start, start)], old),
+             schemas.RECOMMENDATION_RUNS)
+    # Candidate retrieval (a flat index: the exact lists): the index never holds an unavailable item.
+    report = run_score(wh, "llmesr_fake", ScoreConfig(retrieval="ann"), run_date=D1, top_k=3, model_loader=LOADER,
+                       availability="availability")
+    recs = _recs(wh)
+    assert not set(blocked) & set(recs["item_id"])
+    assert recs["user_id"].nunique() == 6 and (recs.groupby("user_id").size() == 3).all()
+    lists = _lists(recs)
+    assert lists["u_blank"][0] not in blocked and lists["u1"][0] != "new_face"
+    assert report.unavailable_items == 3 and "3 unavailable items excluded" in str(report)
+    assert report.retrieval == "ann (flat, 11 items, 100 candidates)"  # 14 rankable minus the 3
+    runs = wh.read(schemas.RECOMMENDATION_RUNS).toPandas().set_index("model_version")
+    assert runs.loc["v1", "unavailable_items"] == 3 and pd.isna(runs.loc["v0", "unavailable_items"])
+
+
+def test_a_bad_availability_table_stops_score_before_anything_is_written(wh):
+    from longtail.core.errors import SchemaError, TableNotFoundError
+
+    with pytest.raises(TableNotFoundError, match=r"config key availability.table: no Delta table 'stock'"):
+        run_score(wh, "plain_fake", ScoreConfig(), run_date=D1, top_k=2, model_loader=LOADER, availability="stock")
+    wh.write(wh.spark.createDataFrame([("i1", "no")], "item_id string, available string"), "stock")
+    with pytest.raises(SchemaError, match=r"column 'available' is string, expected boolean"):
+        run_score(wh, "plain_fake", ScoreConfig(), run_date=D1, top_k=2, model_loader=LOADER, availability="stock")
+    assert not wh.exists(schemas.RECOMMENDATIONS) and not wh.exists(schemas.RECOMMENDATION_RUNS)

@@ -89,6 +89,12 @@ def _protocols(value: list[str]) -> None:
         raise ValueError(f"expected a non-empty list of sampled and/or full, got {value!r}")
 
 
+def _sources(value: list[str]) -> None:
+    unknown = [p for p in value if p not in ("collaborative", "semantic", "blend")]
+    if unknown or not value:
+        raise ValueError(f"expected a non-empty list of collaborative, semantic and/or blend, got {value!r}")
+
+
 def _non_empty(value: str) -> None:
     if not value.strip():
         raise ValueError("must not be empty")
@@ -115,9 +121,12 @@ Retention = Annotated[float, _range(ge=0)]
 Share = Annotated[float, _range(ge=0, le=1)]
 Probability = Annotated[float, _range(gt=0, le=1)]
 Dropout = Annotated[float, _range(ge=0, lt=1)]
+#: Strictly between 0 and 1 (a factor that lowers something).
+Fraction = Annotated[float, _range(gt=0, lt=1)]
 Memory = Annotated[str, _at_load(_memory)]
 Template = Annotated[str, _at_load(_template)]
 Protocols = Annotated[list[str], _at_load(_protocols)]
+Sources = Annotated[list[str], _at_load(_sources)]
 NonEmpty = Annotated[str, _at_load(_non_empty)]
 StringMap = Annotated[dict[str, str], BeforeValidator(_strings)]
 
@@ -213,7 +222,23 @@ class NeighborsConfig:
     top_n: Positive = 10
     #: Users per block in the exact blockwise search; bounds memory per task.
     block_size: Positive = 2048
-    method: Literal["exact", "faiss"] = "exact"
+    #: ``exact``: blockwise, every pair (quadratic). ``ivf``: inverted lists fitted on a sample,
+    #: each user searched against the members of its ``ivf_probe`` nearest lists in Spark tasks,
+    #: nothing per user on the driver (approximate; exact when ``ivf_probe`` >= the lists).
+    #: ``faiss``: one HNSW index of every user on the driver (approximate, driver-bound).
+    #: ``auto``: exact up to 250,000 users (Beauty and the demo keep their lists), ivf above
+    #: (``longtail.stages.neighbors.EXACT_MAX_USERS``, docs/scaling.md).
+    method: Literal["auto", "exact", "ivf", "faiss"] = "auto"
+    #: ivf: inverted lists (0: ``round(4 sqrt(users))``, which balances the assignment's and the
+    #: search's cost at ``ivf_probe`` 16).
+    ivf_lists: NonNegative = 0
+    #: ivf: lists each user is searched against (its own and the next nearest); more is closer
+    #: to exact and slower (cost about ``ivf_probe x users / ivf_lists`` similarities per user).
+    ivf_probe: Positive = 16
+    #: ivf: at most this many users (a seeded hash sample) fit the lists' centroids on the
+    #: driver, which holds ``ivf_sample x dim`` floats (384 MiB at 262,144 x 384); the automatic
+    #: ``ivf_lists`` keeps 16 or more of them per list.
+    ivf_sample: Positive = 262_144
 
 
 @section
@@ -227,6 +252,13 @@ class TrainConfig:
     patience: Positive = 5
     batch_size: Positive = 128
     lr: PositiveFloat = 1e-3
+    #: Linear warm-up of the learning rate over this many optimiser steps (0: none).
+    lr_warmup_steps: NonNegative = 0
+    #: ``plateau``: multiply the learning rate by ``lr_decay_factor`` whenever ``lr_decay_patience``
+    #: validations in a row did not beat the best (keep it below ``patience``); ``none``: constant.
+    lr_decay: Literal["none", "plateau"] = "none"
+    lr_decay_factor: Fraction = 0.5
+    lr_decay_patience: Positive = 2
     weight_decay: NonNegativeFloat = 0.0
     hidden: Positive = 64
     max_len: Positive = 200
@@ -239,19 +271,22 @@ class TrainConfig:
     alpha: NonNegativeFloat = 0.0
     #: How many of each user's retrieved similar users the distillation uses.
     distill_neighbors: NonNegative = 10
-    cross_attention: bool = True
+    #: The paper's fusion: each view's sequence attends over the other's before the shared encoder.
+    #: Off by default: at the scored position it replaces the last item by a mixture of the history,
+    #: and on Beauty the dual view without it beat it on validation, also with the residual kept
+    #: (``cross_residual: 1``; benchmarks/README.md). conf/paper.yaml turns it on.
+    cross_attention: bool = False
     #: Weight of each view's own sequence added to the cross-attention output (``Attn + w * x``):
     #: 0 (or false) is the paper's fusion, which replaces item t by a mixture of the history up to t;
     #: 1 (or true) keeps each item's identity and adds what the other view says.
     cross_residual: NonNegativeFloat | bool = 0.0
-    #: LLM-ESR's views: ``semantic_view: false`` (the default) keeps only the collaborative view,
-    #: initialised from the PCA of the LLM item embeddings (and the distillation from LLM-retrieved
-    #: similar users when ``alpha`` > 0); ``true`` adds the paper's frozen-LLM semantic view and the cross-attention. On
-    #: Beauty under full ranking the second view costs 27% of HR@10 and half the tail-item HR@10, and
-    #: the cross-attention is the cause: with ``cross_attention: false`` the dual view beats the
-    #: collaborative view alone by 3% NDCG@10 at twice the epoch time (3 seeds; benchmarks/README.md). ``pca_init: false`` starts the
-    #: collaborative view at random.
-    semantic_view: bool = False
+    #: LLM-ESR's views: ``semantic_view: true`` (the default, the paper's model) scores with the
+    #: frozen-LLM semantic view and the collaborative view (initialised from the PCA of the LLM
+    #: item embeddings) side by side; ``false`` keeps the collaborative view alone. With the
+    #: fusion off (``cross_attention: false``) the dual view won on validation on Beauty (rich text)
+    #: and on Sports (thin text) over 3 seeds each (benchmarks/README.md, issue 26). ``pca_init:
+    #: false`` starts the collaborative view at random.
+    semantic_view: bool = True
     #: ``popularity``: with both views, a learned weight per view and per popularity bucket
     #: (log2 of the training count) on the item side of the score, so that rarely seen items can
     #: lean on the semantic view and popular ones on the collaborative view; ``none``: equal weights.
@@ -276,7 +311,9 @@ class TrainConfig:
     temperature: PositiveFloat = 1.0
     #: ``sampled_softmax``: negatives per batch, their draw (``uniform`` or ``popularity``) and
     #: the logQ correction (subtract the log probability of the draw from every logit).
-    negatives: Positive = 1024
+    #: 4,096 (not 1,024): on Beauty and Sports the more negatives, the higher validation NDCG@10 for
+    #: every model, at about the same epoch time on CPU (benchmarks/README.md, issue 26).
+    negatives: Positive = 4096
     negative_sampling: Literal["uniform", "popularity"] = "popularity"
     logq: bool = True
     #: Model selection: ``full`` (validation item against the whole catalogue minus the user's
@@ -316,6 +353,16 @@ class TrainConfig:
     #: hubness gave both models a third more distinct tail items in their lists than popularity at
     #: the same tolerance and equal NDCG@10 (benchmarks/README.md).
     exposure_adjustment: Literal["hubness", "popularity"] = "hubness"
+    #: Start from the newest registered version of the same model (``longtail train --warm-start``):
+    #: its weights, its item rows carried by item_id (new items placed from their text through the
+    #: PCA map), its Adam state when it saved one; then train until the usual early stopping. A
+    #: version of another architecture is refused; with no version yet, training starts from
+    #: scratch (so a scheduled first run works). On, the model also saves its Adam state
+    #: (``optimizer.pt``) for the next warm start.
+    warm_start: bool = False
+    #: Patience of a run that did start from a previous version: it begins next to that version's
+    #: best, so fewer validations without improvement are enough to stop (None: ``patience``).
+    warm_start_patience: Positive | None = 2
 
 
 @section
@@ -383,6 +430,54 @@ class ScoreConfig:
 
 
 @section
+class AvailabilityConfig:
+    """Items that must not be recommended today (out of stock, withdrawn, not allowed in the market):
+    read at the start of ``score`` and ``similar-items``, never ranked by either."""
+
+    #: None: every item is available. Else a Delta table: a name in the warehouse (``availability``)
+    #: or a path/URI (``s3a://bucket/availability``), with columns ``item_id`` string, ``available``
+    #: boolean and optionally ``valid_from`` / ``valid_to`` (date or timestamp; from inclusive, to
+    #: exclusive, null open). An item is unavailable on the run date when a row in force then says
+    #: ``available`` false (or null); items without such a row are available.
+    table: NonEmpty | None = None
+
+
+@section
+class SimilarItemsConfig:
+    """``longtail similar-items``: the item -> items table (``similar_items``)."""
+
+    #: A step of ``longtail run`` (after ``train``; its table feeds the evaluation's item-to-item figures).
+    enabled: bool = True
+    top_k: TopK = 10
+    #: Which lists to write: ``collaborative`` (cosine of the trained model's item vectors),
+    #: ``semantic`` (cosine of the LLM item embeddings: text-only items get and are neighbours) and
+    #: ``blend`` (the weighted sum of both similarities, each z-scored per query item).
+    sources: Sources = field(default_factory=lambda: ["collaborative", "semantic", "blend"])
+    collaborative_weight: NonNegativeFloat = 1.0
+    #: ``auto``: chosen on validation pairs (a user's last training item -> the validation item): of
+    #: 0, 0.05, 0.1, 0.25, 0.5 and 1 times ``collaborative_weight``, the one whose blend (without the
+    #: hubness adjustment) puts the validation item in the top K most often; ties go to the larger
+    #: weight. 0 leaves the blend to the model. On Beauty (llmesr_sasrec) 0.05 matched the collaborative
+    #: source's HR@10 with a higher tail-item HR@10 and tail share, 1 lost 11% of HR@10.
+    semantic_weight: Literal["auto"] | NonNegativeFloat = "auto"
+    #: Validation pairs (a seeded sample of users) the ``auto`` semantic weight is chosen on.
+    weight_pairs: Positive = 5000
+    #: Exposure adjustment: similarity minus ``hubness_penalty x hubness`` of the candidate (the mean of
+    #: its 10 highest similarities to other items, CSLS), so the head does not fill every list; 0 is off.
+    hubness_penalty: NonNegativeFloat = 0.5
+    #: Items (a seeded sample where there are more) whose lists the hubness is measured on.
+    hubness_queries: Positive = 5000
+    #: Query items per batch and items per matrix product in each task (bound memory).
+    item_batch: Positive = 1024
+    item_chunk: Positive = 8192
+    #: As ``score.retrieval``: ``auto`` is exact up to 200,000 items, a faiss index of candidates above.
+    retrieval: Literal["auto", "exact", "ann"] = "auto"
+    candidates: Positive = 100
+    ann_nlist: NonNegative = 0
+    ann_nprobe: Positive = 64
+
+
+@section
 class DemoConfig:
     users: Positive = 2000
     items: Positive = 800
@@ -428,6 +523,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    availability: AvailabilityConfig = field(default_factory=AvailabilityConfig)
+    similar_items: SimilarItemsConfig = field(default_factory=SimilarItemsConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     vacuum: VacuumConfig = field(default_factory=VacuumConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -680,6 +777,7 @@ def _one_line(exc: Exception) -> str:
 _SECTIONS: dict[str, type] = {
     c.__name__: c
     for c in (SparkConfig, DeltaConfig, IngestConfig, SegmentConfig, SequencesConfig, EncodeConfig, NeighborsConfig,
-              TrainConfig, EvaluateConfig, HybridConfig, ScoreConfig, DemoConfig, VacuumConfig,
+              TrainConfig, EvaluateConfig, HybridConfig, ScoreConfig, AvailabilityConfig, SimilarItemsConfig,
+              DemoConfig, VacuumConfig,
               TrackingConfig)
 }

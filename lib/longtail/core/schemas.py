@@ -25,6 +25,7 @@ RECOMMENDATIONS = "recommendations"
 EVALUATION = "evaluation"
 MODELS = "models"
 RECOMMENDATION_RUNS = "recommendation_runs"
+SIMILAR_ITEMS = "similar_items"
 # Append-only id maps that keep user_idx / item_idx stable across reruns.
 USER_IDS = "_user_ids"
 ITEM_IDS = "_item_ids"
@@ -140,7 +141,26 @@ RECOMMENDATION_RUNS_SCHEMA = _s(
     ("diversity", T.DoubleType()),
     ("started_at", T.TimestampType()),
     ("finished_at", T.TimestampType()),
+    # Catalogue items the availability table (availability.table) kept out of the run's lists
+    # (added with the availability rules; null in rows written before).
+    ("unavailable_items", T.LongType()),
 )
+
+SIMILAR_ITEMS_SCHEMA = _s(
+    ("item_id", T.StringType()),
+    ("rank", T.IntegerType()),
+    ("similar_item_id", T.StringType()),
+    ("score", T.FloatType()),
+    # collaborative, semantic or blend (SIMILAR_SOURCES).
+    ("source", T.StringType()),
+    ("model", T.StringType()),
+    ("model_version", T.StringType()),
+    ("run_date", T.DateType()),
+    ("generated_at", T.TimestampType()),
+)
+
+#: The ``source`` values of ``similar_items``, in the order they are written.
+SIMILAR_SOURCES = ("collaborative", "semantic", "blend")
 
 MODELS_SCHEMA = _s(
     ("model", T.StringType()),
@@ -181,6 +201,7 @@ SCHEMAS: dict[str, T.StructType] = {
     SIMILAR_USERS: SIMILAR_USERS_SCHEMA,
     RECOMMENDATIONS: RECOMMENDATIONS_SCHEMA,
     RECOMMENDATION_RUNS: RECOMMENDATION_RUNS_SCHEMA,
+    SIMILAR_ITEMS: SIMILAR_ITEMS_SCHEMA,
     MODELS: MODELS_SCHEMA,
     EVALUATION: EVALUATION_SCHEMA,
 }

@@ -12,6 +12,14 @@ is staged the same way (:func:`stage`) and searched per batch before the exact s
 A side file instead of a Spark broadcast: it works on Spark Connect (no SparkContext there), on
 every cluster manager and with the warehouse on an object store, and a worker that reads it keeps
 it for the job's later tasks.
+
+Devices: when Spark assigned the running task a GPU (``TaskContext.resources()["gpu"]``, a GPU
+executor with ``spark.task.resource.gpu.amount``) and CUDA works, :func:`worker_bundles` sets
+each bundle's ``device`` to it (:func:`task_device`): the item matrix is copied there once per
+worker and the chunked products, masks and top-K merges of ``top_k`` (exact and from
+candidates) and of the full ranking of ``ranks`` run there; the user vectors (the model), the
+candidate search (faiss), the MMR re-rank and the sampled protocol stay on the CPU. Elsewhere
+everything runs on the CPU as before.
 """
 from __future__ import annotations
 
@@ -25,7 +33,7 @@ import torch
 
 from longtail.core import files
 from longtail.core.config import HybridConfig
-from longtail.core.errors import InputError
+from longtail.core.errors import EnvironmentProblem, InputError
 from longtail.inference.catalogue import Catalogue
 from longtail.inference.scorers import Scorer
 from longtail.ranking.metrics import target_ranks
@@ -48,8 +56,12 @@ class ScoringBundle:
     item_ids: list[str]
     mmr_lambda: float | None = None
     mmr_candidates: int = 100
+    #: Where the products and top-K merges run: ``cpu`` (the driver's choice), or the task's GPU
+    #: (``cuda:N``) as :func:`worker_bundles` finds it.
+    device: str = "cpu"
     # Filled on the executor from the arrays above.
     _torch: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _device_items: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         if not self._torch:
@@ -60,6 +72,16 @@ class ScoringBundle:
             if self.unit_embeddings is not None:
                 self._torch["unit"] = torch.from_numpy(np.ascontiguousarray(self.unit_embeddings))
         return self._torch
+
+    def items_on(self, device: str | torch.device) -> torch.Tensor:
+        """The item matrix on ``device``: the CPU tensor itself there, else a copy made once per
+        device in this worker (``N x D`` floats of device memory)."""
+        key = str(device)
+        if torch.device(key).type == "cpu":
+            return self.tensors()["items"]
+        if key not in self._device_items:
+            self._device_items[key] = self.tensors()["items"].to(key)
+        return self._device_items[key]
 
     def top_k(
         self, histories: torch.Tensor, k: int, item_chunk: int, seen: torch.Tensor | None = None,
@@ -74,15 +96,17 @@ class ScoringBundle:
         """
         t = self.tensors()
         seen = histories if seen is None else seen
-        users = self.scorer.user_vectors(histories).to(torch.float32)
+        # The model runs on the CPU; its user vectors move to the bundle's device for the products.
+        users = self.scorer.user_vectors(histories).to(torch.float32).to(self.device)
         mmr = self.mmr_lambda is not None and "unit" in t
         pool = max(self.mmr_candidates, k) if mmr else k
         if index is None:
             scores, items = chunked_topk(
-                users, t["items"], pool, seen=seen, excluded=t["excluded"], item_chunk=item_chunk
+                users, self.items_on(self.device), pool, seen=seen, excluded=t["excluded"], item_chunk=item_chunk
             )
         else:
             scores, items = self.from_candidates(users, seen, pool, index, candidates, item_chunk)
+        scores, items = scores.cpu(), items.cpu()  # no copy on the CPU
         if not mmr:
             return scores, items
         picked, picked_scores = self.rerank(items, scores, k)
@@ -102,19 +126,23 @@ class ScoringBundle:
         never short where the exact one is not.
 
         Returns:
-            ``(scores [B, pool], items [B, pool])``, as :func:`~longtail.ranking.topk.chunked_topk`.
+            ``(scores [B, pool], items [B, pool])``, as :func:`~longtail.ranking.topk.chunked_topk`,
+            on the device of ``users`` (the exact scores there; faiss searches on the CPU).
         """
         t = self.tensors()
+        item_vectors = self.items_on(users.device)
         most_seen = int(seen_counts(seen.numpy()).max(initial=0))
         c = candidate_count(candidates, pool, most_seen, index.size)
         # faiss's threads follow torch's: the task's cores (worker_bundles), not every core of the machine.
-        found = torch.from_numpy(index.search(users.numpy(), c, threads=torch.get_num_threads()))
-        scores, items = candidate_topk(users, t["items"], found, pool, seen=seen, excluded=t["excluded"])
-        short = torch.nonzero(torch.isneginf(scores[:, -1]))[:, 0]
+        found = torch.from_numpy(index.search(users.cpu().numpy(), c, threads=torch.get_num_threads()))
+        scores, items = candidate_topk(users, item_vectors, found, pool, seen=seen, excluded=t["excluded"])
+        short = torch.nonzero(torch.isneginf(scores[:, -1]))[:, 0].cpu()
         if len(short):
             exact_scores, exact_items = chunked_topk(
-                users[short], t["items"], pool, seen=seen[short], excluded=t["excluded"], item_chunk=item_chunk
+                users[short.to(users.device)], item_vectors, pool, seen=seen[short], excluded=t["excluded"],
+                item_chunk=item_chunk,
             )
+            short = short.to(users.device)
             scores[short], items[short] = exact_scores, exact_items
         return scores, items
 
@@ -151,9 +179,10 @@ class ScoringBundle:
         scores = candidate_scores(users, t["items"], candidates).masked_fill(padding, float("-inf"))
         if self.mmr_lambda is None or "unit" not in t:
             full, top = full_ranks(
-                users, t["items"], targets, seen=histories, excluded=t["excluded"], k=k, item_chunk=item_chunk
+                users.to(self.device), self.items_on(self.device), targets, seen=histories, excluded=t["excluded"],
+                k=k, item_chunk=item_chunk,
             )
-            return target_ranks(scores.numpy(), 0), full.numpy(), top.numpy()
+            return target_ranks(scores.numpy(), 0), full.cpu().numpy(), top.cpu().numpy()
         return self._mmr_ranks(users, scores, histories, targets, candidates, k, depth, item_chunk)
 
     def _mmr_ranks(self, users, scores, histories, targets, candidates, k: int, depth: int, item_chunk: int):
@@ -275,14 +304,61 @@ def stage_bundles(wh, bundles: list[ScoringBundle]) -> tuple[str, Staged]:
 broadcast_bundles = stage_bundles
 
 
-def worker_bundles(token: str, staged: Staged) -> list[ScoringBundle]:
-    """The job's bundles in this worker (read and unpickled on first use, then cached)."""
+def worker_bundles(token: str, staged: Staged, device: str = "auto") -> list[ScoringBundle]:
+    """The job's bundles in this worker (read and unpickled on first use, then cached), each
+    set to score on the running task's device (:func:`task_device` of ``device``)."""
     from pyspark import TaskContext
 
     context = TaskContext.get()
     if context is not None:
         torch.set_num_threads(max(1, int(context.cpus())))
-    return staged.value()
+    bundles = staged.value()
+    chosen = task_device(device)
+    for bundle in bundles:
+        bundle.device = chosen
+    return bundles
+
+
+#: Device settings of :func:`task_device`.
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def task_device(setting: str = "auto") -> str:
+    """Where the running task scores: ``cuda:N`` for the GPU Spark assigned it, else ``cpu``.
+
+    ``auto``: the task's GPU (``TaskContext.resources()["gpu"]``, its first address) when it
+    has one and CUDA works, else the CPU; outside a Spark task (the driver, notebooks' direct
+    calls), the CPU. ``cpu``: always the CPU. ``cuda``: as auto, but no usable GPU is an error.
+    As ``encode`` picks its device (``longtail.encoders.text.task_device``), except that a GPU
+    only counts when Spark assigned it: an executor without GPU resources scores on its CPUs.
+
+    Raises:
+        InputError: an unknown setting. EnvironmentProblem: ``cuda`` and no usable GPU.
+    """
+    if setting not in DEVICES:
+        raise InputError(f"scoring device {setting!r}: not one of {', '.join(DEVICES)}")
+    if setting == "cpu":
+        return "cpu"
+    addresses = _task_gpus()
+    if addresses and torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        first = str(addresses[0])
+        index = int(first) if first.isdigit() else 0
+        # An executor isolated to its GPU (CUDA_VISIBLE_DEVICES) sees it as device 0.
+        return f"cuda:{index if index < torch.cuda.device_count() else 0}"
+    if setting == "cuda":
+        raise EnvironmentProblem("scoring on cuda: this task has no GPU assigned by Spark or CUDA is unusable")
+    return "cpu"
+
+
+def _task_gpus() -> list[str]:
+    """Addresses of the GPUs Spark assigned the running task (none outside a task)."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        return []
+    gpu = context.resources().get("gpu")
+    return list(gpu.addresses) if gpu is not None else []
 
 
 def spread(df):

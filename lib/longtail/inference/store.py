@@ -4,7 +4,8 @@ A model folder ``<warehouse>/_models/<model>/<version>/`` holds ``weights.pt`` (
 ``config.json`` (model name, version, sizes, text encoder, hyperparameters), ``item_ids.json``
 (the item_id of each item idx the model was trained on) and ``metrics.json`` (validation
 figures and per-epoch history), and ``item_hubness.npy`` when the model is served with the
-``hubness`` exposure adjustment (the bias per item idx it subtracts). ``train`` writes it (:func:`save_model_dir`) and registers it
+``hubness`` exposure adjustment (the bias per item idx it subtracts), and ``optimizer.pt`` (the
+Adam state at the best epoch) when it was trained with ``train.warm_start`` on. ``train`` writes it (:func:`save_model_dir`) and registers it
 (:func:`register_model`); ``evaluate``, ``score`` and notebooks load it (:func:`load_model`).
 """
 from __future__ import annotations
@@ -27,6 +28,9 @@ from longtail.models.histories import ENCODE_CHUNK, encode_histories, ragged_fro
 FORMAT = 1
 #: The per-item bias of the ``hubness`` exposure adjustment, float32 ``[n_items + 1]``.
 HUBNESS_FILE = "item_hubness.npy"
+#: The Adam state at the best epoch by parameter name, saved when ``train.warm_start`` is on:
+#: the next warm start of the model resumes from it.
+OPTIMIZER_FILE = "optimizer.pt"
 
 
 
@@ -177,7 +181,7 @@ def load_model(wh, name: str, version: str | None = None) -> TrainedModel:
     if not rows:
         raise ModelNotFoundError(f"model {name!r}: no trained version in table {MODELS}; {hint}")
     if version is None:
-        row = max(rows, key=lambda r: (r["model_version"], r["trained_at"]))
+        row = _latest(rows)
     else:
         matches = [r for r in rows if r["model_version"] == version]
         if not matches:
@@ -187,6 +191,26 @@ def load_model(wh, name: str, version: str | None = None) -> TrainedModel:
             )
         row = matches[-1]
     return load_model_dir(row["path"])
+
+
+def _latest(rows):
+    # Versions start with their UTC training time, so the largest is the newest.
+    return max(rows, key=lambda r: (r["model_version"], r["trained_at"]))
+
+
+def latest_version(wh, name: str) -> tuple[str, str] | None:
+    """``(model_version, path)`` of the newest registered version of ``name``; None when there is none."""
+    from pyspark.sql import functions as F
+
+    from longtail.core.schemas import MODELS
+
+    if not wh.exists(MODELS):
+        return None
+    rows = wh.read(MODELS).filter(F.col("model") == name).select("model_version", "path", "trained_at").collect()
+    if not rows:
+        return None
+    row = _latest(rows)
+    return row["model_version"], row["path"]
 
 
 def register_model(wh, model_name: str, version: str, path: str, metrics: dict) -> None:

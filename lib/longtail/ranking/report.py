@@ -172,4 +172,15 @@ def report_rows(report: dict[str, Any], evaluated_at: dt.datetime) -> list[tuple
     for kind, shares in report.get("exposure", {}).items():
         suffix = f"@{k}" if kind == "slots" else ""
         rows += [row("exposure", "overall", f"{kind}_decile_{d + 1:02d}{suffix}", s) for d, s in enumerate(shares)]
+    return rows + similar_items_rows(report.get("similar_items"), row)
+
+
+def similar_items_rows(block: dict[str, Any] | None, row) -> list[tuple]:
+    """The ``similar_items`` figures as rows: protocol ``similar_items``, segment ``overall`` or
+    ``tail_item``, metric ``<source>_hr@K`` (and ``<source>_coverage``, ``<source>_tail_share`` overall)."""
+    rows: list[tuple] = []
+    for source, figures in ((block or {}).get("sources") or {}).items():
+        for segment in ("overall", "tail_item"):
+            rows += [row("similar_items", segment, f"{source}_{m}", v) for m, v in figures.get(segment, {}).items()]
+        rows += [row("similar_items", "overall", f"{source}_{m}", figures[m]) for m in ("coverage", "tail_share")]
     return rows

@@ -6,6 +6,13 @@ Conventions: the catalogue is indexed ``0..N-1`` by item idx and row 0 is paddin
 returned; histories are ``LongTensor[B, L]`` of item idxs, left-padded with 0. Every scorer
 is a dot product ``user_vector @ item_vector``, so a whole catalogue is scored by one matrix
 product per item chunk; memory per call is ``B * item_chunk`` scores plus the running top-K.
+
+Devices: :func:`chunked_topk`, :func:`candidate_topk` and :func:`full_ranks` compute where
+``user_vectors`` and ``item_vectors`` live (both on one device: a GPU when the scoring task has
+one, ``longtail.inference.bundle.task_device``) and return tensors there; ``seen``,
+``excluded``, ``targets`` and ``candidates`` may stay on the CPU. On the CPU the masks are
+written through numpy (:func:`_mask_chunk`); elsewhere the same positions are found on the CPU
+and written with one indexed assignment on the device (:func:`_mask_chunk_on_device`).
 """
 from __future__ import annotations
 
@@ -34,6 +41,11 @@ def _seen_coordinates(seen: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray
     return items[order], rows[order].astype(np.int64)
 
 
+def _host(t: torch.Tensor) -> bool:
+    """Whether ``t`` is in host memory (numpy can write it); the accelerator paths otherwise."""
+    return t.device.type == "cpu"
+
+
 def _mask_chunk(
     scores: torch.Tensor,
     start: int,
@@ -41,6 +53,9 @@ def _mask_chunk(
     excluded: torch.Tensor | None,
 ) -> None:
     """Set the scores of padding, seen and excluded items in one item chunk to ``-inf`` (in place)."""
+    if not _host(scores):
+        _mask_chunk_on_device(scores, start, seen, excluded)
+        return
     width = scores.shape[1]
     end = start + width
     # numpy on the same memory: single-threaded scatter, no torch parallel-region overhead.
@@ -57,6 +72,31 @@ def _mask_chunk(
         inside = ex[(ex >= start) & (ex < end)]
         if inside.size:
             scores[:, torch.from_numpy(inside - start)] = NEG_INF
+
+
+def _mask_chunk_on_device(
+    scores: torch.Tensor,
+    start: int,
+    seen: tuple[np.ndarray, np.ndarray],
+    excluded: torch.Tensor | None,
+) -> None:
+    """:func:`_mask_chunk` for scores on an accelerator: the positions are found on the CPU
+    (binary search over the sorted seen items) and written in one indexed assignment each."""
+    width = scores.shape[1]
+    items, rows = seen
+    flat = [np.arange(scores.shape[0], dtype=np.int64) * width] if start == 0 else []  # padding row
+    if items.size:
+        lo, hi = np.searchsorted(items, [start, start + width])
+        if hi > lo:
+            flat.append(rows[lo:hi] * width + (items[lo:hi] - start))
+    if flat:
+        positions = torch.from_numpy(np.concatenate(flat)).to(scores.device)
+        scores.view(-1)[positions] = NEG_INF
+    if excluded is not None and excluded.numel():
+        ex = excluded.cpu().numpy()
+        inside = ex[(ex >= start) & (ex < start + width)]
+        if inside.size:
+            scores[:, torch.from_numpy(inside - start).to(scores.device)] = NEG_INF
 
 
 # --------------------------------------------------------------------------- top-K
@@ -81,12 +121,12 @@ def chunked_topk(
         item_chunk: items per matrix product (bounds memory to ``B * item_chunk`` scores).
 
     Returns:
-        ``(scores [B, k], items [B, k])`` best first. Where a user has fewer than ``k``
-        candidates the tail of the row holds score ``-inf`` and item 0.
+        ``(scores [B, k], items [B, k])`` best first, on the vectors' device. Where a user has
+        fewer than ``k`` candidates the tail of the row holds score ``-inf`` and item 0.
     """
     b, n = user_vectors.shape[0], item_vectors.shape[0]
-    best_scores = torch.full((b, k), NEG_INF, dtype=user_vectors.dtype)
-    best_items = torch.zeros((b, k), dtype=torch.long)
+    best_scores = torch.full((b, k), NEG_INF, dtype=user_vectors.dtype, device=user_vectors.device)
+    best_items = torch.zeros((b, k), dtype=torch.long, device=user_vectors.device)
     seen_at = _seen_coordinates(seen)
     for start in range(0, n, item_chunk):
         block = item_vectors[start : start + item_chunk]
@@ -120,21 +160,24 @@ def candidate_topk(
         k: list length. seen, excluded: as :func:`chunked_topk`.
 
     Returns:
-        ``(scores [B, k], items [B, k])`` best first; ``-inf`` and item 0 where fewer than ``k``
-        candidates remain.
+        ``(scores [B, k], items [B, k])`` best first, on the vectors' device; ``-inf`` and item 0
+        where fewer than ``k`` candidates remain.
     """
     b, c = candidates.shape
+    device = user_vectors.device
+    host = candidates.cpu()  # the masks are built with numpy
+    candidates = candidates.to(device)  # no copy where it already is
     rows = max(1, CANDIDATE_FLOATS // max(c * item_vectors.shape[1], 1))  # bounds the gathered block
     scores = torch.cat([
         candidate_scores(user_vectors[s : s + rows], item_vectors, candidates[s : s + rows])
         for s in range(0, b, rows)
-    ]) if b else torch.zeros((0, c), dtype=user_vectors.dtype)
-    drop = (candidates == 0).numpy() | _in_rows(candidates.numpy(), seen)
+    ]) if b else torch.zeros((0, c), dtype=user_vectors.dtype, device=device)
+    drop = (host == 0).numpy() | _in_rows(host.numpy(), seen)
     if excluded is not None and excluded.numel():
-        drop |= np.isin(candidates.numpy(), excluded.numpy())
-    scores = scores.masked_fill(torch.from_numpy(drop), NEG_INF)
-    best_scores = torch.full((b, k), NEG_INF, dtype=scores.dtype)
-    best_items = torch.zeros((b, k), dtype=torch.long)
+        drop |= np.isin(host.numpy(), excluded.cpu().numpy())
+    scores = scores.masked_fill(torch.from_numpy(drop).to(device), NEG_INF)
+    best_scores = torch.full((b, k), NEG_INF, dtype=scores.dtype, device=device)
+    best_items = torch.zeros((b, k), dtype=torch.long, device=device)
     top_scores, pos = torch.topk(scores, min(k, c), dim=1)
     best_scores[:, : pos.shape[1]] = top_scores
     best_items[:, : pos.shape[1]] = torch.gather(candidates, 1, pos)
@@ -185,16 +228,18 @@ def full_ranks(
         k: length of the returned top lists.
 
     Returns:
-        ``(ranks [B] float64, top_items [B, k])``; a NaN target score ranks ``N`` (a miss).
+        ``(ranks [B] float64, top_items [B, k])`` on the vectors' device; a NaN target score
+        ranks ``N`` (a miss).
     """
-    b = user_vectors.shape[0]
+    b, device = user_vectors.shape[0], user_vectors.device
+    target_np = targets.cpu().numpy()
+    targets = targets.to(device)
     target_scores = (user_vectors * item_vectors[targets]).sum(dim=1)
-    greater = torch.zeros(b, dtype=torch.float64)
-    equal = torch.zeros(b, dtype=torch.float64)
-    best_scores = torch.full((b, k), NEG_INF, dtype=user_vectors.dtype)
-    best_items = torch.zeros((b, k), dtype=torch.long)
+    greater = torch.zeros(b, dtype=torch.float64, device=device)
+    equal = torch.zeros(b, dtype=torch.float64, device=device)
+    best_scores = torch.full((b, k), NEG_INF, dtype=user_vectors.dtype, device=device)
+    best_items = torch.zeros((b, k), dtype=torch.long, device=device)
     seen_at = _seen_coordinates(seen)
-    target_np = targets.numpy()
     n = item_vectors.shape[0]
     for start in range(0, n, item_chunk):
         block = item_vectors[start : start + item_chunk]
@@ -204,7 +249,11 @@ def full_ranks(
         # all comparisons); its own column is removed here and merged back into the top-k below.
         width = scores.shape[1]
         inside = np.nonzero((target_np >= start) & (target_np < start + width))[0]
-        scores.numpy().reshape(-1)[inside * width + (target_np[inside] - start)] = NEG_INF
+        own = inside * width + (target_np[inside] - start)
+        if _host(scores):
+            scores.numpy().reshape(-1)[own] = NEG_INF
+        else:
+            scores.view(-1)[torch.from_numpy(own).to(device)] = NEG_INF
         t = target_scores[:, None]
         greater += (scores > t).sum(dim=1).to(torch.float64)
         equal += (scores == t).sum(dim=1).to(torch.float64)

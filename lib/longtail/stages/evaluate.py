@@ -11,6 +11,9 @@ plus ``valid_item_idx`` and the target is ``test_item_idx``.
 - ``full``: the target against the whole catalogue minus the input history (the target is
   never removed, even if the user had it before).
 - Ties with the target count half (expected rank under a random tie-break).
+- ``similar_items`` (when the ``similar_items`` table has lists of the model version): for each
+  test user, whether the test item is among the K most similar items of the user's last input item
+  (item-to-item HR@K, overall and for tail test items), and each source's coverage and tail share.
 - ``catalog``: coverage, tail coverage, Gini index of recommendation counts, tail share and
   average popularity of the slots, and diversity of the full-catalogue top-``k`` lists; the
   same for the lists of tail users and of head users; ``exposure``: the share of slots by
@@ -64,7 +67,9 @@ from longtail.inference import (
     spread,
     worker_bundles,
 )
+from longtail.inference.baselines import BASELINES
 from longtail.inference.scorers import ModelLoader
+from longtail.inference.similar import item_to_item_hits, table_figures
 from longtail.models.histories import pad_histories
 from longtail.ranking.metrics import list_diversities, sample_negatives
 from longtail.ranking.report import USER_SEGMENTS, build_report, report_rows
@@ -291,6 +296,10 @@ def run_evaluate(
         )
         for v, scorer in enumerate(scorers)
     ]
+    for rep in reports:  # the model's lists only; a blend of the user lists has no similar items of its own
+        rep["similar_items"] = None
+    if model_name not in BASELINES:  # a baseline has no item vectors, so no similar items of its own
+        reports[0]["similar_items"] = similar_items_figures(wh, scorers[0].name, scorers[0].version, cfg.k, users)
     for rep in reports:
         rep["exposure_adjustment"] = adjustment
         rep["popularity_penalty"] = adjustment["penalty"] if adjustment and adjustment["kind"] == "popularity" else 0.0
@@ -305,6 +314,49 @@ def run_evaluate(
         variants={rep["model"]: rep for rep in reports[1:]},
         variant_paths={rep["model"]: p for rep, p in zip(reports[1:], paths[1:])},
     )
+
+
+def similar_items_figures(
+    wh: Warehouse, model: str, version: str, k: int, users: DataFrame | None = None, run_date: dt.date | None = None,
+) -> dict[str, Any] | None:
+    """The item-to-item figures of the latest ``similar_items`` lists of a model version.
+
+    For each user of ``users`` (default: every user of ``user_sequences`` with a test item) the pair
+    (last input item, test item): HR@``k`` is the share of pairs whose test item is among the ``k``
+    most similar items of the last one, overall and for tail test items; beside it each source's
+    coverage and tail share of the table (:func:`~longtail.inference.similar.table_figures`).
+
+    The lists are those of ``run_date`` (default: the latest date holding lists of the version).
+
+    Returns:
+        ``{"run_date", "k", "sources": {source: {"overall": {"hr@k"}, "tail_item": {"hr@k"}, "items",
+        "coverage", "tail_share"}}}``; None when the table holds no list of that model version.
+    """
+    if not wh.exists(schemas.SIMILAR_ITEMS):
+        return None
+    table = wh.read(schemas.SIMILAR_ITEMS)
+    schemas.require_columns(table, schemas.SIMILAR_ITEMS_SCHEMA, schemas.SIMILAR_ITEMS)
+    mine = table.where((F.col("model") == model) & (F.col("model_version") == version))
+    latest = run_date or mine.agg(F.max("run_date").alias("d")).collect()[0]["d"]
+    if latest is None:
+        return None
+    lists = mine.where(F.col("run_date") == F.lit(latest))
+    stats = wh.read(schemas.ITEM_STATS).select("item_idx", "item_id", (F.col("segment") == schemas.TAIL).alias("tail"))
+    if users is None:
+        users = read_user_sequences(wh).where(F.col("test_item_idx") > 0)
+    last = stats.select(F.col("item_idx").alias("valid_item_idx"), F.col("item_id").alias("last_item_id"))
+    nxt = stats.select(F.col("item_idx").alias("test_item_idx"), F.col("item_id").alias("next_item_id"),
+                       F.col("tail").alias("tail_item"))
+    pairs = users.select("valid_item_idx", "test_item_idx").join(last, "valid_item_idx").join(nxt, "test_item_idx")
+    hits = item_to_item_hits(lists, pairs, k)
+    flags = stats.select(F.col("item_id").alias("similar_item_id"), F.col("tail").alias("is_tail"))
+    # Items outside item_stats (known from their text only) are tail, as in the catalogue.
+    with_tail = lists.join(flags, "similar_item_id", "left").withColumn("is_tail", F.coalesce("is_tail", F.lit(True)))
+    figures = table_figures(with_tail)
+    return {
+        "run_date": latest.isoformat(), "k": k,
+        "sources": {s: {**hits.get(s, {}), **figures[s]} for s in schemas.SIMILAR_SOURCES if s in figures},
+    }
 
 
 def _served_adjustment(scorer) -> dict | None:

@@ -22,10 +22,14 @@ Shape of the job:
 3. Users with no usable history (in ``users`` or ``interactions`` but not in
    ``user_sequences``) get popularity within the categories of the items they touched, else
    global popularity, flagged ``fallback = true`` (in the same tasks).
+   With ``availability.table`` the items unavailable on the run date (:mod:`longtail.inference.availability`,
+   read first, before anything else) join the items the scorer cannot rank: masked in the exact
+   scan and in the candidates' ranking, left out of the candidate index and of the fallbacks.
 4. The lists are computed once (persisted: the figures and the K-check read them); then one
    atomic write replaces the ``run_date`` partition of ``recommendations``; then one row
    is appended to ``recommendation_runs`` (a rerun of the date appends another; the latest
-   ``finished_at`` of a date describes its partition).
+   ``finished_at`` of a date describes its partition; ``unavailable_items`` says how many
+   items the availability rules kept out).
 
 ``score`` is the model's dot product (with ``score.hybrid``: the blend of per-user z-scores);
 with the MMR re-rank on, ``rank`` follows the re-rank and ``score`` stays the relevance, so
@@ -41,6 +45,7 @@ and ALS item factors; ``evaluate`` uses the training part instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from dataclasses import dataclass
@@ -71,6 +76,7 @@ from longtail.inference import (
     stage_bundles,
     worker_bundles,
 )
+from longtail.inference.availability import Availability, read_availability
 from longtail.inference.scorers import ModelLoader
 from longtail.models.histories import pad_histories
 from longtail.ranking.metrics import list_diversities
@@ -95,13 +101,15 @@ class ScoreReport:
     table: str = ""
     #: How the lists were found: ``exact``, or ``ann (<index>, <candidates> candidates)``.
     retrieval: str = "exact"
+    #: Catalogue items the availability table kept out of every list (``availability.table``).
+    unavailable_items: int = 0
 
     def __str__(self) -> str:
         div = "n/a" if self.diversity is None else f"{self.diversity:.3f}"
         return (
             f"recommendations {self.run_date}: {self.users} users x top-{self.top_k} from {self.model} "
             f"{self.model_version} ({self.fallback_users} popularity fallbacks, {self.new_items} new items "
-            f"rankable from text); coverage {self.coverage:.3f}, "
+            f"rankable from text; {self.unavailable_items} unavailable items excluded); coverage {self.coverage:.3f}, "
             f"tail share {self.tail_share:.3f}, diversity {div}; {self.retrieval}; "
             f"{self.seconds:.1f}s -> {self.table}"
         )
@@ -264,11 +272,15 @@ class FallbackPlan:
         return picked, score
 
 
-def _fallback_plan(wh: Warehouse, catalogue: Catalogue, popularity: np.ndarray) -> FallbackPlan:
-    """Known items by popularity, their categories (from ``items``), each category's items, and
-    the catalogue idxs of every item id."""
+def _fallback_plan(
+    wh: Warehouse, catalogue: Catalogue, popularity: np.ndarray, unavailable: np.ndarray | None = None
+) -> FallbackPlan:
+    """Known items by popularity (never an ``unavailable`` one: ``[N]`` bool), their categories (from
+    ``items``), each category's items, and the catalogue idxs of every item id."""
     ranked = np.argsort(-popularity[: catalogue.n_known], kind="stable")
     ranked = ranked[catalogue.known[ranked]]  # known items, most popular first
+    if unavailable is not None:
+        ranked = ranked[~unavailable[ranked]]
     rank_of = {catalogue.item_ids[i]: r for r, i in enumerate(ranked)}
     item_categories: dict[str, list[str]] = {}
     members: dict[str, list[int]] = {}
@@ -341,6 +353,7 @@ def run_score(
     *,
     als_cfg: EvaluateConfig | None = None,
     model_loader: ModelLoader | None = None,
+    availability: str | None = None,
 ) -> ScoreReport:
     """Write the top-K recommendations of every user into the ``run_date`` partition.
 
@@ -354,14 +367,18 @@ def run_score(
         top_k: K (default: ``cfg.top_k``).
         als_cfg: ALS settings when ALS is the model or a hybrid part (default ``EvaluateConfig()``).
         model_loader: ``load_model`` replacement (tests); default :func:`longtail.inference.load_model`.
+        availability: ``availability.table`` (None: every item available): its items unavailable on
+            ``run_date`` are never ranked, by the model (exact or candidate retrieval) or the fallbacks.
 
     Returns:
-        :class:`ScoreReport` with users scored, fallbacks, coverage, tail share, diversity.
+        :class:`ScoreReport` with users scored, fallbacks, coverage, tail share, diversity and
+        the items the availability rules excluded (also in the run row, ``unavailable_items``).
 
     Raises:
         ModelNotFoundError: unknown model name or version. InputError: K larger than some
             user's unseen catalogue, or a bad hybrid. TableNotFoundError / SchemaError: inputs.
             EnvironmentProblem: ``retrieval`` is ann and faiss is not installed.
+            TableNotFoundError / SchemaError naming ``availability.table``: the table or a column of it.
         Nothing is written when any of these is raised.
     """
     started = time.perf_counter()
@@ -370,6 +387,7 @@ def run_score(
     k = int(top_k if top_k is not None else cfg.top_k)
     if k < 1:
         raise InputError(f"--top-k {k}: must be at least 1")
+    rules = read_availability(wh, availability, run_date)  # first: a bad table stops the job at once
     seqs = read_user_sequences(wh)
     catalogue = load_catalogue(wh, include_new_items=True)
     factory = ScorerFactory(
@@ -377,7 +395,7 @@ def run_score(
     )
     hybrid = cfg.hybrid if hybrid_on(cfg.hybrid) else None
     scorer = factory.hybrid(model_name, version, hybrid) if hybrid is not None else factory.scorer(model_name, version)
-    bundle = make_bundle(scorer, catalogue, hybrid)
+    bundle, blocked, excluded = _without_unavailable(make_bundle(scorer, catalogue, hybrid), catalogue, rules)
     rankable = max(catalogue.size - len(bundle.excluded), 1)
     if k > rankable:  # before anything is allocated per user: no user could get K unseen items
         raise InputError(f"--top-k {k}: larger than the whole rankable catalogue ({rankable} items); nothing written")
@@ -396,7 +414,7 @@ def run_score(
     lookups = None
     if any_fallback:
         # Fallback lists rank by item_stats popularity (training part): already loaded, no extra pass.
-        lookups = stage(wh.root, _fallback_plan(wh, catalogue, catalogue.popularity))
+        lookups = stage(wh.root, _fallback_plan(wh, catalogue, catalogue.popularity, blocked))
         shipped.append(lookups)
     scored = score_users_frame(
         users, token, staged, lookups, k, cfg.user_batch, cfg.item_chunk, index=index, candidates=cfg.candidates
@@ -409,10 +427,11 @@ def run_score(
         with wh.job():
             wh.write(recs, schemas.RECOMMENDATIONS, mode="overwrite", partition_by=["run_date"],
                      replace_partitions={"run_date": run_date})
-            wh.append_rows(schemas.RECOMMENDATION_RUNS, [(
+            _append_run_row(wh, (
                 run_date, scorer.name, scorer.version, figures["users"], figures["coverage"],
                 figures["tail_share"], figures["diversity"], started_at, dt.datetime.now(dt.timezone.utc),
-            )])
+                int(excluded),
+            ))
     finally:
         scored.unpersist()
         for handle in shipped:
@@ -421,8 +440,32 @@ def run_score(
     return ScoreReport(
         model=scorer.name, model_version=scorer.version, run_date=run_date, top_k=k, new_items=new_items,
         seconds=time.perf_counter() - started, table=wh.path(schemas.RECOMMENDATIONS), retrieval=retrieval,
-        **figures,
+        unavailable_items=int(excluded), **figures,
     )
+
+
+def _without_unavailable(
+    bundle: ScoringBundle, catalogue: Catalogue, rules: Availability
+) -> tuple[ScoringBundle, np.ndarray, int]:
+    """The bundle with the unavailable items among its excluded ones, the ``[N]`` unavailable mask,
+    and how many items the rules took out of what the scorer could rank (the run row's figure).
+
+    Excluded items are masked in the exact scan and in the candidates' exact ranking alike, and the
+    candidate index is built without them (:func:`~longtail.inference.make_index`), so a list of K
+    never holds one and never runs short for them.
+    """
+    blocked = rules.mask(catalogue.item_ids)
+    if not blocked.any():
+        return bundle, blocked, 0
+    excluded = np.union1d(bundle.excluded, np.nonzero(blocked)[0]).astype(np.int64)
+    return dataclasses.replace(bundle, excluded=excluded), blocked, len(excluded) - len(bundle.excluded)
+
+
+def _append_run_row(wh: Warehouse, row: tuple) -> None:
+    """Append the run's row to ``recommendation_runs``; a table from before ``unavailable_items``
+    gains that column (its older rows read null there)."""
+    frame = wh.spark.createDataFrame([row], schemas.RECOMMENDATION_RUNS_SCHEMA)
+    wh.write(frame, schemas.RECOMMENDATION_RUNS, mode="append", evolve_schema=True)
 
 
 def _run_figures(scored: DataFrame, k: int, rankable: int) -> dict[str, Any]:

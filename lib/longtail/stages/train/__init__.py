@@ -31,6 +31,8 @@ from longtail.stages.train.launch import (
     threads_per_process,
 )
 from longtail.stages.train.prepare import prepare_training_data
+from longtail.stages.train.warm_start import find_previous
+from longtail.stages.train.warm_start import stage as stage_warm_start
 
 #: Training shards per process; files are always a multiple of the number of processes.
 SHARDS_PER_PROCESS = 2
@@ -56,14 +58,17 @@ class TrainResult:
     #: ``popularity``, ``train.exposure_adjustment``) and its penalty (0 when off).
     exposure_adjustment: str = "popularity"
     exposure_penalty: float = 0.0
+    #: The version a warm start continued (``train.warm_start``); None: trained from scratch.
+    warm_start_from: str | None = None
 
     def __str__(self) -> str:
+        warm = f"; warm start from version {self.warm_start_from}" if self.warm_start_from else ""
         return (
             f"trained {self.model} version {self.version}: best epoch {self.best_epoch} of "
             f"{self.epochs_run}, validation NDCG@10 {self.valid_ndcg10:.4f} HR@10 {self.valid_hr10:.4f}; "
             f"{self.seconds_per_epoch:.2f} s/epoch ({self.sequences_per_second:.0f} sequences/s) on "
             f"{self.processes} process(es), mode {self.mode}, {self.train_users} training users; "
-            f"{self.exposure_adjustment} penalty {self.exposure_penalty:g}; saved to {self.path}"
+            f"{self.exposure_adjustment} penalty {self.exposure_penalty:g}{warm}; saved to {self.path}"
         )
 
 
@@ -93,7 +98,9 @@ def run_train(
         ModelNotFoundError: unknown model name (lists the valid ones).
         TableNotFoundError, SchemaError: an input table is missing or has wrong columns.
         InputError: no training users, items without embeddings, idxs out of range.
-        ConfigError: the PCA width differs from ``train.hidden``, bad mode/processes.
+        ConfigError: the PCA width differs from ``train.hidden``, bad mode/processes; with
+            ``train.warm_start``, the newest version has another architecture or text encoder
+            (:mod:`~longtail.stages.train.warm_start`; with no version yet it trains from scratch).
         EnvironmentProblem: too few Spark task slots for a cluster run.
     """
     check_model_name(model_name)
@@ -103,17 +110,20 @@ def run_train(
     world = 1 if cfg.mode == "single" else cfg.processes
     if cfg.mode == "cluster":
         check_task_slots(wh.spark, world)
+    # Before any Spark work: a version of another architecture is refused in seconds.
+    previous = find_previous(wh, model_name, dataclasses.asdict(cfg), progress) if cfg.warm_start else None
     version = new_version(model_name, cfg)
     root = absolute(wh.root)
     run_dir = f"{root}/_train/{version}"
     model_dir = f"{root}/_models/{model_name}/{version}"
     try:
         prepared = prepare_training_data(wh, model_name, cfg, run_dir, world * SHARDS_PER_PROCESS, world)
+        warm = stage_warm_start(previous, run_dir, prepared, progress) if previous is not None else None
         params = {
             "model": model_name, "version": version, "run_dir": run_dir, "model_dir": model_dir,
             "hp": dataclasses.asdict(cfg), "world": world, "valid_negatives": valid_negatives,
             "threads": threads or cfg.threads or threads_per_process(wh.spark, cfg, world), **prepared,
-            "driver_progress": progress is not None,
+            "driver_progress": progress is not None, "warm_start": warm,
         }
         with epoch_lines(run_dir, cfg.epochs, progress):
             path = launch(wh.spark, cfg, params)
@@ -135,6 +145,7 @@ def run_train(
         train_users=int(prepared["train_users"]),
         exposure_adjustment=str(calibration.get("kind", cfg.exposure_adjustment)),
         exposure_penalty=float(calibration.get("penalty", 0.0)),
+        warm_start_from=warm["from_version"] if warm else None,
     )
 
 

@@ -39,6 +39,11 @@ class ExposureCalibration:
         return {"kind": self.kind, "penalty": self.penalty, "tolerance": self.tolerance, "grid": self.grid}
 
 
+def means(totals: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """``{protocol: (NDCG, HR)}`` from :meth:`ValidationSet.totals` (summed over ranks or not)."""
+    return {p: ((float(t[0] / t[2]), float(t[1] / t[2])) if t[2] > 0 else (0.0, 0.0)) for p, t in totals.items()}
+
+
 class ValidationSet:
     """Validation users: input = training items, target = validation item, fixed sampled negatives."""
 
@@ -69,6 +74,13 @@ class ValidationSet:
             negs[i] = sample_negatives(rng, n_items, seen, n_neg)
         return cls(users, rows, users.valid[rows], negs, max_len)
 
+    def part(self, rank: int, world: int) -> "ValidationSet":
+        """This rank's share of the validation users (every ``world``-th one from ``rank``), with
+        their targets and negatives: the ranks of a distributed run validate disjoint shares and
+        add up :meth:`totals`, so each ranks ``1 / world`` of the users against the catalogue."""
+        take = slice(rank, None, world)
+        return ValidationSet(self.users, self.rows[take], self.targets[take], self.negatives[take], self.max_len)
+
     def evaluate(
         self, module, device=None, k: int = 10, protocols: Sequence[str] = ("sampled",),
         user_chunk: int = 1024, item_chunk: int = 8192,
@@ -79,10 +91,17 @@ class ValidationSet:
         the whole catalogue minus the user's training items, as the nightly table ranks
         (:func:`longtail.ranking.topk.full_ranks`, in user chunks x item chunks).
         """
+        return means(self.totals(module, device, k, protocols, user_chunk, item_chunk))
+
+    def totals(
+        self, module, device=None, k: int = 10, protocols: Sequence[str] = ("sampled",),
+        user_chunk: int = 1024, item_chunk: int = 8192,
+    ) -> dict[str, np.ndarray]:
+        """``{protocol: [sum of NDCG@k, sum of HR@k, users]}`` (float64): what ranks add up."""
         import torch
 
         if self.n == 0:
-            return {p: (0.0, 0.0) for p in protocols}
+            return {p: np.zeros(3) for p in protocols}
         users, items = self._vectors(module, device)
         with torch.no_grad():
             ranks = {}
@@ -90,7 +109,8 @@ class ValidationSet:
                 ranks["sampled"] = self._sampled_ranks(users, items)
             if "full" in protocols:
                 ranks["full"] = self._full_ranks(users.cpu(), items.cpu(), k, user_chunk, item_chunk)
-        return {p: (ndcg(r, k), hit_rate(r, k)) for p, r in ranks.items()}
+        return {p: np.array([ndcg(r, k) * r.size, hit_rate(r, k) * r.size, r.size], dtype=np.float64)
+                for p, r in ranks.items()}
 
     def _vectors(self, module, device):
         """``(user vectors of the validation users, item vectors)`` in eval mode, float32."""

@@ -1,0 +1,141 @@
+"""Similar items, the pure maths (no Spark): sources, blend, hubness adjustment, availability, retrieval."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from longtail.core.errors import InputError
+from longtail.inference.similar import build_views, check_list_length, make_index
+
+N = 10  # idx 0 padding; 1..8 known to the model; 9 text-only
+
+
+def _vectors(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    # Two clusters (1-4, 5-8); item 1 a hub: close to both clusters' centres.
+    centres = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    collab = np.zeros((N, 3), dtype=np.float32)
+    for i in range(2, 9):
+        collab[i] = centres[0 if i <= 4 else 1] + 0.3 * rng.normal(size=3)
+    collab[1] = [1.0, 1.0, 0.05]
+    has_collab = np.zeros(N, dtype=bool)
+    has_collab[1:9] = True
+    semantic = np.zeros((N, 4), dtype=np.float32)
+    semantic[1:] = rng.normal(size=(N - 1, 4))
+    semantic[9] = semantic[6] + 0.05  # the text-only item reads like item 6
+    has_semantic = np.zeros(N, dtype=bool)
+    has_semantic[1:] = True
+    return (collab, has_collab), (semantic, has_semantic)
+
+
+def _lists(view, k=3, index=None):
+    idxs = np.nonzero(view.rows)[0]
+    scores, items = view.top_k(idxs, k, item_chunk=4, index=index, candidates=1)
+    return dict(zip(idxs.tolist(), items.tolist())), dict(zip(idxs.tolist(), scores.tolist()))
+
+
+def test_lists_never_hold_the_item_itself_or_an_unavailable_item_and_stay_at_k():
+    collab, semantic = _vectors()
+    blocked = np.zeros(N, dtype=bool)
+    blocked[[2, 9]] = True
+    for view in build_views(["collaborative", "semantic", "blend"], collab, semantic, blocked, penalty=0.5):
+        lists, scores = _lists(view)
+        for item, neighbours in lists.items():
+            assert item not in neighbours and not {0, 2, 9} & set(neighbours), (view.source, item)
+            assert len(set(neighbours)) == 3
+            assert np.all(np.diff(scores[item]) <= 1e-6)
+        # Unavailable items still get their own list (a product page of an item out of stock).
+        assert 2 in lists
+
+
+def test_text_only_items_get_and_are_semantic_and_blend_neighbours_not_collaborative():
+    collab, semantic = _vectors()
+    views = {v.source: v for v in build_views(
+        ["collaborative", "semantic", "blend"], collab, semantic, np.zeros(N, dtype=bool), penalty=0.0)}
+    c_lists, _ = _lists(views["collaborative"])
+    assert 9 not in c_lists and all(9 not in n for n in c_lists.values())
+    s_lists, _ = _lists(views["semantic"])
+    assert s_lists[9][0] == 6 and s_lists[6][0] == 9
+    b_lists, _ = _lists(views["blend"], k=8)
+    # Item 9 has no collaborative part: its blend list is its semantic order.
+    s_full, _ = _lists(views["semantic"], k=8)
+    assert b_lists[9] == s_full[9]
+    assert any(9 in n for n in b_lists.values())
+
+
+def test_blend_is_the_weighted_sum_of_per_query_z_scored_cosines():
+    collab, semantic = _vectors()
+    view = build_views(["blend"], collab, semantic, np.zeros(N, dtype=bool), weights=(1.0, 2.0), penalty=0.0)[0]
+    q = 3
+    score = (view.query_vectors(np.array([q])) @ view.items.T).numpy()[0]
+
+    def z(pair):
+        v, has = pair
+        u = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        cos = u @ u[q]
+        return (cos - cos[has & (np.arange(N) > 0)].mean()) / cos[has & (np.arange(N) > 0)].std()
+
+    expected = 1.0 * z(collab) + 2.0 * z(semantic)
+    np.testing.assert_allclose(score[1:], expected[1:], rtol=1e-4, atol=1e-4)
+
+
+def test_the_hubness_penalty_moves_the_hub_out_of_most_lists():
+    # Items 2..8 share one direction h beside their own; item 1 is h itself: every item's nearest.
+    vectors = np.zeros((N, 8), dtype=np.float32)
+    for i in range(2, 9):
+        vectors[i, i - 2] = 1.0 + 0.01 * i
+        vectors[i, 7] = 1.0
+    vectors[1, 7] = 1.0
+    has = np.zeros(N, dtype=bool)
+    has[1:9] = True
+    plain = build_views(["collaborative"], (vectors, has), None, np.zeros(N, dtype=bool), penalty=0.0)[0]
+    adjusted = build_views(["collaborative"], (vectors, has), None, np.zeros(N, dtype=bool), penalty=2.0)[0]
+    hub_in = lambda view: sum(1 in n for i, n in _lists(view, k=2)[0].items() if i != 1)  # noqa: E731
+    assert hub_in(plain) == 7
+    assert hub_in(adjusted) == 0
+    hub = -adjusted.items[:, -1]
+    assert hub[1] == pytest.approx(1 / np.sqrt(2), rel=0.05) and hub[1] == hub.max()  # the mean of its 7 cosines
+
+
+def test_a_flat_candidate_index_gives_the_exact_lists():
+    pytest.importorskip("faiss", reason="faiss (the ann extra) is not installed")
+    collab, semantic = _vectors()
+    blocked = np.zeros(N, dtype=bool)
+    blocked[5] = True
+    for view in build_views(["collaborative", "semantic", "blend"], collab, semantic, blocked, penalty=0.5):
+        exact, exact_scores = _lists(view)
+        ann, ann_scores = _lists(view, index=make_index(view))
+        assert ann == exact, view.source
+        for i in exact:
+            np.testing.assert_allclose(ann_scores[i], exact_scores[i], rtol=1e-5, atol=1e-5)
+
+
+def test_missing_vectors_and_too_large_k_are_one_line_errors():
+    collab, _ = _vectors()
+    with pytest.raises(InputError, match=r"similar_items.sources: semantic has no item vectors .*longtail encode"):
+        build_views(["semantic"], collab, None, np.zeros(N, dtype=bool))
+    views = build_views(["collaborative"], collab, None, np.zeros(N, dtype=bool), penalty=0.0)
+    check_list_length(views, 7)
+    with pytest.raises(InputError, match=r"similar_items.top_k: 8 is more than the 7 other items source collaborative"):
+        check_list_length(views, 8)
+
+
+def test_the_auto_semantic_weight_follows_what_predicts_the_next_item():
+    from longtail.inference.similar import choose_semantic_weight
+
+    rng = np.random.default_rng(3)
+    n = 41
+    collab = rng.normal(size=(n, 6)).astype(np.float32)
+    text = rng.normal(size=(n, 32)).astype(np.float32)
+    has = np.ones(n, dtype=bool)
+    # Pairs (q, q + 20): the next item reads like the query (text) but the model placed it anywhere.
+    text[21:41] = text[1:21] + 0.01
+    pairs = np.stack([np.arange(1, 21), np.arange(21, 41)], axis=1)
+    weight, hr = choose_semantic_weight((collab, has), (text, has), pairs, k=1)
+    assert weight > 0 and hr[weight] == max(hr.values()) and hr[weight] > hr[0.0] + 0.3
+    # Now the model knows the pairs and the text is noise: the blend stays with the model.
+    collab[21:41] = collab[1:21] + 0.01
+    text = rng.normal(size=(n, 32)).astype(np.float32)
+    weight, hr = choose_semantic_weight((collab, has), (text, has), pairs, k=1)
+    assert hr[0.0] == 1.0 and hr[weight] == 1.0
+    assert weight == max(w for w, h in hr.items() if h == 1.0)  # ties: the larger weight
+    assert choose_semantic_weight((collab, has), None, pairs) == (1.0, {})

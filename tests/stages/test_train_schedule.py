@@ -1,0 +1,71 @@
+"""The learning-rate schedule (``train.lr_warmup_steps``, ``train.lr_decay``): pure, and in a run."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from longtail.core.tables import Warehouse
+from longtail.stages.train import run_train
+from longtail.stages.train.schedule import LearningRate
+from tests.stages.test_train import TINY, _write_inputs
+
+
+class _Optimizer:
+    def __init__(self):
+        self.param_groups = [{"lr": None}, {"lr": None}]
+
+
+def test_warmup_rises_linearly_to_the_base_rate_then_holds():
+    schedule, opt = LearningRate(base=0.01, warmup_steps=4), _Optimizer()
+    rates = []
+    for _ in range(6):
+        schedule.step(opt)
+        rates.append(opt.param_groups[0]["lr"])
+        assert opt.param_groups[1]["lr"] == rates[-1]  # every group alike
+    assert rates == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])
+
+
+def test_plateau_decays_after_patience_validations_without_improvement_and_waits_again():
+    schedule = LearningRate(base=1.0, factor=0.5, patience=2)
+    asked = [schedule.wants_decay(improved) for improved in (True, False, True, False)]
+    assert asked == [False, False, False, False]  # an improvement resets the wait
+    assert schedule.wants_decay(False)  # the second validation in a row without one
+    schedule.decay()
+    assert schedule.rate == 0.5
+    assert [schedule.wants_decay(False) for _ in range(2)] == [False, True]
+    schedule.decay()
+    assert schedule.rate == 0.25
+
+
+def test_the_defaults_keep_the_rate_constant():
+    hp = {"lr": 0.001, "lr_warmup_steps": 0, "lr_decay": "none", "lr_decay_factor": 0.5, "lr_decay_patience": 1}
+    schedule, opt = LearningRate.from_hp(hp), _Optimizer()
+    assert not any(schedule.wants_decay(False) for _ in range(5))
+    schedule.step(opt)
+    assert opt.param_groups[0]["lr"] == 0.001
+    plateau = LearningRate.from_hp({**hp, "lr_decay": "plateau"})
+    assert plateau.wants_decay(False) and plateau.factor == 0.5
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_run_decays_its_rate_on_every_plateau_of_its_validations(spark, tmp_path):
+    wh = Warehouse(spark, str(tmp_path / "warehouse"))
+    _write_inputs(spark, wh)
+    cfg = dataclasses.replace(TINY, alpha=0.0, epochs=6, patience=6, lr_warmup_steps=3, lr_decay="plateau",
+                              lr_decay_factor=0.5, lr_decay_patience=1)
+    result = run_train(wh, "sasrec", cfg)
+    history = json.loads(open(os.path.join(result.path, "metrics.json")).read())["history"]
+    # Replay the rule on the recorded validations: every epoch that did not beat the best so far
+    # halves the rate (patience 1), and the run recorded exactly those decays.
+    best, rate, expected = -1.0, cfg.lr, []
+    for entry in history:
+        if entry["valid_ndcg10"] > best:
+            best = entry["valid_ndcg10"]
+            expected.append(None)
+        else:
+            rate *= 0.5
+            expected.append(rate)
+    assert [e.get("lr_after") for e in history] == pytest.approx(expected)

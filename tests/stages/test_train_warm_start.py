@@ -1,0 +1,138 @@
+"""`longtail train --warm-start`: resumes the latest version on a grown catalogue, refuses another architecture."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from longtail.cli import main
+from longtail.core import schemas as S
+from longtail.core.config import TrainConfig
+from longtail.core.tables import Warehouse
+from longtail.encoders.pca import PcaMap, save_pca
+from longtail.inference.store import OPTIMIZER_FILE, load_model
+from longtail.stages.train import run_train
+from longtail.stages.train.warm_start import architecture_differences
+
+OLD_ITEMS, ALL_ITEMS = 120, 130
+N_USERS, HIDDEN, LLM_DIM = 240, 8, 12
+SETTINGS = {  # tiny, and a learnable walk (steps of 3) learnt in a few epochs
+    "hidden": HIDDEN, "max_len": 12, "dropout": 0.0, "layers": 1, "heads": 1, "batch_size": 32, "lr": 0.02,
+    "negatives": 32, "seed": 7, "epochs": 6, "patience": 6,
+    "exposure_tolerance": 0.0,  # no serving calibration: not what these tests are about, and it costs full passes
+}
+TINY = TrainConfig(**SETTINGS, warm_start=True)
+
+
+def _write_sequences(spark, wh: Warehouse, n_items: int) -> None:
+    """Users walk the first ``n_items`` items in steps of 3; item_stats knows exactly those items."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(N_USERS):
+        length = int(rng.integers(6, 12))
+        start = int(rng.integers(0, n_items))
+        seq = [(start + 3 * i) % n_items + 1 for i in range(length)]
+        rows.append((f"u{u}", u + 1, seq, seq[:-2], seq[-2], seq[-1]))
+    wh.write(spark.createDataFrame(rows, S.USER_SEQUENCES_SCHEMA), S.USER_SEQUENCES)
+    items = [(f"i{i}", i, 5, "tail" if i % 3 else "head") for i in range(1, n_items + 1)]
+    wh.write(spark.createDataFrame(items, S.ITEM_STATS_SCHEMA), S.ITEM_STATS)
+
+
+@pytest.fixture(scope="module")
+def grown_wh(spark, tmp_path_factory):
+    """Text for all 130 items; sequences over the first 120. Yields (warehouse, the version trained on them)."""
+    wh = Warehouse(spark, str(tmp_path_factory.mktemp("warm") / "warehouse"))
+    rng = np.random.default_rng(1)
+    llm = rng.normal(size=(ALL_ITEMS, LLM_DIM)).astype(np.float32)
+    centred = llm - llm.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    pca = (centred @ vt[:HIDDEN].T).astype(np.float32)
+    wh.write(spark.createDataFrame([(f"i{i + 1}", llm[i].tolist(), "m", "h") for i in range(ALL_ITEMS)],
+                                   S.ITEM_EMBEDDINGS_SCHEMA), S.ITEM_EMBEDDINGS)
+    wh.write(spark.createDataFrame([(f"i{i + 1}", pca[i].tolist(), "m") for i in range(ALL_ITEMS)],
+                                   S.ITEM_EMBEDDINGS_PCA_SCHEMA), S.ITEM_EMBEDDINGS_PCA)
+    save_pca(wh.root, PcaMap(llm.mean(axis=0), vt[:HIDDEN].astype(np.float32), 1.0, "m", wh.version(S.ITEM_EMBEDDINGS)))
+    _write_sequences(spark, wh, OLD_ITEMS)
+    lines: list[str] = []
+    first = run_train(wh, "llmesr_sasrec", TINY, progress=lines.append)
+    # train.warm_start with no version yet: from scratch, and it says so (a scheduled first run works).
+    assert first.warm_start_from is None
+    assert any("no trained version of llmesr_sasrec" in line and "from scratch" in line for line in lines)
+    assert os.path.isfile(os.path.join(first.path, OPTIMIZER_FILE))  # for the next warm start
+    _write_sequences(spark, wh, ALL_ITEMS)  # 10 new items, appended after the old idxs
+    return wh, first
+
+
+def _cli(wh: Warehouse, *extra: str, **settings) -> list[str]:
+    args = ["train", "--model", "llmesr_sasrec", *extra, "--set", f"warehouse={wh.root}", "--set", f"encode.pca_dim={HIDDEN}"]
+    for key, value in {**SETTINGS, **settings}.items():
+        args += ["--set", f"train.{key}={value}"]
+    return args
+
+
+@pytest.mark.spark
+def test_warm_start_resumes_with_new_items_through_the_cli(grown_wh, capsys):
+    wh, first = grown_wh
+    assert main(_cli(wh, "--warm-start", epochs=2)) == 0
+    assert f"warm start from version {first.version}" in capsys.readouterr().out
+    model = load_model(wh, "llmesr_sasrec")
+    metrics = json.loads(Path(model.path, "metrics.json").read_text())
+    assert metrics["warm_start"] == {"from_version": first.version, "carried_items": OLD_ITEMS,
+                                     "new_items": ALL_ITEMS - OLD_ITEMS, "dropped_items": 0, "optimizer": True}
+    # New items have rows of their own, after the old ones, ids kept.
+    assert model.item_ids[1:] == [f"i{i}" for i in range(1, ALL_ITEMS + 1)]
+    assert model.item_vectors().shape[0] == ALL_ITEMS + 1
+    # It resumed: its first validation is already near the previous best, far above where a
+    # from-scratch run stood after its first epoch.
+    scratch = json.loads(Path(first.path, "metrics.json").read_text())["history"]
+    warm_first = metrics["history"][0]["valid_ndcg10"]
+    assert warm_first >= 0.8 * first.valid_ndcg10, (warm_first, first.valid_ndcg10)
+    assert warm_first > scratch[0]["valid_ndcg10"] + 0.25 * (first.valid_ndcg10 - scratch[0]["valid_ndcg10"])
+
+
+@pytest.mark.spark
+def test_another_architecture_is_refused_with_one_line(grown_wh, capsys):
+    wh, _ = grown_wh
+    before = wh.read(S.MODELS).count()
+    assert main(_cli(wh, "--warm-start", layers=2, heads=2)) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "error" in line]
+    assert len(err) == 1 and err[0].startswith("longtail train: error: train.warm_start:"), err
+    assert "another architecture" in err[0] and "train.layers 1 there, 2 here" in err[0]
+    assert "train.heads 1 there, 2 here" in err[0]
+    assert wh.read(S.MODELS).count() == before
+
+
+def test_architecture_keys_per_model():
+    base = dataclasses.asdict(TINY)
+    assert architecture_differences("llmesr_sasrec", base, dict(base, dropout=0.3, lr=1.0, epochs=9)) == []
+    assert architecture_differences("llmesr_sasrec", base, dict(base, semantic_view=False)) == [
+        "train.semantic_view True there, False here"]
+    # GRU4Rec has no attention heads or positions; a plain model no views.
+    assert architecture_differences("gru4rec", base, dict(base, heads=4, max_len=50, view_gate="popularity")) == []
+    assert architecture_differences("sasrec", base, dict(base, max_len=50)) == ["train.max_len 12 there, 50 here"]
+    # Keys a model saved before they existed read as the builder's default.
+    old = {k: v for k, v in base.items() if k not in ("similarity", "view_gate")}
+    assert architecture_differences("llmesr_sasrec", old, base) == []
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_warm_start_with_two_processes(grown_wh):
+    wh, _ = grown_wh
+    cfg = dataclasses.replace(TINY, mode="local", processes=2, epochs=1)
+    result = run_train(wh, "llmesr_sasrec", cfg)
+    assert result.warm_start_from is not None and result.processes == 2
+    metrics = json.loads(Path(result.path, "metrics.json").read_text())
+    assert metrics["warm_start"]["optimizer"] and metrics["history"][0]["valid_ndcg10"] > 0
+
+
+def test_a_run_that_carried_a_version_stops_on_the_warm_start_patience():
+    from longtail.stages.train.worker import _patience
+
+    hp = {"patience": 5, "warm_start_patience": 2}
+    assert _patience({"hp": hp, "warm_start": {"from_version": "v1"}}) == 2
+    assert _patience({"hp": hp, "warm_start": None}) == 5  # a first run: nothing carried, the usual patience
+    assert _patience({"hp": {**hp, "warm_start_patience": None}, "warm_start": {"from_version": "v1"}}) == 5
