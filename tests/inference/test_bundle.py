@@ -8,29 +8,11 @@ from longtail.inference.bundle import ScoringBundle, make_index
 from longtail.inference.scorers import ExposureAdjusted
 from longtail.models.histories import pad_histories
 from longtail.ranking.vectors import unit_rows
+from tiny_scorers import MeanOfHistory
 
 pytest.importorskip("faiss")
 
 N, D = 400, 6
-
-
-class MeanOfHistory:
-    """A dot-product scorer: a user is the mean of their history's item vectors."""
-
-    name, version = "mean", "1"
-
-    def __init__(self, items: torch.Tensor) -> None:
-        self.items = items
-
-    def user_vectors(self, histories: torch.Tensor) -> torch.Tensor:
-        mask = (histories > 0).float()[..., None]
-        return (self.items[histories] * mask).sum(1) / mask.sum(1).clamp_min(1)
-
-    def item_vectors(self) -> torch.Tensor:
-        return self.items
-
-    def scorable(self) -> np.ndarray:
-        return np.ones(self.items.shape[0], dtype=bool)
 
 
 def _bundle(scorer, mmr_lambda=None, mmr_candidates=100) -> ScoringBundle:

@@ -10,6 +10,7 @@ from longtail.inference import bundle as bundle_module
 from longtail.inference.bundle import ScoringBundle, stage, task_device, worker_bundles
 from longtail.models.histories import pad_histories
 from pyspark.resource import ResourceInformation
+from tiny_scorers import MeanOfHistory
 
 N, D = 300, 6
 
@@ -66,25 +67,6 @@ def test_task_device_outside_a_task_is_the_cpu_and_settings_are_checked(monkeypa
         task_device("cuda")
     with pytest.raises(InputError, match="scoring device 'tpu'"):
         task_device("tpu")
-
-
-class MeanOfHistory:
-    """A dot-product scorer: a user is the mean of their history's item vectors."""
-
-    name, version = "mean", "1"
-
-    def __init__(self, items: torch.Tensor) -> None:
-        self.items = items
-
-    def user_vectors(self, histories: torch.Tensor) -> torch.Tensor:
-        mask = (histories > 0).float()[..., None]
-        return (self.items[histories] * mask).sum(1) / mask.sum(1).clamp_min(1)
-
-    def item_vectors(self) -> torch.Tensor:
-        return self.items
-
-    def scorable(self) -> np.ndarray:
-        return np.ones(self.items.shape[0], dtype=bool)
 
 
 def _bundle() -> ScoringBundle:

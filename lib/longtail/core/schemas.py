@@ -6,6 +6,7 @@ stage writes its output. Checks look at columns and types only, never at the dat
 from __future__ import annotations
 
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from longtail.core.errors import SchemaError
@@ -239,6 +240,18 @@ def conform(df: DataFrame, table: str) -> DataFrame:
     schema = SCHEMAS[table]
     require_columns(df, schema, table)
     return df.select(*[f.name for f in schema.fields])
+
+
+def stamped(df: DataFrame, table: str, *, model: str, version: str, run_date, at) -> DataFrame:
+    """``df`` as rows of a dated model output (``recommendations``, ``similar_items``): the model, its
+    version, the ``run_date`` partition and ``generated_at`` added, then :func:`conform` to ``table``."""
+    return conform(
+        df.withColumn("model", F.lit(model))
+        .withColumn("model_version", F.lit(version))
+        .withColumn("run_date", F.lit(run_date).cast("date"))
+        .withColumn("generated_at", F.lit(at).cast("timestamp")),
+        table,
+    )
 
 
 def _strip_nullability(dt: T.DataType) -> T.DataType:

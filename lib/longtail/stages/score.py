@@ -423,7 +423,8 @@ def run_score(
     scored = scored.persist()
     try:
         figures = _run_figures(scored, k, rankable)
-        recs = _recommendations(scored, scorer.name, scorer.version, run_date, started_at)
+        recs = schemas.stamped(scored, schemas.RECOMMENDATIONS, model=scorer.name, version=scorer.version,
+                               run_date=run_date, at=started_at)
         with wh.job():
             wh.write(recs, schemas.RECOMMENDATIONS, mode="overwrite", partition_by=["run_date"],
                      replace_partitions={"run_date": run_date})
@@ -494,14 +495,3 @@ def _run_figures(scored: DataFrame, k: int, rankable: int) -> dict[str, Any]:
         "coverage": float(stats["items"] or 0) / rankable, "tail_share": float(stats["tail_share"] or 0.0),
         "diversity": None if stats["diversity"] is None else float(stats["diversity"]),
     }
-
-
-def _recommendations(scored: DataFrame, model: str, version: str, run_date: dt.date, at: dt.datetime) -> DataFrame:
-    """The scored lists as rows of the ``recommendations`` table."""
-    recs = (
-        scored.withColumn("model", F.lit(model))
-        .withColumn("model_version", F.lit(version))
-        .withColumn("run_date", F.lit(run_date).cast("date"))
-        .withColumn("generated_at", F.lit(at).cast("timestamp"))
-    )
-    return schemas.conform(recs, schemas.RECOMMENDATIONS)

@@ -166,7 +166,8 @@ def run_similar_items(
     rows = _similar_frame(wh, staged, catalogue.size).persist()
     try:
         figures = table_figures(rows)
-        table = _table(rows, model.name, model.version, run_date, started_at)
+        table = schemas.stamped(rows, schemas.SIMILAR_ITEMS, model=model.name, version=model.version,
+                                run_date=run_date, at=started_at)
         with wh.job():
             wh.write(table, schemas.SIMILAR_ITEMS, mode="overwrite", partition_by=["run_date"],
                      replace_partitions={"run_date": run_date})
@@ -270,14 +271,3 @@ def _rows(plan: _Plan, view: SimilarityView, index: CandidateIndex | None, idxs:
         "is_tail": plan.tail[items.ravel()],
     })
     return frame[keep]
-
-
-def _table(rows: DataFrame, model: str, version: str, run_date: dt.date, at: dt.datetime) -> DataFrame:
-    """The rows as the ``similar_items`` table."""
-    table = (
-        rows.withColumn("model", F.lit(model))
-        .withColumn("model_version", F.lit(version))
-        .withColumn("run_date", F.lit(run_date).cast("date"))
-        .withColumn("generated_at", F.lit(at).cast("timestamp"))
-    )
-    return schemas.conform(table, schemas.SIMILAR_ITEMS)
