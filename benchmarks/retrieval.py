@@ -82,10 +82,11 @@ def synthetic(n_items: int, n_users: int, dim: int = 64, topics: int = 200, seed
 
 
 def timed(run, users: int):
-    """``(result, ms per user)`` of one call."""
-    started = time.perf_counter()
+    """``(result, core-ms per user)`` of one call: this process's CPU time (one thread: core time;
+    a loaded machine stretches the wall clock, much less the CPU time)."""
+    started = time.process_time()
     out = run()
-    return out, (time.perf_counter() - started) * 1e3 / users
+    return out, (time.process_time() - started) * 1e3 / users
 
 
 def recall(got, want) -> float:
@@ -97,32 +98,59 @@ def recall(got, want) -> float:
     return float(np.mean(shares)) if shares else float("nan")
 
 
-def vectors_main(args) -> None:
-    """The index alone on synthetic vectors, one thread: ms per user and recall@k per ``nprobe``."""
+def vectors_main(args) -> dict:
+    """The index alone on synthetic vectors, one thread: core-ms per user and recall@k per ``nprobe``.
+
+    Returns:
+        The result's object (the first ``--nprobe``'s figures at the top, one ``sweep`` entry each).
+    """
     import faiss
 
     torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
     items, bias, users = synthetic(args.items, args.score_users)
     # As score serves an exposure adjustment: items [v, b], users [u, 1], one dot product.
     served = torch.from_numpy(np.concatenate([items, bias[:, None]], axis=1))
     queries = torch.from_numpy(np.concatenate([users, np.ones((len(users), 1), np.float32)], axis=1))
+    faiss.omp_set_num_threads(1)
     (_, want), exact_ms = timed(lambda: chunked_topk(queries, served, args.k), len(users))
     want = want.numpy()
-    candidates = args.candidates or 500
+    candidates = args.candidates or 100
     print(f"{args.items:,} items, {len(users)} users, top-{args.k} of {candidates} candidates, one thread")
-    print(f"exact (chunked_topk over every item): {exact_ms:.3f} ms/user")
+    print(f"exact (chunked_topk over every item): {exact_ms:.3f} core-ms/user")
+    faiss.omp_set_num_threads(os.cpu_count() or 1)  # the build runs on the driver's cores
     started = time.perf_counter()
-    index = build_index(items, bias=bias, nlist=args.nlist or 0)  # automatic: IVF with 4 sqrt(N) lists
-    print(f"{index.kind}, {index.nlist} lists: built in {time.perf_counter() - started:.1f} s")
+    index = build_index(items, bias=bias, nlist=args.nlist or 0, kind=args.index)  # automatic lists and kind
+    build_s = time.perf_counter() - started
+    print(f"{index.kind}, {index.nlist} lists: built in {build_s:.1f} s")
+    faiss.omp_set_num_threads(1)
+    sweep = []
     for nprobe in args.nprobe or [16, 32, 64, 128, 256]:
         probed = dataclasses.replace(index, nprobe=min(nprobe, max(index.nlist, 1)), _index=None)
         probed.search(users[:1], 1)  # deserialise outside the timing (once per worker in score)
         got, ms = timed(lambda p=probed: _ann(p, users, queries, served, candidates, args.k), len(users))
-        print(f"  nprobe {nprobe}: recall@{args.k} {recall(got, want):.4f}, {ms:.3f} ms/user, "
+        sweep.append({"nprobe": probed.nprobe, "ann_core_s_per_user": ms / 1e3, "speedup": exact_ms / ms,
+                      "recall_at_10": recall(got[:, :10], want[:, :10])})
+        print(f"  nprobe {nprobe}: recall@{args.k} {recall(got, want):.4f}, {ms:.3f} core-ms/user, "
               f"{exact_ms / ms:.1f}x exact")
     if args.hnsw:
         _hnsw(faiss, served.numpy(), queries.numpy(), want, candidates, args.k)
+    first = sweep[0]
+    return {
+        "mode": "vectors", "items": int(index.size), "users": len(users), "exact_core_s_per_user": exact_ms / 1e3,
+        "ann_core_s_per_user": first["ann_core_s_per_user"], "speedup": first["speedup"],
+        "recall_at_10": first["recall_at_10"], "tail_share_exact": None, "tail_share_ann": None,
+        "peak_driver_mib": _rss_peak_mib(), "peak_worker_mib": None, "index_kind": index.kind,
+        "nlist": index.nlist, "nprobe": first["nprobe"], "candidates": candidates, "shortlist": index.shortlist,
+        "index_build_s": build_s, "index_mib": index.data.nbytes / MIB, "sweep": sweep,
+        "core_seconds": "CPU time of this process, one thread (torch and faiss)",
+    }
+
+
+def _rss_peak_mib() -> float:
+    """This process's peak resident memory (``ru_maxrss``, KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _ann(index: CandidateIndex, users, queries, served, c: int, k: int) -> np.ndarray:
@@ -280,7 +308,6 @@ def compare(wh, scratch: str, model: str, version: str | None, cfg, args, peaks)
         hybrid_on,
         load_catalogue,
         make_bundle,
-        make_index,
         stage,
     )
 
@@ -299,7 +326,7 @@ def compare(wh, scratch: str, model: str, version: str | None, cfg, args, peaks)
         out["exact_peak_driver_mib"] = _peak(peaks, "exact", "python driver")
         peaks.stage = "ann"
         started = time.perf_counter()
-        index = make_index(bundle, score_cfg.ann_nlist, max(args.nprobe))
+        index = _index_of(bundle, score_cfg.ann_nlist, max(args.nprobe), args.index)
         build_s = time.perf_counter() - started
         sweep = [_ann_run(spark, users, staged, index, nprobe, args, score_cfg, exact, bundle.tail, scratch)
                  for nprobe in args.nprobe]
@@ -316,6 +343,7 @@ def compare(wh, scratch: str, model: str, version: str | None, cfg, args, peaks)
         peak_worker_mib=max([exact["peak_worker_mib"]] + [s["ann_peak_worker_mib"] for s in sweep]),
         exact_peak_worker_mib=exact["peak_worker_mib"], ann_peak_worker_mib=first["ann_peak_worker_mib"],
         index_kind=index.kind, nlist=index.nlist, nprobe=first["nprobe"], candidates=score_cfg.candidates,
+        shortlist=index.shortlist,
         index_build_s=build_s, index_mib=index.data.nbytes / MIB, bundle_item_mib=bundle.items.nbytes / MIB,
         exact_wall_s=exact["wall_s"], ann_wall_s=first["ann_wall_s"], exact_load_core_s=exact["load_core_s"],
         ann_load_core_s=first["ann_load_core_s"], tasks=exact["tasks"],
@@ -324,6 +352,17 @@ def compare(wh, scratch: str, model: str, version: str | None, cfg, args, peaks)
     if len(sweep) > 1:
         out["sweep"] = sweep
     return out
+
+
+def _index_of(bundle, nlist: int, nprobe: int, kind: str) -> CandidateIndex:
+    """``make_index`` of the bundle as ``score`` builds it (``kind`` auto), or of a forced kind."""
+    from longtail.inference import make_index
+
+    if kind == "auto":
+        return make_index(bundle, nlist, nprobe)
+    allowed = np.ones(len(bundle.items), dtype=bool)
+    allowed[bundle.excluded] = False  # as make_index: the items the scorer cannot rank stay out
+    return build_index(bundle.items, allowed=allowed, nlist=nlist, nprobe=nprobe, kind=kind)
 
 
 def _ann_run(spark, users, staged, index, nprobe: int, args, score_cfg, exact: dict, tail, scratch) -> dict:
@@ -439,6 +478,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--vectors", action="store_true", help="the index alone on synthetic vectors")
     parser.add_argument("--hnsw", action="store_true", help="--vectors: add faiss HNSW")
+    parser.add_argument("--index", default="auto", choices=["auto", "flat", "ivf", "ivf_pq"],
+                        help="index kind (auto: as score builds it; ivf, ivf_pq: forced)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser.parse_args(argv)
 
@@ -448,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.vectors:
         if args.score_users == 10_000:
             args.score_users = 500
-        vectors_main(args)
+        print(json.dumps(vectors_main(args)), flush=True)
         return
     result = benchmark(args, say=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(result), flush=True)

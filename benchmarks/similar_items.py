@@ -5,7 +5,10 @@ copy of a warehouse you care about), then, for every user of ``user_sequences`` 
 asks whether the test item is among the ``--top-k`` most similar items of the user's last input item
 (the validation item): item-to-item HR@K of each source (``collaborative``, ``semantic``, ``blend``),
 overall and for tail test items, beside each source's coverage and tail share of the table (the
-figures ``evaluate`` reports as ``similar_items``). The last line is one JSON object.
+figures ``evaluate`` reports as ``similar_items``). With ``similar_items.semantic_weight: auto`` (the
+default) the blend's weights are chosen on validation pairs (the item before the validation item ->
+the validation item) before any test item is read; the JSON's ``blend`` block holds the choice and
+every share's validation figures. The last line is one JSON object.
 
     python benchmarks/similar_items.py --warehouse W --model NAME [--version V] [--top-k 10]
         [--set similar_items.KEY=VALUE ...]
@@ -61,6 +64,7 @@ def main() -> None:
         "k": args.top_k, "seconds": round(seconds, 1), "run_date": figures["run_date"],
         "settings": {k: v for k, v in vars(cfg.similar_items).items() if not k.startswith("_")},
         "sources": summary(figures, args.top_k),
+        "blend": report.blend,  # the weights it was written with, and the validation figures they were chosen on
     }
     for source, f in result["sources"].items():
         print(f"{source:>13}: HR@{args.top_k} {f[f'hr@{args.top_k}']:.4f}, tail items {f[f'tail_hr@{args.top_k}']:.4f}, "

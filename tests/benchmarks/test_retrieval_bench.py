@@ -79,3 +79,14 @@ def test_warehouse_mode_reads_a_trained_model_and_writes_nothing_into_the_wareho
     assert result["users"] == wh.read("user_sequences").count() and result["index_kind"] == "ivf"
     assert result["recall_at_10"] == 1.0 and result["tail_share_ann"] == result["tail_share_exact"]
     assert "sweep" not in result and not list(tmp_path.iterdir())
+
+
+def test_vectors_mode_ends_with_the_result_line_and_every_list_probed_is_exact(capsys):
+    bench.main(["--vectors", "--items", "3000", "--score-users", "20", "--nlist", "8", "--nprobe", "8", "2",
+                "--index", "ivf_pq", "--candidates", "3000"])
+    result = _result_line(capsys)
+    assert RESULT_KEYS <= set(result) and result["mode"] == "vectors" and result["users"] == 20
+    assert (result["index_kind"], result["nlist"], result["nprobe"], result["items"]) == ("ivf_pq", 8, 8, 2999)
+    # Every list probed and every item a candidate: the exact re-score gives the exact lists.
+    assert result["recall_at_10"] == 1.0 and [s["nprobe"] for s in result["sweep"]] == [8, 2]
+    assert result["exact_core_s_per_user"] > 0 and result["ann_core_s_per_user"] > 0

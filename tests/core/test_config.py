@@ -90,6 +90,12 @@ def test_retrieval_settings_load():
     assert Config().score.retrieval == "auto"  # exact where cheap: small catalogues keep their lists
 
 
+def test_score_device_loads_and_defaults_to_the_tasks_gpu_when_there_is_one():
+    assert Config().score.device == "auto"
+    assert load_config(None, ["score.device=cuda"]).score.device == "cuda"
+    assert load_config(None, ["score.device=cpu"]).score.device == "cpu"
+
+
 def test_override_without_equals_is_an_error():
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(None, ["train.epochs"])
@@ -128,6 +134,7 @@ def test_replace_returns_a_new_validated_config():
         (["score.candidates=0"], "score.candidates: must be >= 1"),
         (["score.ann_nprobe=0"], "score.ann_nprobe: must be >= 1"),
         (["score.ann_nlist=-1"], "score.ann_nlist: must be >= 0"),
+        (["score.device=gpu"], "score.device"),
     ],
 )
 def test_bad_settings_fail_at_load_with_one_line_naming_the_key(overrides, message):

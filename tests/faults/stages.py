@@ -18,8 +18,8 @@ VOLATILE = {"generated_at", "started_at", "finished_at", "evaluated_at", "traine
             "seconds_per_epoch"}
 RECORD_TABLES = {"recommendation_runs", "evaluation", "models"}
 #: Every stage that writes tables, in pipeline order: each runs on what the ones before it wrote.
-PIPELINE = ("ingest", "sequences", "encode", "neighbors", "train", "evaluate", "score")
-#: The model ``train`` trains and ``evaluate`` and ``score`` serve.
+PIPELINE = ("ingest", "sequences", "encode", "neighbors", "train", "similar_items", "evaluate", "score")
+#: The model ``train`` trains and ``similar_items``, ``evaluate`` and ``score`` serve.
 MODEL = "sasrec"
 
 
@@ -70,6 +70,11 @@ def run_stage(name: str, wh, raw: Path):
         cfg = TrainConfig(hidden=8, max_len=8, dropout=0.1, layers=1, heads=1, batch_size=16, epochs=2,
                           patience=2, seed=7)
         return run_train(wh, MODEL, cfg, valid_negatives=10, threads=1)
+    if name == "similar_items":
+        from longtail.core.config import SimilarItemsConfig
+        from longtail.stages.similar_items import run_similar_items
+
+        return run_similar_items(wh, MODEL, SimilarItemsConfig(top_k=3, hubness_queries=50), run_date=RUN_DATE)
     if name == "evaluate":
         from longtail.core.config import EvaluateConfig
         from longtail.stages.evaluate import run_evaluate

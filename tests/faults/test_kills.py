@@ -145,3 +145,28 @@ if FULL:  # kill -9 covers every stage in the default run; these add every point
         finally:
             faults.install(None)
         _rerun_and_compare(spark, world, stage, root, point, "in-process")
+
+
+def test_similar_items_failing_mid_stage_changes_no_table_and_reruns_are_idempotent(spark, world):
+    """A failure inside ``similar-items`` with its rows written but not committed (an error, so the
+    job's own cleanup runs) leaves every table as it was; two reruns both give the uninterrupted
+    run's tables (the ``run_date`` partition replaced, never appended to)."""
+    stage = "similar_items"
+    root = _fresh(world, stage, "mid-stage-error")
+    before = stages.snapshot(root)
+
+    def fail(name: str) -> None:
+        if name == f"commit:{stage}":
+            raise RuntimeError("injected failure in the middle of similar-items")
+
+    faults.install(fail)
+    try:
+        with pytest.raises(RuntimeError, match="injected failure"):
+            stages.run_stage(stage, Warehouse(spark, root), world["raw"])
+    finally:
+        faults.install(None)
+    assert stages.snapshot(root) == before
+    assert stages.unreadable(root, spark) == []
+    for _ in range(2):
+        stages.run_stage(stage, Warehouse(spark, root), world["raw"])
+        assert stages.snapshot(root) == world["stages"][stage]["reference"]

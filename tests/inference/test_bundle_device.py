@@ -7,7 +7,7 @@ import pytest
 import torch
 from longtail.core.errors import EnvironmentProblem, InputError
 from longtail.inference import bundle as bundle_module
-from longtail.inference.bundle import ScoringBundle, stage, task_device, worker_bundles
+from longtail.inference.bundle import ScoringBundle, check_device, stage, task_device, worker_bundles
 from longtail.models.histories import pad_histories
 from pyspark.resource import ResourceInformation
 from tiny_scorers import MeanOfHistory
@@ -63,10 +63,50 @@ def test_task_device_outside_a_task_is_the_cpu_and_settings_are_checked(monkeypa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert task_device() == "cpu"
-    with pytest.raises(EnvironmentProblem, match="scoring on cuda: this task has no GPU"):
+    with pytest.raises(EnvironmentProblem, match="config key score.device: cuda, but this task has no GPU") as err:
         task_device("cuda")
-    with pytest.raises(InputError, match="scoring device 'tpu'"):
+    assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match="config key score.device: scoring device 'tpu'"):
         task_device("tpu")
+
+
+class FakeSession:
+    """What ``check_device`` reads of a session: its Spark properties."""
+
+    def __init__(self, **conf: str) -> None:
+        self.conf = self
+        self.values = {k.replace("_", "."): v for k, v in conf.items()}
+
+    def get(self, key: str, default=None):
+        return self.values.get(key, default)
+
+
+@pytest.mark.parametrize(
+    "conf,cuda,why",
+    [
+        ({"spark_master": "local[2]"}, False, "spark.task.resource.gpu.amount is not set"),
+        ({"spark_master": "yarn"}, True, "spark.task.resource.gpu.amount is not set"),
+        ({"spark_master": "local[2]", "spark_task_resource_gpu_amount": "1"}, False, "no CUDA device on this machine"),
+    ],
+)
+def test_cuda_that_no_task_can_get_stops_on_the_driver_with_one_line_naming_the_key(monkeypatch, conf, cuda, why):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    with pytest.raises(EnvironmentProblem) as err:
+        check_device(FakeSession(**conf), "cuda")
+    message = str(err.value)
+    assert message.startswith("config key score.device: cuda, but ") and why in message
+    assert "score.device: auto or cpu" in message and "\n" not in message
+
+
+def test_auto_and_cpu_pass_the_driver_check_anywhere_and_cuda_passes_where_tasks_get_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    no_gpus = FakeSession(spark_master="local[2]")
+    check_device(no_gpus, "auto")
+    check_device(no_gpus, "cpu")
+    # Remote GPU executors: the driver has no CUDA, the tasks check theirs (task_device).
+    check_device(FakeSession(spark_master="yarn", spark_task_resource_gpu_amount="0.25"), "cuda")
+    with pytest.raises(InputError, match="config key score.device: scoring device 'gpu'"):
+        check_device(no_gpus, "gpu")
 
 
 def _bundle() -> ScoringBundle:

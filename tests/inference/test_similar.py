@@ -119,23 +119,112 @@ def test_missing_vectors_and_too_large_k_are_one_line_errors():
         check_list_length(views, 8)
 
 
-def test_the_auto_semantic_weight_follows_what_predicts_the_next_item():
-    from longtail.inference.similar import choose_semantic_weight
-
-    rng = np.random.default_rng(3)
-    n = 41
+def _planted(rng, n: int = 41):
+    """Items 1..20 and their partners 21..40 (the validation pairs (q, q + 20)); random vectors."""
     collab = rng.normal(size=(n, 6)).astype(np.float32)
     text = rng.normal(size=(n, 32)).astype(np.float32)
     has = np.ones(n, dtype=bool)
-    # Pairs (q, q + 20): the next item reads like the query (text) but the model placed it anywhere.
-    text[21:41] = text[1:21] + 0.01
+    has[0] = False
     pairs = np.stack([np.arange(1, 21), np.arange(21, 41)], axis=1)
-    weight, hr = choose_semantic_weight((collab, has), (text, has), pairs, k=1)
-    assert weight > 0 and hr[weight] == max(hr.values()) and hr[weight] > hr[0.0] + 0.3
-    # Now the model knows the pairs and the text is noise: the blend stays with the model.
-    collab[21:41] = collab[1:21] + 0.01
-    text = rng.normal(size=(n, 32)).astype(np.float32)
-    weight, hr = choose_semantic_weight((collab, has), (text, has), pairs, k=1)
-    assert hr[0.0] == 1.0 and hr[weight] == 1.0
-    assert weight == max(w for w, h in hr.items() if h == 1.0)  # ties: the larger weight
-    assert choose_semantic_weight((collab, has), None, pairs) == (1.0, {})
+    return collab, text, has, pairs
+
+
+def _choose(collab, text, has, pairs, penalty=0.5, k=1, blocked=None):
+    from longtail.inference.similar import choose_blend, source_views
+
+    blocked = np.zeros(len(has), dtype=bool) if blocked is None else blocked
+    singles = source_views(["blend"], (collab, has), (text, has), blocked, penalty=penalty, hubness_queries=50)
+    tail = np.zeros(len(has), dtype=bool)
+    tail[31:] = True  # half the partners are tail items
+    return singles, choose_blend(singles, pairs, tail, k=k, tail_queries=40)
+
+
+def test_auto_picks_the_semantic_end_when_only_the_text_knows_the_next_item():
+    collab, text, has, pairs = _planted(np.random.default_rng(3))
+    text[21:41] = text[1:21] + 0.01  # the partner reads like the query; the model placed it anywhere
+    _, choice = _choose(collab, text, has, pairs)
+    f = choice.figures
+    assert f[1.0]["hr"] == 1.0 and f[0.0]["hr"] < 0.5
+    assert f[choice.share]["hr"] == max(x["hr"] for x in f.values())
+    assert f[choice.share]["hr"] >= max(f[0.0]["hr"], f[1.0]["hr"])  # never below either source
+    # Every share that holds all the pairs ties on HR: of those, the most tail items.
+    perfect = [s for s, x in f.items() if x["hr"] == 1.0]
+    assert f[choice.share]["tail_share"] == max(f[s]["tail_share"] for s in perfect)
+    assert choice.pairs == 20 and choice.tail_pairs == 10
+
+
+def test_a_tolerance_trades_a_little_hr_for_tail_items_and_0_never_does():
+    collab, text, has, pairs = _planted(np.random.default_rng(6))
+    text[21:31] = text[1:11] + 0.3  # half the pairs through the text, half through the model
+    collab[31:41] = collab[11:21] + 0.3
+    _, strict = _choose(collab, text, has, pairs, k=3)
+    from longtail.inference.similar import choose_blend, source_views
+
+    singles = source_views(["blend"], (collab, has), (text, has), np.zeros(len(has), dtype=bool), penalty=0.5,
+                           hubness_queries=50)
+    tail = np.zeros(len(has), dtype=bool)
+    tail[31:] = True
+    loose = choose_blend(singles, pairs, tail, k=3, tail_queries=40, hr_tolerance=0.5)
+    f = strict.figures
+    best = max(x["hr"] for x in f.values())
+    assert f[strict.share]["hr"] == best
+    allowed = [s for s, x in loose.figures.items() if x["hr"] >= 0.5 * best]
+    assert loose.figures[loose.share]["hr"] >= 0.5 * best
+    assert loose.figures[loose.share]["tail_share"] == max(loose.figures[s]["tail_share"] for s in allowed)
+    assert loose.figures[loose.share]["tail_share"] >= f[strict.share]["tail_share"]
+
+
+def test_auto_picks_the_collaborative_end_when_only_the_model_knows_the_next_item():
+    collab, text, has, pairs = _planted(np.random.default_rng(4))
+    collab[21:41] = collab[1:21] + 0.01  # the model knows the pairs; the text is noise
+    _, choice = _choose(collab, text, has, pairs)
+    f = choice.figures
+    assert f[0.0]["hr"] == 1.0 and f[1.0]["hr"] < 0.5
+    assert f[choice.share]["hr"] == 1.0 and choice.share < 1.0
+    assert choice.weights == (1.0 - choice.share, choice.share)
+
+
+def test_the_choice_scores_the_lists_the_table_writes():
+    from longtail.inference.similar import blend_view
+
+    collab, text, has, pairs = _planted(np.random.default_rng(5))
+    text[21:31] = text[1:11] + 0.3  # half the pairs through the text, half through the model
+    collab[31:41] = collab[11:21] + 0.3
+    blocked = np.zeros(len(has), dtype=bool)
+    blocked[[25, 35]] = True  # an unavailable partner is a miss in the table, so in the choice too
+    singles, choice = _choose(collab, text, has, pairs, k=3, blocked=blocked)
+    for share, figures in choice.figures.items():
+        view = blend_view(singles, (1 - share, share))
+        _, items = view.top_k(pairs[:, 0], 3, item_chunk=8)
+        assert figures["hr"] == pytest.approx((items == pairs[:, 1:2]).any(axis=1).mean()), share
+    assert choice.figures[choice.share]["hr"] >= max(choice.figures[0.0]["hr"], choice.figures[1.0]["hr"])
+
+
+def test_a_blend_weight_of_0_or_1_is_exactly_that_source():
+    collab, semantic = _vectors()
+    blocked = np.zeros(N, dtype=bool)
+    views = {v.source: v for v in build_views(["collaborative", "semantic"], collab, semantic, blocked)}
+    for weights, source in (((1.0, 0.0), "collaborative"), ((0.0, 2.0), "semantic")):
+        blend = build_views(["blend"], collab, semantic, blocked, weights=weights)[0]
+        assert blend.source == "blend"
+        assert _lists(blend) == _lists(views[source])
+
+
+def test_a_query_only_one_source_knows_is_ranked_by_that_source_in_the_blend():
+    collab, semantic = _vectors()
+    blend = build_views(["blend"], collab, semantic, np.zeros(N, dtype=bool), weights=(1.0, 1.0), penalty=0.5)[0]
+    single = build_views(["semantic"], collab, semantic, np.zeros(N, dtype=bool), penalty=0.5)[0]
+    # Item 9 is text-only: its collaborative part is 0 (not a ranking by low hubness).
+    assert _lists(blend, k=8)[0][9] == _lists(single, k=8)[0][9]
+
+
+def test_without_a_semantic_source_or_pairs_there_is_nothing_to_choose():
+    from longtail.inference.similar import choose_blend, source_views
+
+    collab, text, has, pairs = _planted(np.random.default_rng(6))
+    only = source_views(["blend"], (collab, has), None, np.zeros(len(has), dtype=bool))
+    assert set(only) == {"collaborative"}
+    assert choose_blend(only, pairs, np.zeros(len(has), dtype=bool)) is None
+    both = source_views(["blend"], (collab, has), (text, has), np.zeros(len(has), dtype=bool))
+    assert choose_blend(both, pairs[:0], np.zeros(len(has), dtype=bool)) is None
+

@@ -6,7 +6,9 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from longtail.core.errors import EnvironmentProblem
+from longtail.ranking import retrieval
 from longtail.ranking.retrieval import (
     EXACT_MAX_ITEMS,
     MIN_ITEMS_PER_LIST,
@@ -15,7 +17,9 @@ from longtail.ranking.retrieval import (
     choose_retrieval,
     list_count,
     seen_counts,
+    with_norm_column,
 )
+from longtail.ranking.topk import candidate_topk
 
 pytest.importorskip("faiss")
 
@@ -71,10 +75,47 @@ def test_short_lists_pad_with_item_zero():
         assert len(np.unique(valid)) == len(valid) and (row[len(valid):] == 0).all()  # found items first
 
 
-@pytest.mark.parametrize("nlist", [0, 8])
-def test_the_index_travels_as_bytes_and_searches_the_same_after(nlist):
+def test_quantised_index_probing_every_list_then_rescored_exactly_gives_the_exact_lists():
+    users, items = _data(n_items=600, dim=7)  # odd width + bias + norm column: one zero column pads it
+    bias = np.random.default_rng(2).normal(size=len(items)).astype(np.float32)
+    index = build_index(items, bias=bias, nlist=4, nprobe=4, kind="ivf_pq", shortlist=599)
+    assert (index.kind, index.nlist, index.nprobe, index.shortlist, index.width) == ("ivf_pq", 4, 4, 599, 10)
+    found = index.search(users, 10)
+    assert found.shape == (30, 599) and (np.sort(found, axis=1) == np.arange(1, 600)).all()  # every item, once
+    served = torch.from_numpy(np.concatenate([items, bias[:, None]], axis=1))
+    queries = torch.from_numpy(np.concatenate([users, np.ones((len(users), 1), np.float32)], axis=1))
+    got = candidate_topk(queries, served, torch.from_numpy(found), 20)[1].numpy()
+    np.testing.assert_array_equal(got, _brute(users, items, 20, bias=bias))
+
+
+def test_quantised_index_returns_its_shortlist_and_auto_quantises_large_catalogues(monkeypatch):
+    users, items = _data(n_items=2000)
+    index = build_index(items, nlist=8, nprobe=2, kind="ivf_pq", shortlist=50)
+    assert index.search(users, 10).shape == (30, 50) and index.search(users, 80).shape == (30, 80)
+    assert index.describe() == "ivf_pq 8 lists, nprobe 2, at least 50 candidates, 1999 items"
+    some = index.search(users, 50)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(some, _brute(users, items, 10))])
+    assert recall > 0.5  # two of eight lists, codes of 4 bits: close, not exact
+    assert build_index(items, nlist=8).kind == "ivf"  # auto: full vectors below PQ_MIN_ITEMS
+    monkeypatch.setattr(retrieval, "PQ_MIN_ITEMS", 1000)
+    assert build_index(items, nlist=8).kind == "ivf_pq" and build_index(items[:40], nlist=8).kind == "ivf"
+    assert build_index(items, nlist=8, kind="flat").kind == "flat"
+    with pytest.raises(ValueError, match="not one of auto, flat, ivf, ivf_pq"):
+        build_index(items, kind="hnsw")
+
+
+def test_the_norm_column_equalises_norms_and_keeps_inner_products():
+    rows = np.array([[3.0, 4.0], [0.0, 1.0], [0.0, 0.0]], dtype=np.float32)
+    out = with_norm_column(rows)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 5.0)
+    np.testing.assert_allclose(np.array([[1.0, 2.0, 0.0]]) @ out.T, np.array([[1.0, 2.0]]) @ rows.T)
+    assert with_norm_column(rows, even=True).shape == (3, 4) and with_norm_column(rows[:, :1], even=True).shape == (3, 2)
+
+
+@pytest.mark.parametrize("nlist, kind", [(0, "auto"), (8, "ivf"), (8, "ivf_pq")])
+def test_the_index_travels_as_bytes_and_searches_the_same_after(nlist, kind):
     users, items = _data()
-    index = build_index(items, nlist=nlist, nprobe=8)
+    index = build_index(items, nlist=nlist, nprobe=8, kind=kind)
     before = index.search(users, 10)
     assert index._index is not None
     copy = pickle.loads(pickle.dumps(index))

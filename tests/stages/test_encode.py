@@ -116,6 +116,11 @@ def test_user_text_uses_only_recent_training_items(spark):
     assert cut["u1"] == "tte lipstick"
     with pytest.raises(ConfigError, match=r"unknown field \{user_id\}"):
         run_encode(None, EncodeConfig(user_template="{user_id}: {titles}"))
+    # A catalogue without titles (brand and categories only): items are named by their item text.
+    untitled = spark.createDataFrame([(r[0], None, *r[2:]) if r[0] == "i1" else r for r in ITEMS], schemas.ITEMS_SCHEMA)
+    thin = _texts(user_texts(seqs, stats, untitled, EncodeConfig(user_template="{titles}")), "user_id")
+    assert thin["u0"] == "Red matte lipstick; Categories: Beauty, Hair Care"
+    assert thin["u2"] == ""
 
 
 # --------------------------------------------------------------------------- the stage

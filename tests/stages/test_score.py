@@ -470,3 +470,23 @@ def test_a_bad_availability_table_stops_score_before_anything_is_written(wh):
     with pytest.raises(SchemaError, match=r"column 'available' is string, expected boolean"):
         run_score(wh, "plain_fake", ScoreConfig(), run_date=D1, top_k=2, model_loader=LOADER, availability="stock")
     assert not wh.exists(schemas.RECOMMENDATIONS) and not wh.exists(schemas.RECOMMENDATION_RUNS)
+
+
+# --------------------------------------------------------------------------- score.device
+
+
+def test_cuda_without_a_gpu_stops_score_with_one_line_naming_the_key(wh):
+    from longtail.core.errors import EnvironmentProblem
+
+    with pytest.raises(EnvironmentProblem) as err:
+        run_score(wh, "plain_fake", ScoreConfig(device="cuda"), run_date=D1, top_k=2, model_loader=LOADER)
+    message = str(err.value)
+    assert message.startswith("config key score.device: cuda, but ") and "\n" not in message
+    assert not wh.exists(schemas.RECOMMENDATIONS)
+    assert not list((Path(wh.root) / "_tmp" / "bundles").glob("*"))  # refused before anything was staged
+
+
+def test_device_cpu_writes_the_lists_auto_writes_on_a_machine_without_a_gpu(wh):
+    run_score(wh, "llmesr_fake", ScoreConfig(device="cpu", user_batch=2), run_date=D1, top_k=3, model_loader=LOADER)
+    run_score(wh, "llmesr_fake", ScoreConfig(device="auto", user_batch=2), run_date=D2, top_k=3, model_loader=LOADER)
+    pd.testing.assert_frame_equal(_table(wh, D1), _table(wh, D2))

@@ -221,6 +221,30 @@ def test_the_driver_path_and_the_spark_path_write_the_same_tables(spark, tmp_pat
 
 
 @pytest.mark.spark
+def test_the_driver_path_fetches_only_the_id_rows_of_this_runs_users_and_items(warehouse, monkeypatch):
+    # The id maps keep every user ever seen: the driver path must not bring them all to the driver.
+    import longtail.stages.sequences as sequences
+
+    _load(warehouse, [(f"u{n}", item, 10 * n + t, None) for n in range(6) for t, item in enumerate("ab")])
+    run_sequences(warehouse, SequencesConfig(k_core=1))
+    _load(warehouse, [("u0", "a", 1, None), ("u0", "c", 2, None), ("new", "a", 3, None)])
+    fetched, real = {}, sequences._read_id_map
+
+    def spy(wh, table, key, idx, events):
+        rows, start = real(wh, table, key, idx, events)
+        fetched[table] = (set(rows[key]), start)
+        return rows, start
+
+    monkeypatch.setattr(sequences, "_read_id_map", spy)
+    summary = run_sequences(warehouse, SequencesConfig(k_core=1))
+    assert fetched == {schemas.USER_IDS: ({"u0"}, 6), schemas.ITEM_IDS: ({"a"}, 2)}
+    assert (summary.new_users, summary.new_items) == (1, 1)
+    users = {r["user_id"]: r["user_idx"] for r in warehouse.read(schemas.USER_IDS).collect()}
+    assert len(users) == 7 and users["u0"] == 1 and users["new"] == 7  # ids kept, the new one after the max
+    assert {r["item_id"]: r["item_idx"] for r in warehouse.read(schemas.ITEM_IDS).collect()}["c"] == 3
+
+
+@pytest.mark.spark
 def test_above_local_max_rows_every_step_runs_in_spark(warehouse, monkeypatch):
     import longtail.stages.sequences as sequences
 

@@ -34,6 +34,16 @@ def test_the_demo_writes_k_similar_items_per_item_and_source_and_evaluate_report
     assert text_only and text_only <= lists["semantic"] & lists["blend"]
     assert not text_only & (lists["collaborative"] | set(table[table["source"] == "collaborative"]["similar_item_id"]))
 
+    # The stage's own report records the blend's weights and the validation figures they were chosen on.
+    own = json.loads((Path(wh.root) / "_reports" / f"similar-items-{cfg.train.model}.json").read_text())
+    blend = own["blend"]
+    assert blend["chosen"] == "validation" and blend["validation"]["pairs"] > 0
+    shares = blend["validation"]["shares"]
+    assert {"0", "1"} <= set(shares)  # both sources are candidates
+    chosen = shares[f"{blend['semantic_weight']:g}"]
+    assert chosen["hr"] >= max(shares["0"]["hr"], shares["1"]["hr"])
+    assert blend["collaborative_weight"] + blend["semantic_weight"] == pytest.approx(1.0)
+
     report = json.loads((Path(wh.root) / "_reports" / f"evaluation-{cfg.train.model}.json").read_text())
     block = report["similar_items"]
     assert block["k"] == cfg.evaluate.k and set(block["sources"]) == set(schemas.SIMILAR_SOURCES)

@@ -208,6 +208,8 @@ class EncodeConfig:
     #: embeddings (benchmarks/encode.py --options); int8 quantisation lost too much (cosine 0.93).
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     item_template: Template = "{title}. Brand: {brand}. Categories: {categories}. {description}"
+    #: ``{titles}``: the user's recent items by title; an item without a title is named by its
+    #: item text (``item_template``), so a catalogue with thin text still gets user texts.
     user_template: Template = "The user bought these items, most recent last: {titles}"
     #: How many of the user's most recent training items go into the user text.
     user_history_items: Positive = 50
@@ -418,15 +420,22 @@ class ScoreConfig:
     #: ranks those exactly (the ``ann`` extra). ``auto``: exact up to 200,000 rankable items (the
     #: lists stay exactly what they were), ann above (``longtail.ranking.retrieval``, docs/scaling.md).
     retrieval: Literal["auto", "exact", "ann"] = "auto"
-    #: Candidates per user from the index: K (or ``hybrid.mmr_candidates`` with MMR) plus the items
-    #: the user has seen are always asked for, this many when that is fewer. The index's lists hold
-    #: the full vectors, so recall is set by ``ann_nprobe``; more candidates only cost time.
+    #: Candidates per user from the index, each scored exactly: K (or ``hybrid.mmr_candidates`` with
+    #: MMR) plus the items the user has seen are always asked for, this many when that is fewer. From
+    #: 100,000 items the index holds 4-bit codes (IVF-PQ fast scan) and returns at least 100 whatever
+    #: is asked; below, its lists hold the full vectors and recall is set by ``ann_nprobe`` alone.
     candidates: Positive = 100
     #: Inverted lists of the index; 0 chooses ``4 x sqrt(items)``, and a flat (exact) index when
     #: that leaves fewer than 39 items per list.
     ann_nlist: NonNegative = 0
-    #: Lists scanned per user (more: closer to exact and slower; ``ann_nlist`` or more is exact).
+    #: Lists scanned per user (more: closer to exact and slower; ``ann_nlist`` or more scans every
+    #: item). 64 of 4 sqrt(N): recall@10 0.96 against exact at 1M synthetic items (docs/scaling.md).
     ann_nprobe: Positive = 64
+    #: Where each scoring task runs its matrix products and top-K merges. ``auto``: the GPU Spark
+    #: assigned the task (``spark.task.resource.gpu.amount`` on GPU executors) when CUDA works
+    #: there, else the CPU; ``cpu``: always the CPU; ``cuda``: the task's GPU, and an error when
+    #: Spark assigns none (``longtail.inference.bundle.task_device``). The lists are the same.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @section
@@ -451,17 +460,27 @@ class SimilarItemsConfig:
     top_k: TopK = 10
     #: Which lists to write: ``collaborative`` (cosine of the trained model's item vectors),
     #: ``semantic`` (cosine of the LLM item embeddings: text-only items get and are neighbours) and
-    #: ``blend`` (the weighted sum of both similarities, each z-scored per query item).
+    #: ``blend`` (the weighted sum of both adjusted similarities, each z-scored per query item).
     sources: Sources = field(default_factory=lambda: ["collaborative", "semantic", "blend"])
+    #: The blend's weights when ``semantic_weight`` is a number: ``collaborative_weight x z_c +
+    #: semantic_weight x z_s`` (only their ratio changes the lists; a weight of 0 leaves that source
+    #: out, and the blend's lists are then the other source's).
     collaborative_weight: NonNegativeFloat = 1.0
-    #: ``auto``: chosen on validation pairs (a user's last training item -> the validation item): of
-    #: 0, 0.05, 0.1, 0.25, 0.5 and 1 times ``collaborative_weight``, the one whose blend (without the
-    #: hubness adjustment) puts the validation item in the top K most often; ties go to the larger
-    #: weight. 0 leaves the blend to the model. On Beauty (llmesr_sasrec) 0.05 matched the collaborative
-    #: source's HR@10 with a higher tail-item HR@10 and tail share, 1 lost 11% of HR@10.
+    #: ``auto``: chosen on validation pairs (a user's last training item -> the validation item; never
+    #: a test item): of the semantic shares s in 0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1 (weights ``1 - s``
+    #: and ``s``; ``collaborative_weight`` is not read; 0 and 1 are the two sources themselves), the one
+    #: whose lists (hubness adjustment and availability as in the table) show the most tail items (the
+    #: tail share of the lists of a sample of items) among the shares that hold the validation item in
+    #: the top K within ``hr_tolerance`` of the best share; then more tail validation items, then the
+    #: smaller share. The choice and every share's figures are in the run's report
+    #: (``_reports/similar-items-<model>.json``, ``blend``).
     semantic_weight: Literal["auto"] | NonNegativeFloat = "auto"
-    #: Validation pairs (a seeded sample of users) the ``auto`` semantic weight is chosen on.
-    weight_pairs: Positive = 5000
+    #: The relative item-to-item HR@K (validation) ``auto`` may give up to the best share for more
+    #: tail items. On Beauty (validation) shares 0.05 and 0.1 were within 0.1% of the best with a higher
+    #: tail share, 0.2 lost 1.8%: 0.005 keeps the lists' quality and leans to the long tail.
+    hr_tolerance: Share = 0.005
+    #: Validation pairs (a seeded hash sample of users, the same on every run) ``auto`` chooses on.
+    weight_pairs: Positive = 20000
     #: Exposure adjustment: similarity minus ``hubness_penalty x hubness`` of the candidate (the mean of
     #: its 10 highest similarities to other items, CSLS), so the head does not fill every list; 0 is off.
     hubness_penalty: NonNegativeFloat = 0.5

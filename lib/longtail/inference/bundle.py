@@ -289,7 +289,13 @@ def stage(root: str, obj: Any) -> Staged:
 
     token = uuid.uuid4().hex
     path = f"{files.absolute(root.rstrip('/'))}/_tmp/bundles/{token}.pkl"
-    files.write_bytes(path, cloudpickle.dumps(obj))
+    fs, where = files.filesystem(path)
+    fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
+    # Pickled straight into the file: no second copy of the item tables in the driver's memory
+    # (protocol 5 writes numpy buffers as they are). No temporary name needed: no task reads the
+    # file before this returns, and its token is new.
+    with fs.open_output_stream(where) as out:
+        cloudpickle.dump(obj, out)
     return Staged(token, path)
 
 
@@ -323,7 +329,7 @@ def worker_bundles(token: str, staged: Staged, device: str = "auto") -> list[Sco
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def task_device(setting: str = "auto") -> str:
+def task_device(setting: str = "auto", key: str = "score.device") -> str:
     """Where the running task scores: ``cuda:N`` for the GPU Spark assigned it, else ``cpu``.
 
     ``auto``: the task's GPU (``TaskContext.resources()["gpu"]``, its first address) when it
@@ -332,11 +338,14 @@ def task_device(setting: str = "auto") -> str:
     As ``encode`` picks its device (``longtail.encoders.text.task_device``), except that a GPU
     only counts when Spark assigned it: an executor without GPU resources scores on its CPUs.
 
+    Args:
+        setting: ``auto``, ``cpu`` or ``cuda``; key: the config key it came from (named in errors).
+
     Raises:
         InputError: an unknown setting. EnvironmentProblem: ``cuda`` and no usable GPU.
     """
     if setting not in DEVICES:
-        raise InputError(f"scoring device {setting!r}: not one of {', '.join(DEVICES)}")
+        raise InputError(f"config key {key}: scoring device {setting!r} is not one of {', '.join(DEVICES)}")
     if setting == "cpu":
         return "cpu"
     addresses = _task_gpus()
@@ -346,8 +355,47 @@ def task_device(setting: str = "auto") -> str:
         # An executor isolated to its GPU (CUDA_VISIBLE_DEVICES) sees it as device 0.
         return f"cuda:{index if index < torch.cuda.device_count() else 0}"
     if setting == "cuda":
-        raise EnvironmentProblem("scoring on cuda: this task has no GPU assigned by Spark or CUDA is unusable")
+        raise EnvironmentProblem(
+            f"config key {key}: cuda, but this task has no GPU assigned by Spark or CUDA is unusable; "
+            f"set {key}: auto (the GPU when there is one) or cpu"
+        )
     return "cpu"
+
+
+def check_device(spark, setting: str, key: str = "score.device") -> None:
+    """Refuse, on the driver and before anything is computed, a ``cuda`` setting no task can honour.
+
+    A task only scores on a GPU Spark assigned it (:func:`task_device`), which needs
+    ``spark.task.resource.gpu.amount`` above 0; with a ``local`` master the tasks run on this
+    machine, so CUDA must also work here. What the driver cannot see (CUDA on remote executors)
+    is checked again in each task.
+
+    Raises:
+        InputError: an unknown setting. EnvironmentProblem: ``cuda`` on a session whose tasks get no
+        GPU; the message names ``key`` and is one line.
+    """
+    if setting not in DEVICES:
+        raise InputError(f"config key {key}: scoring device {setting!r} is not one of {', '.join(DEVICES)}")
+    if setting != "cuda":
+        return
+    amount = _session_conf(spark, "spark.task.resource.gpu.amount")
+    try:
+        assigned = float(amount or 0) > 0
+    except ValueError:
+        assigned = False
+    local = (_session_conf(spark, "spark.master") or "").startswith("local")
+    if not assigned or (local and not torch.cuda.is_available()):
+        why = ("spark.task.resource.gpu.amount is not set, so Spark assigns no GPU to a task" if not assigned
+               else "no CUDA device on this machine, where the local master runs the tasks")
+        raise EnvironmentProblem(f"config key {key}: cuda, but {why}; set {key}: auto or cpu")
+
+
+def _session_conf(spark, name: str) -> str | None:
+    """A Spark property of the session (classic or Connect); None when unset or unreadable."""
+    try:
+        return spark.conf.get(name, None)
+    except Exception:  # noqa: BLE001 - some servers refuse unknown keys
+        return None
 
 
 def _task_gpus() -> list[str]:

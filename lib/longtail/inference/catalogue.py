@@ -4,11 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.compute as pc
+from pyspark.sql import functions as F
 
 from longtail.core import schemas
 from longtail.core.errors import InputError
 from longtail.inference.items import ItemIndex
 from longtail.ranking.vectors import unit_rows
+
+
+#: Embedding rows copied into the matrix per step (the gather's index array: this many x dim int64).
+GATHER_ROWS = 16_384
 
 
 @dataclass
@@ -48,6 +54,9 @@ def load_catalogue(wh, include_new_items: bool = True) -> Catalogue:
     """Read ``item_stats`` (required), ``item_embeddings`` and ``items`` (optional) into a catalogue.
 
     Catalogue-sized arrays live on the driver (items x embedding dimension); users never do.
+    Columns come as Arrow (no Python object per embedding), only the chosen encoder's rows are
+    collected, and the text-only items are found by Spark: the driver's peak is about twice the
+    embedding matrix plus the item ids (docs/scaling.md, "The driver's memory").
 
     Args:
         include_new_items: append items with an embedding but no ``item_stats`` row.
@@ -58,66 +67,83 @@ def load_catalogue(wh, include_new_items: bool = True) -> Catalogue:
     """
     stats = wh.read(schemas.ITEM_STATS)
     schemas.require_columns(stats, schemas.ITEM_STATS_SCHEMA, schemas.ITEM_STATS)
-    stats_pd = stats.select("item_id", "item_idx", "popularity", "segment").toPandas()
-    known_index = ItemIndex.from_pairs(stats_pd["item_idx"].to_numpy(), list(stats_pd["item_id"]), schemas.ITEM_STATS)
-    emb_pd, embedding_model = _embeddings(wh)
-    new_ids: list[str] = []
-    if include_new_items and emb_pd is not None:
-        new_ids = _text_only_items(wh, set(emb_pd["item_id"]) - set(stats_pd["item_id"]))
+    tbl = stats.select("item_id", "item_idx", "popularity", "segment").toArrow()
+    idx = tbl.column("item_idx").to_numpy(zero_copy_only=False) if tbl.num_rows else np.zeros(0)
+    known_index = ItemIndex.from_pairs(idx, tbl.column("item_id").to_pylist(), schemas.ITEM_STATS)
+    emb, embedding_model = _embeddings(wh)
+    new_ids = _text_only_items(wh, stats, emb) if include_new_items and emb is not None else []
     index = known_index.extended(new_ids)
     n_known, size = known_index.size, index.size
     known = np.zeros(size, dtype=bool)
     tail = np.zeros(size, dtype=bool)
     popularity = np.zeros(size, dtype=np.int64)
-    idx = stats_pd["item_idx"].to_numpy(dtype=np.int64)
+    idx = idx.astype(np.int64)
     known[idx] = True
     known[0] = False
-    tail[idx] = (stats_pd["segment"] == schemas.TAIL).to_numpy()
+    tail[idx] = pc.fill_null(pc.equal(tbl.column("segment"), schemas.TAIL), False).to_numpy(zero_copy_only=False)
     tail[n_known:] = True
-    popularity[idx] = stats_pd["popularity"].fillna(0).to_numpy(dtype=np.int64)
-    embeddings, has_embedding = _embedding_rows(index, emb_pd)
+    popularity[idx] = pc.fill_null(tbl.column("popularity"), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    embeddings, has_embedding = _embedding_rows(index, emb)
     return Catalogue(index, known, tail, popularity, embeddings, has_embedding, n_known, embedding_model)
 
 
 def _embeddings(wh):
-    """``(item_id, embedding)`` rows of the encoder with most items, and its name; (None, None) without any."""
+    """The ``item_embeddings`` rows (a DataFrame of ``item_id``, ``embedding``) of the encoder with
+    most items, and its name (ties: the first name); (None, None) without any row."""
     if not wh.exists(schemas.ITEM_EMBEDDINGS):
         return None, None
     emb = wh.read(schemas.ITEM_EMBEDDINGS)
     schemas.require_columns(emb, schemas.ITEM_EMBEDDINGS_SCHEMA, schemas.ITEM_EMBEDDINGS)
-    emb_pd = emb.select("item_id", "embedding", "model").toPandas()
-    if not len(emb_pd):
+    # One row per encoder, counted by Spark: other encoders' vectors never reach the driver.
+    counted = emb.where(F.col("model").isNotNull()).groupBy("model").agg(F.count(F.lit(1)).alias("n")).collect()
+    counts = {r["model"]: int(r["n"]) for r in counted}
+    if not counts:
         return None, None
-    counts = emb_pd.groupby("model").size()
-    model = sorted(counts[counts == counts.max()].index)[0]
-    return emb_pd[emb_pd["model"] == model].drop_duplicates("item_id"), model
+    model = sorted(m for m, n in counts.items() if n == max(counts.values()))[0]
+    return emb.where(F.col("model") == model).select("item_id", "embedding"), model
 
 
-def _text_only_items(wh, candidates: set[str]) -> list[str]:
-    """Items with an embedding but no interactions, that ``items`` still lists, in id order."""
-    if candidates and wh.exists(schemas.ITEMS):
-        listed = {r["item_id"] for r in wh.read(schemas.ITEMS).select("item_id").collect()}
-        candidates &= listed
-    return sorted(candidates)
+def _text_only_items(wh, stats, emb) -> list[str]:
+    """Items with an embedding (``emb``) but no ``item_stats`` row that ``items`` still lists, in
+    id order; the set operations run in Spark, only the new ids come back."""
+    candidates = emb.select("item_id").where(F.col("item_id").isNotNull()).join(stats.select("item_id"), "item_id",
+                                                                                "left_anti")
+    if wh.exists(schemas.ITEMS):
+        candidates = candidates.join(wh.read(schemas.ITEMS).select("item_id"), "item_id", "left_semi")
+    return sorted(set(candidates.toArrow().column("item_id").to_pylist()))
 
 
-def _embedding_rows(index: ItemIndex, emb_pd) -> tuple[np.ndarray, np.ndarray]:
-    """``([N, E] float32, [N] bool)``: each idx's embedding, zero where it has none."""
+def _embedding_rows(index: ItemIndex, emb) -> tuple[np.ndarray, np.ndarray]:
+    """``([N, E] float32, [N] bool)``: each idx's embedding (the first row of an item id), zero where
+    it has none; ``emb``: the chosen encoder's rows (None: no embeddings)."""
     has_embedding = np.zeros(index.size, dtype=bool)
     embeddings = np.zeros((index.size, 1), dtype=np.float32)
-    if emb_pd is None:
+    if emb is None:
         return embeddings, has_embedding
+    tbl = emb.toArrow()
     position = index.position()
-    rows = [(position[i], e) for i, e in zip(emb_pd["item_id"], emb_pd["embedding"]) if i in position and e is not None]
-    if not rows:
+    at = np.fromiter((position.get(i, -1) if i is not None else -1 for i in tbl.column("item_id").to_pylist()),
+                     dtype=np.int64, count=tbl.num_rows)
+    vectors = tbl.column("embedding").combine_chunks()
+    _, first = np.unique(at, return_index=True)  # an item id's first row counts, as it always did
+    first = first[at[first] >= 0]
+    rows = np.sort(first[~vectors.is_null().to_numpy(zero_copy_only=False)[first]])
+    if not len(rows):
         return embeddings, has_embedding
-    dim = len(rows[0][1])
+    lengths = pc.fill_null(pc.list_value_length(vectors), 0).to_numpy(zero_copy_only=False)[rows]
+    dim = int(lengths[0])
+    bad = np.nonzero(lengths != dim)[0]
+    if len(bad):
+        row = rows[bad[0]]
+        raise InputError(
+            f"table {schemas.ITEM_EMBEDDINGS}: item {index.ids[at[row]]!r} has a {lengths[bad[0]]}-d embedding, "
+            f"others {dim}-d"
+        )
+    offsets = vectors.offsets.to_numpy()
+    values = vectors.values.to_numpy(zero_copy_only=False)
     embeddings = np.zeros((index.size, dim), dtype=np.float32)
-    for i, e in rows:
-        if len(e) != dim:
-            raise InputError(
-                f"table {schemas.ITEM_EMBEDDINGS}: item {index.ids[i]!r} has a {len(e)}-d embedding, others {dim}-d"
-            )
-        embeddings[i] = np.asarray(e, dtype=np.float32)
-        has_embedding[i] = True
+    for s in range(0, len(rows), GATHER_ROWS):  # bounded index arrays: GATHER_ROWS x dim int64
+        part = rows[s : s + GATHER_ROWS]
+        embeddings[at[part]] = values[(offsets[part][:, None] + np.arange(dim)[None, :])]
+    has_embedding[at[rows]] = True
     return embeddings, has_embedding

@@ -6,16 +6,20 @@ vector (a candidate), row = catalogue idx (:class:`SimilarityView`):
 - ``collaborative``: the cosine of the trained model's item vectors (items the model has a row for);
 - ``semantic``: the cosine of the LLM item embeddings (``item_embeddings``): items known only from
   their text get neighbours and are neighbours;
-- ``blend``: ``w_c z_c + w_s z_s``, each source's similarity z-scored per query item over the
-  catalogue (:func:`~longtail.ranking.topk.zscore_blend_users`, the blend ``score.hybrid`` uses), so
-  neither scale dominates; an item missing from one source is ranked by the other alone.
+- ``blend``: ``w_c z_c + w_s z_s``, each source's *adjusted* similarity (below) z-scored per query
+  item over the catalogue (:func:`~longtail.ranking.topk.zscore_blend_users`, the blend ``score.hybrid``
+  uses), so neither scale dominates; an item missing from one source is ranked by the other alone.
+  A z-score per query is an affine map of that query's scores, so with one weight at 0 the blend's
+  lists are that source's lists (:func:`blend_view` then returns that source's view): the endpoints
+  of the weight grid :func:`choose_blend` chooses from on validation pairs are the sources themselves.
 
 The exposure adjustment of the served models, for items (CSLS, Conneau et al., ICLR 2018): each
 candidate's similarity is lowered by ``penalty x hubness``, its hubness being the mean of its 10
 highest similarities to a seeded sample of query items (itself left out). An item close to very
 many items (a hub: typically a bestseller) moves down every list, so the head does not fill them.
 Still one dot product: items ``[v, -hubness]``, queries ``[q, penalty]``, as
-:class:`~longtail.inference.scorers.ExposureAdjusted`.
+:class:`~longtail.inference.scorers.ExposureAdjusted`. The blend has no hubness of its own: it blends
+the two adjusted sources (the moments of ``[v, -hubness]`` give the z-scores of adjusted scores).
 
 A list never holds the item itself, nor an item the availability rules exclude (``blocked``).
 The tasks of the stage rank query items in batches (:meth:`SimilarityView.top_k`): the exact top K
@@ -24,6 +28,8 @@ choice of ``score.retrieval``) the exact top K among its candidates.
 """
 from __future__ import annotations
 
+
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,7 +62,8 @@ class SimilarityView:
         rows: ``[N]`` bool, the items this source has a vector for (they get a list; row 0 never).
         allowed: ``[N]`` bool, the items that may be a neighbour (``rows`` minus unavailable items).
         penalty: the hubness penalty (the queries' last column).
-        parts: the blend's parts ``(weight, unit vectors [N, D_m], mean, cov)``; None for one source.
+        parts: the blend's parts ``(weight, source view, mean, cov)`` (the moments of the source's
+            ``items``); None for one source.
     """
 
     source: str
@@ -71,9 +78,11 @@ class SimilarityView:
         """``[B, D + 1]`` query vectors of item idxs ``idxs`` (the penalty as the last column)."""
         if self.parts is None:
             base = torch.from_numpy(self.items[idxs, :-1])
-        else:  # [w_m q_m / std_m ..., offset]: meets the items' [v_m ..., 1]
-            base = zscore_blend_users([(w, torch.from_numpy(v[idxs]), m, c) for w, v, m, c in self.parts])
-        column = torch.full((len(idxs), 1), self.penalty, dtype=torch.float32)
+        else:  # [w_m [q_m, p] / std_m ..., offset]: meets the items' [[v_m, -hub_m] ..., 1]
+            base = zscore_blend_users([(w, view.query_vectors(idxs), m, c) for w, view, m, c in self.parts])
+        # A query without a vector here gets no penalty either: its part of a blend is then 0, not
+        # a ranking by low hubness.
+        column = torch.from_numpy((self.penalty * self.rows[idxs]).astype(np.float32))[:, None]
         return torch.cat([base.to(torch.float32), column], dim=1)
 
     def excluded(self) -> torch.Tensor:
@@ -147,20 +156,34 @@ def build_views(
         InputError: a source without vectors (naming the key and what to run), or a blend whose
             weights are both 0.
     """
+    singles = source_views(sources, collaborative, semantic, blocked, penalty, hubness_queries, seed)
+    return [blend_view(singles, weights) if s == "blend" else singles[s] for s in sources]
+
+
+def source_views(
+    sources: list[str],
+    collaborative: tuple[np.ndarray, np.ndarray] | None,
+    semantic: tuple[np.ndarray, np.ndarray] | None,
+    blocked: np.ndarray,
+    penalty: float = 0.5,
+    hubness_queries: int = 5000,
+    seed: int = 0,
+) -> dict[str, SimilarityView]:
+    """``{source: view}`` of the single sources ``sources`` needs (a blend needs both where both
+    have vectors), each with its hubness. Arguments and errors as :func:`build_views`."""
     units = {"collaborative": _unit(collaborative), "semantic": _unit(semantic)}
-    views = []
-    for source in sources:
-        if source == "blend":
-            views.append(_blend_view(units, weights, blocked, penalty))
-        else:
-            if units[source] is None:
-                raise InputError(f"config key similar_items.sources: {source} has no item vectors ({_WHY[source]})")
-            vectors, rows = units[source]
-            views.append(_view(source, vectors, rows, blocked, penalty))
-    for view in views:
+    wanted = [s for s in ("collaborative", "semantic") if s in sources or ("blend" in sources and units[s] is not None)]
+    views = {}
+    for source in wanted:
+        if units[source] is None:
+            raise InputError(f"config key similar_items.sources: {source} has no item vectors ({_WHY[source]})")
+        view = _view(source, *units[source], blocked, penalty)
         if penalty:  # a sample per source, whichever other sources are asked for
-            rng = np.random.default_rng([seed, SOURCES.index(view.source)])
+            rng = np.random.default_rng([seed, SOURCES.index(source)])
             view.items[:, -1] = -hubness(view, hubness_queries, rng)
+        views[source] = view
+    if "blend" in sources and not views:
+        raise InputError("config key similar_items.sources: blend has no source with item vectors")
     return views
 
 
@@ -189,22 +212,35 @@ def _view(source: str, vectors: np.ndarray, rows: np.ndarray, blocked: np.ndarra
     return SimilarityView(source, items, rows, rows & ~blocked, float(penalty))
 
 
-def _blend_view(units: dict, weights: tuple[float, float], blocked: np.ndarray, penalty: float) -> SimilarityView:
-    """The z-score blend of the sources that have vectors (one alone when the other has none)."""
-    parts, matrices, rows = [], [], None
-    for (source, pair), weight in zip(units.items(), weights):
-        if pair is None or not weight:
-            continue
-        vectors, has = pair
-        mean, cov = catalogue_moments(torch.from_numpy(vectors), torch.from_numpy(has))
-        parts.append((float(weight), vectors, mean, cov))
-        matrices.append(torch.from_numpy(vectors))
-        rows = has.copy() if rows is None else rows | has
-    if not parts:
+def blend_view(singles: dict[str, SimilarityView], weights: tuple[float, float]) -> SimilarityView:
+    """The ``blend`` view: ``w_c z_c + w_s z_s`` of the adjusted source views in ``singles``.
+
+    A source without a view or with weight 0 is left out; with one source left the blend *is* that
+    source (its view renamed: the same lists and scores), so a blend weight of 0 or 1 gives exactly
+    the collaborative or the semantic lists.
+
+    Raises:
+        InputError: no source left (both weights 0, or no vectors).
+    """
+    used = [(float(w), singles[s]) for s, w in zip(("collaborative", "semantic"), weights) if w and s in singles]
+    if not used:
         raise InputError("config key similar_items.sources: blend has no source with item vectors and a weight above 0")
-    items = zscore_blend_items(matrices).numpy()  # [v_c, v_s, 1]: the 1 meets the queries' offset
-    items = np.concatenate([items, np.zeros((len(items), 1), dtype=np.float32)], axis=1)
-    return SimilarityView("blend", items, rows, rows & ~blocked, float(penalty), parts=parts)
+    if len(used) == 1:
+        return dataclasses.replace(used[0][1], source="blend", _excluded=None)
+    parts, rows = [], np.zeros(len(used[0][1].rows), dtype=bool)
+    for weight, view in used:
+        mean, cov = _moments(view)
+        parts.append((weight, view, mean, cov))
+        rows |= view.rows
+    items = zscore_blend_items([torch.from_numpy(v.items) for _, v in used]).numpy()  # [.., 1] meets the offset
+    items = np.concatenate([items, np.zeros((len(items), 1), dtype=np.float32)], axis=1)  # no hubness of its own
+    allowed = rows & np.logical_or.reduce([v.allowed for _, v in used])
+    return SimilarityView("blend", items, rows, allowed, 0.0, parts=parts)
+
+
+def _moments(view: SimilarityView) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of a single view's items ``[v, -hubness]`` over the items it has."""
+    return catalogue_moments(torch.from_numpy(view.items), torch.from_numpy(view.rows))
 
 
 def hubness(view: SimilarityView, queries: int, rng: np.random.Generator, item_chunk: int = 4096) -> np.ndarray:
@@ -227,55 +263,128 @@ def hubness(view: SimilarityView, queries: int, rng: np.random.Generator, item_c
     return out
 
 
-#: The semantic weights (times the collaborative weight) ``semantic_weight: auto`` chooses from.
-WEIGHT_GRID = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: The semantic shares ``s`` of the blend (weights ``1 - s`` and ``s``) ``semantic_weight: auto``
+#: chooses from; 0 and 1 are the collaborative and the semantic source themselves.
+SHARES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
-def choose_semantic_weight(
-    collaborative: tuple[np.ndarray, np.ndarray] | None,
-    semantic: tuple[np.ndarray, np.ndarray] | None,
+@dataclass
+class BlendChoice:
+    """The blend chosen on validation pairs.
+
+    Attributes:
+        share: the semantic share ``s`` (weights ``1 - s``, ``s``).
+        figures: per share of the grid ``{"hr", "tail_hr", "tail_share"}`` on the validation pairs
+            (``hr``: share of pairs whose next item is in the query item's top K; ``tail_hr``: the
+            same over pairs whose next item is a tail item; ``tail_share``: tail items' share of the
+            slots of the lists of the sampled items).
+        pairs: validation pairs; tail_pairs: those whose next item is a tail item.
+    """
+
+    share: float
+    figures: dict[float, dict[str, float]]
+    pairs: int
+    tail_pairs: int
+
+    @property
+    def weights(self) -> tuple[float, float]:
+        return 1.0 - self.share, self.share
+
+
+def choose_blend(
+    singles: dict[str, SimilarityView],
     pairs: np.ndarray,
+    tail: np.ndarray,
     k: int = 10,
-    grid: tuple[float, ...] = WEIGHT_GRID,
+    shares: tuple[float, ...] = SHARES,
+    tail_queries: int = 5000,
+    seed: int = 0,
     item_chunk: int = 4096,
-) -> tuple[float, dict[float, float]]:
-    """The blend's semantic weight (the collaborative one 1) of ``grid`` whose top-``k`` lists hold
-    the next item of the most validation ``pairs``; ties go to the larger weight (more of the text).
+    query_batch: int = 2048,
+    hr_tolerance: float = 0.0,
+) -> BlendChoice | None:
+    """Of the shares whose blend lists hold the next item of validation ``pairs`` (item-to-item
+    HR@``k``) at least ``1 - hr_tolerance`` times as often as the best share's, the one with the
+    highest tail share of the lists (then tail-item HR@``k``, then the smaller share). The lists are
+    the table's: adjusted sources, availability, never the query item; the grid holds both sources
+    (0, 1), so the choice is within the tolerance of either on these pairs (at 0: at least as good).
 
-    One pass over the catalogue: each source's per-query z-scores once per item chunk, every weight's
-    running top ``k`` from their weighted sums (no hubness adjustment: it is chosen after).
+    One pass over the catalogue per batch of queries: each source's z-scores once per item chunk,
+    every share's running top ``k`` from their weighted sums.
 
     Args:
-        collaborative, semantic: as :func:`build_views`. pairs: ``[P, 2]`` item idxs (query, next item).
+        singles: :func:`source_views` (both sources). pairs: ``[P, 2]`` item idxs (query, next item).
+        tail: ``[N]`` bool, tail items (text-only items count as tail). tail_queries: a seeded sample
+            of items both sources know, whose lists give the tail share. hr_tolerance: the relative
+            HR@``k`` a share may give up to the best for more tail items (``similar_items.hr_tolerance``).
 
     Returns:
-        ``(weight, {weight: HR@k})``; ``(1.0, {})`` when a source has no vectors or there are no pairs.
+        :class:`BlendChoice`; None when a source has no view or there are no pairs.
     """
-    units = [_unit(collaborative), _unit(semantic)]
-    if any(u is None for u in units) or not len(pairs):
-        return 1.0, {}
-    queries = np.asarray(pairs[:, 0], dtype=np.int64)
-    sides = []
-    for vectors, has in units:  # [q / std, offset] and [v, 1]: one source's z-scores as one product
-        mean, cov = catalogue_moments(torch.from_numpy(vectors), torch.from_numpy(has))
-        user = zscore_blend_users([(1.0, torch.from_numpy(vectors[queries]), mean, cov)])
-        sides.append((user, zscore_blend_items([torch.from_numpy(vectors)])))
-    rows = torch.from_numpy(units[0][1] | units[1][1])
-    best = {w: (torch.full((len(queries), k), NEG_INF), torch.zeros((len(queries), k), dtype=torch.long)) for w in grid}
-    itself = torch.from_numpy(queries)
-    for start in range(0, len(rows), item_chunk):
-        end = min(start + item_chunk, len(rows))
-        z = [u @ items[start:end].T for u, items in sides]
-        invalid = ~rows[start:end][None, :] | (itself[:, None] == torch.arange(start, end)[None, :])
-        for w in grid:
-            scores = (z[0] + w * z[1]).masked_fill(invalid, NEG_INF)
-            merged_scores = torch.cat([best[w][0], scores], dim=1)
-            merged_items = torch.cat([best[w][1], torch.arange(start, end).expand(len(queries), -1)], dim=1)
-            top, pos = torch.topk(merged_scores, k, dim=1)
-            best[w] = (top, torch.gather(merged_items, 1, pos))
-    nxt = torch.from_numpy(np.asarray(pairs[:, 1], dtype=np.int64))[:, None]
-    hr = {w: float((best[w][1] == nxt).any(dim=1).float().mean()) for w in grid}
-    return max(grid, key=lambda w: (round(hr[w], 12), w)), hr
+    if set(singles) != {"collaborative", "semantic"} or not len(pairs):
+        return None
+    both = np.nonzero(singles["collaborative"].rows & singles["semantic"].rows)[0]
+    rng = np.random.default_rng([seed, 7])
+    sample = np.sort(rng.choice(both, size=min(tail_queries, len(both)), replace=False)) if len(both) else both
+    queries = np.concatenate([np.asarray(pairs[:, 0], dtype=np.int64), sample.astype(np.int64)])
+    found = {s: np.zeros((len(queries), k), dtype=np.int64) for s in shares}
+    for start in range(0, len(queries), query_batch):
+        batch = queries[start : start + query_batch]
+        for share, items in _grid_top_k(singles, batch, k, shares, item_chunk).items():
+            found[share][start : start + len(batch)] = items
+    nxt, is_tail = np.asarray(pairs[:, 1], dtype=np.int64), np.asarray(tail, dtype=bool)
+    figures = {s: _choice_figures(found[s], nxt, is_tail) for s in shares}
+    most = max(figures[s]["hits"] for s in shares)
+    # Shares within the tolerance of the best HR serve the same list quality; of those, the one that
+    # shows more tail items serves the long tail at no cost.
+    tied = [s for s in shares if figures[s]["hits"] >= (1.0 - hr_tolerance) * most]
+    best = max(tied, key=lambda s: (figures[s]["tail_share"], figures[s]["tail_hits"], -s))
+    tail_pairs = int(is_tail[nxt].sum())
+    for f in figures.values():
+        f["hr"], f["tail_hr"] = f.pop("hits") / len(nxt), f.pop("tail_hits") / max(tail_pairs, 1)
+    return BlendChoice(best, figures, len(nxt), tail_pairs)
+
+
+def _grid_top_k(
+    singles: dict[str, SimilarityView], queries: np.ndarray, k: int, shares: tuple[float, ...], item_chunk: int,
+) -> dict[float, np.ndarray]:
+    """``{share: [B, k] item idxs}``: the blend lists of ``queries`` at every share (0 where a query
+    has no list at that share, or its list is short)."""
+    views = (singles["collaborative"], singles["semantic"])
+    sides = [(zscore_blend_users([(1.0, v.query_vectors(queries), *_moments(v))]),
+              zscore_blend_items([torch.from_numpy(v.items)])) for v in views]
+    allowed = [torch.from_numpy(v.allowed) for v in views]
+    best = {s: (torch.full((len(queries), k), NEG_INF), torch.zeros((len(queries), k), dtype=torch.long))
+            for s in shares}
+    itself = torch.from_numpy(queries)[:, None]
+    with torch.no_grad():
+        for start in range(0, len(views[0].items), item_chunk):
+            end = min(start + item_chunk, len(views[0].items))
+            z = [user @ items[start:end].T for user, items in sides]
+            ids = torch.arange(start, end)
+            for s in shares:
+                scores = z[0] if s == 0 else z[1] if s == 1 else (1 - s) * z[0] + s * z[1]
+                ok = allowed[0][start:end] if s == 0 else allowed[1][start:end] if s == 1 else (
+                    allowed[0][start:end] | allowed[1][start:end])
+                scores = scores.masked_fill(~ok[None, :] | (itself == ids[None, :]), NEG_INF)
+                top, pos = torch.topk(torch.cat([best[s][0], scores], dim=1), k, dim=1)
+                best[s] = (top, torch.gather(torch.cat([best[s][1], ids.expand(len(queries), -1)], dim=1), 1, pos))
+    out = {}
+    for s in shares:
+        rows = views[0].rows if s == 0 else views[1].rows if s == 1 else views[0].rows | views[1].rows
+        items = best[s][1].numpy().copy()
+        items[~rows[queries][:, None] | torch.isneginf(best[s][0]).numpy()] = 0
+        out[s] = items
+    return out
+
+
+def _choice_figures(found: np.ndarray, nxt: np.ndarray, tail: np.ndarray) -> dict[str, float]:
+    """Hits of the first ``len(nxt)`` lists (the pairs'), tail hits, and the tail share of the rest."""
+    pairs, sample = found[: len(nxt)], found[len(nxt) :]
+    hit = (pairs == nxt[:, None]).any(axis=1)
+    filled = sample[sample > 0]
+    return {"hits": int(hit.sum()), "tail_hits": int((hit & tail[nxt]).sum()),
+            "tail_share": float(tail[filled].mean()) if len(filled) else 0.0}
 
 
 def check_list_length(views: list[SimilarityView], k: int) -> None:

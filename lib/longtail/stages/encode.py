@@ -10,7 +10,8 @@ Texts
   itself together with the template text just before it (``". Brand: {brand}"`` vanishes when
   the brand is unknown); the first field shown loses its leading separator.
 - User text: the titles of the user's last ``user_history_items`` *training* items
-  (``train_item_idxs``; never the validation or test item), oldest first, joined by "; ",
+  (``train_item_idxs``; never the validation or test item; an item without a title is named by
+  its item text, so thin catalogues get user texts too), oldest first, joined by "; ",
   cut to the last ``user_max_chars`` characters, in ``encode.user_template`` (field ``{titles}``).
   Long user texts are truncated to ``max_tokens`` from the start, so the most recent items stay.
 - Empty text (no title, brand, categories, ...): the row gets a **zero vector** (no semantic
@@ -250,12 +251,27 @@ def item_texts(items: DataFrame, template: str) -> DataFrame:
     return items.select("item_id", render_template(template, fields, "encode.item_template").alias("text"))
 
 
+def item_names(items: DataFrame, item_template: str) -> DataFrame:
+    """``(item_id, title)``: how an item is named in a user's text: its title, or, for an item
+    without one, its item text (``item_template``: brand, categories, ...).
+
+    Why: catalogues with thin text (Sports: brand and categories, no titles) would otherwise
+    give every user an empty text, a zero vector, and no similar users at all.
+    """
+    rendered = item_texts(items, item_template).withColumnRenamed("text", "item_text")
+    title = _clean(F.col("title"))
+    return items.select("item_id", title.alias("own")).join(rendered, "item_id", "left").select(
+        "item_id", F.when(F.col("own") != "", F.col("own")).otherwise(F.coalesce("item_text", F.lit(""))).alias("title")
+    )
+
+
 def user_texts(sequences: DataFrame, item_stats: DataFrame, items: DataFrame, cfg: EncodeConfig) -> DataFrame:
     """``(user_id, text)`` for every user in ``user_sequences``.
 
     The text is built from ``train_item_idxs`` only: the last ``cfg.user_history_items`` of
-    them, mapped to titles through ``item_stats`` (item_idx -> item_id) and ``items``;
-    items without a title are skipped; titles oldest first, joined by "; ", then the last
+    them, mapped to titles through ``item_stats`` (item_idx -> item_id) and ``items``; an
+    item without a title stands in by its item text (:func:`item_names`), one with neither
+    is skipped; titles oldest first, joined by "; ", then the last
     ``cfg.user_max_chars`` characters, in ``cfg.user_template``.
     """
     n = int(cfg.user_history_items)
@@ -266,7 +282,7 @@ def user_texts(sequences: DataFrame, item_stats: DataFrame, items: DataFrame, cf
     exploded = recent.select("user_id", F.posexplode("recent").alias("pos", "item_idx"))
     titles = (
         exploded.join(item_stats.select("item_idx", "item_id"), "item_idx", "left")
-        .join(items.select("item_id", _clean(F.col("title")).alias("title")), "item_id", "left")
+        .join(item_names(items, cfg.item_template), "item_id", "left")
         .where(F.col("title") != "")
         .groupBy("user_id")
         .agg(F.array_sort(F.collect_list(F.struct("pos", "title"))).alias("t"))

@@ -77,6 +77,7 @@ from longtail.inference import (
     worker_bundles,
 )
 from longtail.inference.availability import Availability, read_availability
+from longtail.inference.bundle import check_device
 from longtail.inference.scorers import ModelLoader
 from longtail.models.histories import pad_histories
 from longtail.ranking.metrics import list_diversities
@@ -160,7 +161,7 @@ def _list_rows(user_ids: list[str], items: np.ndarray, scores: np.ndarray, bundl
 
 def score_users_frame(
     users: DataFrame, token: str, staged: Staged, lookups: Staged | None, k: int, user_batch: int, item_chunk: int,
-    index: Staged | None = None, candidates: int = 0,
+    index: Staged | None = None, candidates: int = 0, device: str = "auto",
 ) -> DataFrame:
     """Top-``k`` rows for every row of ``users`` (lazy), from :func:`_scoring_input`.
 
@@ -171,10 +172,12 @@ def score_users_frame(
     :class:`FallbackPlan`, None when no user can lack a history). With ``index`` (the staged
     :func:`~longtail.inference.make_index` of the bundle) the model's lists come from
     ``candidates`` retrieved per user and ranked exactly, else from the whole catalogue.
+    ``device`` (``score.device``): where each task's products run
+    (:func:`~longtail.inference.bundle.task_device`: ``auto``, ``cpu`` or ``cuda``).
     """
 
     def score_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        bundle = worker_bundles(token, staged)[0]
+        bundle = worker_bundles(token, staged, device)[0]
         search = (index.value(), candidates) if index is not None else None
         for frame in frames:
             # Arrow gives an object column when a batch holds nulls; nulls are not modelled.
@@ -285,10 +288,12 @@ def _fallback_plan(
     item_categories: dict[str, list[str]] = {}
     members: dict[str, list[int]] = {}
     if wh.exists(schemas.ITEMS):
-        for row in wh.read(schemas.ITEMS).select("item_id", "categories").collect():
-            categories = list(row["categories"] or [])
-            item_categories[row["item_id"]] = categories
-            r = rank_of.get(row["item_id"])
+        # Arrow columns, not Row objects: this runs once per catalogue item on the driver.
+        tbl = wh.read(schemas.ITEMS).select("item_id", "categories").toArrow()
+        for item_id, listed in zip(tbl.column("item_id").to_pylist(), tbl.column("categories").to_pylist()):
+            categories = list(listed or [])
+            item_categories[item_id] = categories
+            r = rank_of.get(item_id)
             if r is not None:
                 for c in categories:
                     members.setdefault(c, []).append(r)
@@ -361,7 +366,7 @@ def run_score(
         wh: warehouse (carries the session).
         model_name: a trained model, or a baseline (``popularity``, ``als``, ``content``).
         cfg: the ``score`` section (``item_chunk``, ``user_batch``, ``hybrid``, ``popularity_penalty``,
-            ``retrieval`` with ``candidates``, ``ann_nlist``, ``ann_nprobe``).
+            ``retrieval`` with ``candidates``, ``ann_nlist``, ``ann_nprobe``; ``device``: where the tasks score).
         version: model version (default: the latest).
         run_date: partition to replace (default: today, UTC).
         top_k: K (default: ``cfg.top_k``).
@@ -377,7 +382,8 @@ def run_score(
     Raises:
         ModelNotFoundError: unknown model name or version. InputError: K larger than some
             user's unseen catalogue, or a bad hybrid. TableNotFoundError / SchemaError: inputs.
-            EnvironmentProblem: ``retrieval`` is ann and faiss is not installed.
+            EnvironmentProblem: ``retrieval`` is ann and faiss is not installed; ``device`` is cuda and
+            Spark assigns the tasks no GPU (:func:`~longtail.inference.bundle.check_device`).
             TableNotFoundError / SchemaError naming ``availability.table``: the table or a column of it.
         Nothing is written when any of these is raised.
     """
@@ -387,6 +393,7 @@ def run_score(
     k = int(top_k if top_k is not None else cfg.top_k)
     if k < 1:
         raise InputError(f"--top-k {k}: must be at least 1")
+    check_device(wh.spark, cfg.device)  # a GPU no task can get stops the job before any work
     rules = read_availability(wh, availability, run_date)  # first: a bad table stops the job at once
     seqs = read_user_sequences(wh)
     catalogue = load_catalogue(wh, include_new_items=True)
@@ -417,7 +424,8 @@ def run_score(
         lookups = stage(wh.root, _fallback_plan(wh, catalogue, catalogue.popularity, blocked))
         shipped.append(lookups)
     scored = score_users_frame(
-        users, token, staged, lookups, k, cfg.user_batch, cfg.item_chunk, index=index, candidates=cfg.candidates
+        users, token, staged, lookups, k, cfg.user_batch, cfg.item_chunk, index=index, candidates=cfg.candidates,
+        device=cfg.device,
     )
     # Computed once: the figures (and the K-check) read it, then the write.
     scored = scored.persist()

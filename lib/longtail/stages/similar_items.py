@@ -7,7 +7,9 @@ Shape of the job:
 2. The driver builds the catalogue (``item_stats`` items and items with text only), the trained
    model's item vectors in its idx space, and one view per source of ``similar_items.sources``
    (:mod:`longtail.inference.similar`: ``collaborative``, ``semantic``, ``blend``; the hubness of every
-   item, on a seeded sample of query items). Above 200,000 allowed items (``retrieval: auto``), or
+   item, on a seeded sample of query items). With ``semantic_weight: auto`` the blend's weights are
+   chosen on validation pairs (a user's last training item -> the validation item; never a test
+   item) from a grid that holds both sources. Above 200,000 allowed items (``retrieval: auto``), or
    with ``retrieval: ann``, a faiss candidate index per view (the choice and the index of
    ``score.retrieval``). Views and indexes go to the executors as one side file in the warehouse.
 3. One ``mapInPandas`` over the catalogue's item idxs: each task ranks its items' neighbours per
@@ -16,14 +18,16 @@ Shape of the job:
 4. The rows are computed once (persisted: the figures read them), then one atomic write replaces
    the ``run_date`` partition of ``similar_items`` (every source and model of that date).
 
-``score`` is the ranking score: the similarity (cosine; for ``blend`` the weighted sum of the
-per-query z-scores) minus ``hubness_penalty x hubness`` of the similar item, so it falls with the
-rank. Unavailable items keep their own lists (a product page of an item out of stock shows its
+``score`` is the ranking score: the similarity (cosine) minus ``hubness_penalty x hubness`` of the
+similar item, so it falls with the rank; for ``blend`` the weighted sum of both adjusted scores
+z-scored per query item. Unavailable items keep their own lists (a product page of an item out of stock shows its
 substitutes) and are never in one.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -37,6 +41,7 @@ from pyspark.sql import types as T
 from longtail.core import schemas
 from longtail.core.config import SimilarItemsConfig
 from longtail.core.errors import InputError, ModelNotFoundError
+from longtail.core.files import write_bytes
 from longtail.core.session import default_parallelism
 from longtail.core.tables import Warehouse
 from longtail.inference import Catalogue, ModelScorer, Staged, load_catalogue, stage
@@ -44,11 +49,13 @@ from longtail.inference.availability import read_availability
 from longtail.inference.baselines import BASELINES
 from longtail.inference.scorers import ModelLoader
 from longtail.inference.similar import (
+    BlendChoice,
     SimilarityView,
-    build_views,
+    blend_view,
     check_list_length,
-    choose_semantic_weight,
+    choose_blend,
     make_index,
+    source_views,
     table_figures,
 )
 from longtail.ranking.retrieval import CandidateIndex, choose_retrieval
@@ -79,6 +86,8 @@ class SimilarItemsReport:
     #: The blend's semantic weight, and how it was set (``auto`` on N validation pairs, or the setting).
     semantic_weight: float | None = None
     weight_note: str = ""
+    #: The blend block of the run's report (:func:`blend_block`); None without a blend.
+    blend: dict | None = None
 
     def __str__(self) -> str:
         parts = "; ".join(
@@ -88,9 +97,15 @@ class SimilarItemsReport:
         return (
             f"similar items {self.run_date}: top-{self.top_k} from {self.model} {self.model_version} ({parts}); "
             f"{self.unavailable_items} unavailable items excluded; {self.retrieval}; {self.seconds:.1f}s -> {self.table}"
-            + (f"; blend semantic weight {self.semantic_weight:g} ({self.weight_note})"
-               if self.semantic_weight is not None else "")
+            + (f"; blend weights collaborative {self.blend['collaborative_weight']:g}, semantic "
+               f"{self.blend['semantic_weight']:g} ({self.weight_note})" if self.blend is not None else "")
         )
+
+    def as_json(self) -> dict:
+        """The report as ``_reports/similar-items-<model>.json`` holds it (dates as ISO strings)."""
+        out = dataclasses.asdict(self)
+        out["run_date"] = self.run_date.isoformat()
+        return out
 
 
 @dataclass
@@ -149,11 +164,9 @@ def run_similar_items(
     blocked = rules.mask(catalogue.item_ids)
     semantic = (catalogue.embeddings, catalogue.has_embedding) if catalogue.has_embedding.any() else None
     collaborative = (model.item_vectors().numpy(), model.scorable())
-    weight, note = _semantic_weight(wh, cfg, collaborative, semantic, k)
-    views = build_views(
-        list(cfg.sources), collaborative, semantic, blocked, (cfg.collaborative_weight, weight),
-        cfg.hubness_penalty, cfg.hubness_queries,
-    )
+    singles = source_views(list(cfg.sources), collaborative, semantic, blocked, cfg.hubness_penalty, cfg.hubness_queries)
+    weights, choice = _blend_weights(wh, cfg, singles, catalogue.tail, k)
+    views = [blend_view(singles, weights) if s == "blend" else singles[s] for s in cfg.sources]
     check_list_length(views, k)
     indexes = [
         make_index(v, cfg.ann_nlist, cfg.ann_nprobe) if choose_retrieval(cfg.retrieval, int(v.allowed.sum())) == "ann"
@@ -174,28 +187,59 @@ def run_similar_items(
     finally:
         rows.unpersist()
         staged.unpersist()
-    return SimilarItemsReport(
+    report = SimilarItemsReport(
         model=model.name, model_version=model.version, run_date=run_date, top_k=k,
         figures={s: figures[s] for s in cfg.sources if s in figures},
         unavailable_items=int((blocked & (catalogue.known | catalogue.has_embedding)).sum()),
         retrieval=_retrieval(views, indexes, cfg.candidates), seconds=time.perf_counter() - started,
-        table=wh.path(schemas.SIMILAR_ITEMS), semantic_weight=weight if "blend" in cfg.sources else None,
-        weight_note=note,
+        table=wh.path(schemas.SIMILAR_ITEMS), **_blend_fields(cfg, weights, choice),
     )
+    # After the commit: the report says how the table of the run was made (the blend's weights).
+    write_bytes(f"{wh.root.rstrip('/')}/_reports/similar-items-{model.name}.json",
+                json.dumps(report.as_json(), indent=2).encode("utf-8"))
+    return report
 
 
-def _semantic_weight(wh: Warehouse, cfg: SimilarItemsConfig, collaborative, semantic, k: int) -> tuple[float, str]:
-    """The blend's semantic weight: the setting, or with ``auto`` the best on validation pairs (a
-    user's last training item -> the validation item; none of the test items)."""
+def _blend_weights(
+    wh: Warehouse, cfg: SimilarItemsConfig, singles: dict[str, SimilarityView], tail: np.ndarray, k: int,
+) -> tuple[tuple[float, float], BlendChoice | None]:
+    """The blend's ``(collaborative, semantic)`` weights: the settings, or with ``semantic_weight:
+    auto`` the share chosen on validation pairs (:func:`choose_blend`; none of the test items)."""
     if cfg.semantic_weight != "auto":
-        return float(cfg.semantic_weight), "set"
+        return (cfg.collaborative_weight, float(cfg.semantic_weight)), None
+    if "blend" not in cfg.sources or len(singles) < 2:
+        return (1.0, 1.0), None  # no blend, or a blend of one source: the weights do not matter
+    choice = choose_blend(singles, _validation_pairs(wh, cfg.weight_pairs), tail, k, tail_queries=cfg.hubness_queries,
+                          item_chunk=cfg.item_chunk, hr_tolerance=cfg.hr_tolerance)
+    return (choice.weights if choice is not None else (1.0, 1.0)), choice
+
+
+def _blend_fields(cfg: SimilarItemsConfig, weights: tuple[float, float], choice: BlendChoice | None) -> dict:
+    """The report's ``semantic_weight``, ``weight_note`` and ``blend`` (None without a blend)."""
     if "blend" not in cfg.sources:
-        return 1.0, "unused"
-    pairs = _validation_pairs(wh, cfg.weight_pairs)
-    share, hr = choose_semantic_weight(collaborative, semantic, pairs, k)
-    if not hr:
-        return cfg.collaborative_weight, "auto: nothing to choose on (one source, or no validation pair)"
-    return share * cfg.collaborative_weight, f"auto on {len(pairs)} validation pairs, HR@{k} {hr[share]:.4f}"
+        return {}
+    if cfg.semantic_weight != "auto":
+        note = "set"
+    elif choice is None:
+        note = "auto: nothing to choose on (one source, or no validation pair)"
+    else:
+        f = choice.figures[choice.share]
+        note = (f"auto: share {choice.share:g} of {len(choice.figures)} on {choice.pairs} validation pairs, "
+                f"HR@K {f['hr']:.4f}, tail items {f['tail_hr']:.4f}, tail share {f['tail_share']:.3f}")
+    return {"semantic_weight": weights[1], "weight_note": note, "blend": blend_block(cfg, weights, choice)}
+
+
+def blend_block(cfg: SimilarItemsConfig, weights: tuple[float, float], choice: BlendChoice | None) -> dict:
+    """``{"collaborative_weight", "semantic_weight", "chosen", "validation"}``: the weights the blend
+    was written with, ``chosen`` ``"validation"`` (``auto``) or ``"setting"``, and with ``auto`` the
+    validation figures of every share of the grid (``{"pairs", "tail_pairs", "shares": {share: {"hr",
+    "tail_hr", "tail_share"}}}``; None otherwise)."""
+    validation = None if choice is None else {
+        "pairs": choice.pairs, "tail_pairs": choice.tail_pairs,
+        "shares": {f"{s:g}": {m: round(v, 6) for m, v in f.items()} for s, f in choice.figures.items()},
+    }
+    return {"collaborative_weight": weights[0], "semantic_weight": weights[1],
+            "chosen": "validation" if choice is not None else "setting", "validation": validation}
 
 
 def _validation_pairs(wh: Warehouse, most: int) -> np.ndarray:

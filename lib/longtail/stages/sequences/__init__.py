@@ -110,7 +110,7 @@ def run_sequences(wh, cfg: SequencesConfig) -> SequencesSummary:
     small = _collect_if_small(events, cfg.local_max_rows)
     if small is not None:
         kc_local = local.k_core_frame(small, cfg.k_core)
-        return _build(wh, cfg, kc_local, lambda: _outputs_local(wh, cfg, kc_local))
+        return _build(wh, cfg, kc_local, lambda: _outputs_local(wh, cfg, kc_local, events))
     kc = k_core(events, cfg.k_core)
     cached = [kc.users, kc.items]  # released in the finally below, whatever happens
     try:
@@ -186,12 +186,17 @@ def _outputs_spark(wh, cfg: SequencesConfig, kc: "KCore", cached: list[DataFrame
     return _Outputs(new_user_map, new_item_map, _split(history, cfg.max_len), item_stats, user_stats, fig)
 
 
-def _outputs_local(wh, cfg: SequencesConfig, kc: local.LocalKCore) -> _Outputs:
-    """The same outputs from the driver's frames (:mod:`.local`), handed back as DataFrames."""
-    known_users = _read_id_map(wh, schemas.USER_IDS, "user_id", "user_idx")
-    known_items = _read_id_map(wh, schemas.ITEM_IDS, "item_id", "item_idx")
-    new_users, user_start = local.new_ids(kc.users, known_users, "user_id", "user_idx")
-    new_items, item_start = local.new_ids(kc.items, known_items, "item_id", "item_idx")
+def _outputs_local(wh, cfg: SequencesConfig, kc: local.LocalKCore, events: DataFrame) -> _Outputs:
+    """The same outputs from the driver's frames (:mod:`.local`), handed back as DataFrames.
+
+    ``events``: the (at most ``local_max_rows``) interactions the driver collected, as a DataFrame:
+    only the id-map rows of their users and items come to the driver, never the whole maps (which
+    keep every user and item ever seen, and so grow with users whatever this run's size).
+    """
+    known_users, user_start = _read_id_map(wh, schemas.USER_IDS, "user_id", "user_idx", events)
+    known_items, item_start = _read_id_map(wh, schemas.ITEM_IDS, "item_id", "item_idx", events)
+    new_users, _ = local.new_ids(kc.users, known_users, "user_id", "user_idx", user_start)
+    new_items, _ = local.new_ids(kc.items, known_items, "item_id", "item_idx", item_start)
     item_map = pd.concat([known_items, new_items], ignore_index=True)
     history = local.histories(kc.events, pd.concat([known_users, new_users], ignore_index=True), item_map)
     item_stats = local.segment_items(local.item_stats(kc.items, item_map, history), cfg.segments)
@@ -209,14 +214,21 @@ def _outputs_local(wh, cfg: SequencesConfig, kc: local.LocalKCore) -> _Outputs:
     )
 
 
-def _read_id_map(wh, table: str, key: str, idx: str) -> pd.DataFrame:
-    """The id map ``table`` (``key``, ``idx``) on the driver, pinned to the version read; empty if missing."""
+def _read_id_map(wh, table: str, key: str, idx: str, events: DataFrame) -> tuple[pd.DataFrame, int]:
+    """The rows of the id map ``table`` (``key``, ``idx``) whose key occurs in ``events``, and the
+    map's largest idx (0 when empty or missing), pinned to the version read.
+
+    The map is filtered in Spark (a semi-join with ``events``), so the driver holds at most one row
+    per key of these interactions (bounded by ``sequences.local_max_rows``); rows of keys absent
+    from them could only be looked up by keys that are not there, so the tables are the same.
+    """
     if not wh.exists(table):
-        return pd.DataFrame({key: pd.Series([], dtype=object), idx: pd.Series([], dtype=np.int32)})
+        return pd.DataFrame({key: pd.Series([], dtype=object), idx: pd.Series([], dtype=np.int32)}), 0
     known = wh.read(table, version=wh.version(table))
     schemas.require_columns(known, schemas.SCHEMAS[table], table)
-    rows = known.select(key, idx).toPandas()
-    return rows.astype({idx: np.int32})
+    start = int(known.agg(F.max(idx)).first()[0] or 0)
+    rows = known.select(key, idx).join(events.select(key), key, "left_semi").toPandas()
+    return rows.astype({idx: np.int32}), start
 
 
 def _check_rows_left(cfg: SequencesConfig, kc) -> None:

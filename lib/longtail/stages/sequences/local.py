@@ -55,14 +55,20 @@ def _entities(events: pd.DataFrame, key: str) -> pd.DataFrame:
     return events.groupby(key, sort=False).agg(n=("ts", "size"), first_ts=("ts", "min"))
 
 
-def new_ids(entities: pd.DataFrame, known: pd.DataFrame, key: str, idx: str) -> tuple[pd.DataFrame, int]:
+def new_ids(entities: pd.DataFrame, known: pd.DataFrame, key: str, idx: str,
+            start: int | None = None) -> tuple[pd.DataFrame, int]:
     """The id rows for ``entities`` (indexed by ``key``, with ``first_ts``) missing from the id
     map ``known``: ``max(idx) + 1, ...`` in the order of ``first_ts``, then ``key``.
+
+    Args:
+        known: the id map, or only its rows for these entities' keys when ``start`` is given.
+        start: the whole map's largest idx (None: ``known``'s own).
 
     Returns:
         (the new rows: ``key``, ``idx``; the old max id, 0 for an empty map).
     """
-    start = int(known[idx].max()) if len(known) else 0
+    if start is None:
+        start = int(known[idx].max()) if len(known) else 0
     fresh = entities.loc[~entities.index.isin(known[key]), ["first_ts"]].reset_index()
     fresh = fresh.sort_values(["first_ts", key], kind="mergesort")
     rows = pd.DataFrame({key: fresh[key].to_numpy(object),
