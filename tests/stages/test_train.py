@@ -18,7 +18,6 @@ from longtail.core.errors import (
     ModelNotFoundError,
 )
 from longtail.core.tables import Warehouse
-from longtail.encoders.pca import PcaMap, save_pca
 from longtail.inference.store import load_model, load_model_dir
 from longtail.stages.train import run_train
 from longtail.stages.train.data import (
@@ -30,6 +29,7 @@ from longtail.stages.train.data import (
 )
 from longtail.stages.train.prepare import prepare_training_data
 from longtail.stages.train.validation import ValidationSet
+from tiny_walks import write_text_tables, write_walks
 
 N_ITEMS = 130
 N_USERS = 48
@@ -45,30 +45,8 @@ TINY = TrainConfig(
 def _write_inputs(spark, wh: Warehouse, n_users: int = N_USERS, drop_embedding: set[str] = frozenset()) -> None:
     """Users walk the catalogue in steps of 3 from a random start (a learnable pattern)."""
     rng = np.random.default_rng(0)
-    rows = []
-    for u in range(n_users):
-        length = int(rng.integers(5, 12))
-        start = int(rng.integers(0, N_ITEMS))
-        seq = [(start + 3 * i) % N_ITEMS + 1 for i in range(length)]
-        rows.append((f"u{u}", u + 1, seq, seq[:-2], seq[-2], seq[-1]))
-    wh.write(spark.createDataFrame(rows, S.USER_SEQUENCES_SCHEMA), S.USER_SEQUENCES)
-    items = [(f"i{i}", i, 5, "tail" if i % 3 else "head") for i in range(1, N_ITEMS + 1)]
-    wh.write(spark.createDataFrame(items, S.ITEM_STATS_SCHEMA), S.ITEM_STATS)
-    llm = rng.normal(size=(N_ITEMS, LLM_DIM)).astype(np.float32)
-    centred = llm - llm.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    pca = (centred @ vt[:HIDDEN].T).astype(np.float32)
-    keep = [i for i in range(N_ITEMS) if f"i{i + 1}" not in drop_embedding]
-    wh.write(
-        spark.createDataFrame([(f"i{i + 1}", llm[i].tolist(), "m", "h") for i in keep], S.ITEM_EMBEDDINGS_SCHEMA),
-        S.ITEM_EMBEDDINGS,
-    )
-    wh.write(
-        spark.createDataFrame([(f"i{i + 1}", pca[i].tolist(), "m") for i in range(N_ITEMS)], S.ITEM_EMBEDDINGS_PCA_SCHEMA),
-        S.ITEM_EMBEDDINGS_PCA,
-    )
-    # The map encode saves beside the tables, fitted on this version of item_embeddings.
-    save_pca(wh.root, PcaMap(llm.mean(axis=0), vt[:HIDDEN].astype(np.float32), 1.0, "m", wh.version(S.ITEM_EMBEDDINGS)))
+    write_walks(spark, wh, rng, n_users, N_ITEMS, lengths=(5, 12))
+    write_text_tables(spark, wh, rng, N_ITEMS, HIDDEN, LLM_DIM, drop_embedding)
     similar = [
         (f"u{u}", [f"u{u}"] + [f"u{(u + j) % n_users}" for j in (1, 2, 3, 4)], [1.0] * 5) for u in range(n_users)
     ]

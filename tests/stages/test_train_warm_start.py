@@ -12,10 +12,10 @@ from longtail.cli import main
 from longtail.core import schemas as S
 from longtail.core.config import TrainConfig
 from longtail.core.tables import Warehouse
-from longtail.encoders.pca import PcaMap, save_pca
 from longtail.inference.store import OPTIMIZER_FILE, load_model
 from longtail.stages.train import run_train
 from longtail.stages.train.warm_start import architecture_differences
+from tiny_walks import write_text_tables, write_walks
 
 OLD_ITEMS, ALL_ITEMS = 120, 130
 N_USERS, HIDDEN, LLM_DIM = 240, 8, 12
@@ -29,32 +29,14 @@ TINY = TrainConfig(**SETTINGS, warm_start=True)
 
 def _write_sequences(spark, wh: Warehouse, n_items: int) -> None:
     """Users walk the first ``n_items`` items in steps of 3; item_stats knows exactly those items."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for u in range(N_USERS):
-        length = int(rng.integers(6, 12))
-        start = int(rng.integers(0, n_items))
-        seq = [(start + 3 * i) % n_items + 1 for i in range(length)]
-        rows.append((f"u{u}", u + 1, seq, seq[:-2], seq[-2], seq[-1]))
-    wh.write(spark.createDataFrame(rows, S.USER_SEQUENCES_SCHEMA), S.USER_SEQUENCES)
-    items = [(f"i{i}", i, 5, "tail" if i % 3 else "head") for i in range(1, n_items + 1)]
-    wh.write(spark.createDataFrame(items, S.ITEM_STATS_SCHEMA), S.ITEM_STATS)
+    write_walks(spark, wh, np.random.default_rng(0), N_USERS, n_items, lengths=(6, 12))
 
 
 @pytest.fixture(scope="module")
 def grown_wh(spark, tmp_path_factory):
     """Text for all 130 items; sequences over the first 120. Yields (warehouse, the version trained on them)."""
     wh = Warehouse(spark, str(tmp_path_factory.mktemp("warm") / "warehouse"))
-    rng = np.random.default_rng(1)
-    llm = rng.normal(size=(ALL_ITEMS, LLM_DIM)).astype(np.float32)
-    centred = llm - llm.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    pca = (centred @ vt[:HIDDEN].T).astype(np.float32)
-    wh.write(spark.createDataFrame([(f"i{i + 1}", llm[i].tolist(), "m", "h") for i in range(ALL_ITEMS)],
-                                   S.ITEM_EMBEDDINGS_SCHEMA), S.ITEM_EMBEDDINGS)
-    wh.write(spark.createDataFrame([(f"i{i + 1}", pca[i].tolist(), "m") for i in range(ALL_ITEMS)],
-                                   S.ITEM_EMBEDDINGS_PCA_SCHEMA), S.ITEM_EMBEDDINGS_PCA)
-    save_pca(wh.root, PcaMap(llm.mean(axis=0), vt[:HIDDEN].astype(np.float32), 1.0, "m", wh.version(S.ITEM_EMBEDDINGS)))
+    write_text_tables(spark, wh, np.random.default_rng(1), ALL_ITEMS, HIDDEN, LLM_DIM)
     _write_sequences(spark, wh, OLD_ITEMS)
     lines: list[str] = []
     first = run_train(wh, "llmesr_sasrec", TINY, progress=lines.append)
