@@ -70,6 +70,7 @@ from longtail.inference import (
 from longtail.inference.baselines import BASELINES
 from longtail.inference.scorers import ModelLoader
 from longtail.inference.similar import item_to_item_hits, table_figures
+from longtail.inference.users import sample_users
 from longtail.models.histories import pad_histories
 from longtail.ranking.metrics import list_diversities, sample_negatives
 from longtail.ranking.report import USER_SEGMENTS, build_report, report_rows
@@ -395,12 +396,8 @@ def _evaluation_users(seqs: DataFrame, user_stats: DataFrame, catalogue: Catalog
     if n_users == 0:
         raise InputError(f"table {schemas.USER_SEQUENCES}: no user has a test item to evaluate")
     dataset = {"users": n_users, "items": int(catalogue.known.sum()), "interactions": int(summary["interactions"] or 0)}
-    if max_users is not None and n_users > max_users:
-        # A hash, not DataFrame.sample: the same users on every run and every engine.
-        buckets = 1 << 20
-        users = users.where(
-            F.pmod(F.xxhash64("user_idx", F.lit(seed)), F.lit(buckets)) < F.lit(-(-max_users * buckets // n_users))
-        )
+    if max_users is not None:
+        users = sample_users(users, max_users, n_users, seed)
     return users, dataset
 
 

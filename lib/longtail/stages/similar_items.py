@@ -58,6 +58,7 @@ from longtail.inference.similar import (
     source_views,
     table_figures,
 )
+from longtail.inference.users import sample_users
 from longtail.ranking.retrieval import CandidateIndex, choose_retrieval
 
 _ROWS_SCHEMA = T.StructType([
@@ -249,10 +250,7 @@ def _validation_pairs(wh: Warehouse, most: int) -> np.ndarray:
     pairs = seqs.select(
         "user_idx", F.element_at("train_item_idxs", -1).alias("query"), F.col("valid_item_idx").alias("next")
     ).where((F.size("train_item_idxs") > 0) & (F.col("next") > 0) & (F.col("query") > 0))
-    users = pairs.count()
-    if users > most:  # the same users on every run (a hash, not DataFrame.sample)
-        buckets = 1 << 20
-        pairs = pairs.where(F.pmod(F.xxhash64("user_idx", F.lit(42)), F.lit(buckets)) < F.lit(-(-most * buckets // users)))
+    pairs = sample_users(pairs, most, pairs.count(), seed=42)
     table = pairs.select("query", "next").toArrow()
     return np.stack([table.column("query").to_numpy(zero_copy_only=False),
                      table.column("next").to_numpy(zero_copy_only=False)], axis=1).astype(np.int64)

@@ -1,0 +1,20 @@
+"""Which users a job reads figures from: a seeded hash sample where there are more than a bound."""
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+#: Hash buckets of the sample (the fraction kept is rounded up to one of them).
+BUCKETS = 1 << 20
+
+
+def sample_users(users: DataFrame, most: int, total: int, seed: int) -> DataFrame:
+    """About ``most`` of the ``total`` rows of ``users`` (by their ``user_idx``), lazily.
+
+    A hash of ``user_idx`` and ``seed``, not ``DataFrame.sample``: the same users on every run and
+    every engine. All rows when ``total`` is at most ``most``.
+    """
+    if total <= most:
+        return users
+    keep = -(-most * BUCKETS // total)  # ceil: never fewer than asked for on average
+    return users.where(F.pmod(F.xxhash64("user_idx", F.lit(seed)), F.lit(BUCKETS)) < F.lit(keep))
