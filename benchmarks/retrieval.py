@@ -54,7 +54,7 @@ import time
 
 import numpy as np
 import torch
-from longtail.ranking.retrieval import CandidateIndex, build_index
+from longtail.ranking.retrieval import CandidateIndex, build_index, tune_index
 from longtail.ranking.topk import candidate_topk, chunked_topk
 
 MIB = 2**20
@@ -119,12 +119,19 @@ def vectors_main(args) -> dict:
     print(f"exact (chunked_topk over every item): {exact_ms:.3f} core-ms/user")
     faiss.omp_set_num_threads(os.cpu_count() or 1)  # the build runs on the driver's cores
     started = time.perf_counter()
-    index = build_index(items, bias=bias, nlist=args.nlist or 0, kind=args.index)  # automatic lists and kind
+    probes = args.nprobe or [16, 32, 64, 128, 256]
+    if "auto" in probes:  # tuned as score.ann_nprobe: auto, on other users than those measured
+        tune_users = synthetic(args.items, 2000 + len(users))[2][len(users):]
+        index = tune_index(items, tune_users, bias=bias, nlist=args.nlist or 0, kind=args.index, candidates=candidates,
+                           k=args.k)
+    else:
+        index = build_index(items, bias=bias, nlist=args.nlist or 0, kind=args.index)  # automatic lists and kind
     build_s = time.perf_counter() - started
-    print(f"{index.kind}, {index.nlist} lists: built in {build_s:.1f} s")
+    print(f"{index.describe()}: built in {build_s:.1f} s")
     faiss.omp_set_num_threads(1)
     sweep = []
-    for nprobe in args.nprobe or [16, 32, 64, 128, 256]:
+    for nprobe in probes:
+        nprobe = index.nprobe if nprobe == "auto" else nprobe
         probed = dataclasses.replace(index, nprobe=min(nprobe, max(index.nlist, 1)), _index=None)
         probed.search(users[:1], 1)  # deserialise outside the timing (once per worker in score)
         got, ms = timed(lambda p=probed: _ann(p, users, queries, served, candidates, args.k), len(users))
@@ -142,6 +149,7 @@ def vectors_main(args) -> dict:
         "peak_driver_mib": _rss_peak_mib(), "peak_worker_mib": None, "index_kind": index.kind,
         "nlist": index.nlist, "nprobe": first["nprobe"], "candidates": candidates, "shortlist": index.shortlist,
         "index_build_s": build_s, "index_mib": index.data.nbytes / MIB, "sweep": sweep,
+        "quantizer": index.quantizer, "tuning": index.tuning,
         "core_seconds": "CPU time of this process, one thread (torch and faiss)",
     }
 
@@ -326,7 +334,7 @@ def compare(wh, scratch: str, model: str, version: str | None, cfg, args, peaks)
         out["exact_peak_driver_mib"] = _peak(peaks, "exact", "python driver")
         peaks.stage = "ann"
         started = time.perf_counter()
-        index = _index_of(bundle, score_cfg.ann_nlist, max(args.nprobe), args.index)
+        index = _index_of(bundle, score_cfg, args, wh)
         build_s = time.perf_counter() - started
         sweep = [_ann_run(spark, users, staged, index, nprobe, args, score_cfg, exact, bundle.tail, scratch)
                  for nprobe in args.nprobe]
@@ -343,7 +351,7 @@ def compare(wh, scratch: str, model: str, version: str | None, cfg, args, peaks)
         peak_worker_mib=max([exact["peak_worker_mib"]] + [s["ann_peak_worker_mib"] for s in sweep]),
         exact_peak_worker_mib=exact["peak_worker_mib"], ann_peak_worker_mib=first["ann_peak_worker_mib"],
         index_kind=index.kind, nlist=index.nlist, nprobe=first["nprobe"], candidates=score_cfg.candidates,
-        shortlist=index.shortlist,
+        shortlist=index.shortlist, quantizer=index.quantizer, tuning=index.tuning,
         index_build_s=build_s, index_mib=index.data.nbytes / MIB, bundle_item_mib=bundle.items.nbytes / MIB,
         exact_wall_s=exact["wall_s"], ann_wall_s=first["ann_wall_s"], exact_load_core_s=exact["load_core_s"],
         ann_load_core_s=first["ann_load_core_s"], tasks=exact["tasks"],
@@ -354,21 +362,50 @@ def compare(wh, scratch: str, model: str, version: str | None, cfg, args, peaks)
     return out
 
 
-def _index_of(bundle, nlist: int, nprobe: int, kind: str) -> CandidateIndex:
-    """``make_index`` of the bundle as ``score`` builds it (``kind`` auto), or of a forced kind."""
-    from longtail.inference import make_index
+def _index_of(bundle, score_cfg, args, wh) -> CandidateIndex:
+    """``make_index`` of the bundle as ``score`` builds it (``--index auto``), or of a forced kind.
 
-    if kind == "auto":
-        return make_index(bundle, nlist, nprobe)
+    With ``auto`` among ``--nprobe`` the index is tuned as ``score.ann_nprobe: auto`` tunes it (the
+    same seeded ``score.ann_tune_users`` users' histories); the numeric entries then probe its lists."""
+    from longtail.inference import make_index, read_user_sequences
+    from longtail.inference.users import first_by_hash
+
+    numbers = [p for p in args.nprobe if p != "auto"]
+    if "auto" in args.nprobe:
+        rows = first_by_hash(read_user_sequences(wh), score_cfg.ann_tune_users, 0, ["item_idxs"])
+        histories = [list(r["item_idxs"]) for r in rows if r["item_idxs"]]
+        if args.index == "auto":
+            return make_index(bundle, score_cfg.ann_nlist, "auto", histories=histories,
+                              target_recall=score_cfg.ann_target_recall, candidates=score_cfg.candidates, k=args.k)
+        return _forced_tuned(bundle, score_cfg, args, histories)
+    if args.index == "auto":
+        return make_index(bundle, score_cfg.ann_nlist, max(numbers))
     allowed = np.ones(len(bundle.items), dtype=bool)
     allowed[bundle.excluded] = False  # as make_index: the items the scorer cannot rank stay out
-    return build_index(bundle.items, allowed=allowed, nlist=nlist, nprobe=nprobe, kind=kind)
+    return build_index(bundle.items, allowed=allowed, nlist=score_cfg.ann_nlist, nprobe=max(numbers), kind=args.index)
+
+
+def _forced_tuned(bundle, score_cfg, args, histories) -> CandidateIndex:
+    """``tune_index`` of a forced ``--index`` kind on the sampled users' vectors and histories."""
+    from longtail.models.histories import pad_histories
+    from longtail.ranking.retrieval import tune_index
+
+    allowed = np.ones(len(bundle.items), dtype=bool)
+    allowed[bundle.excluded] = False
+    padded = pad_histories(histories)
+    with torch.no_grad():
+        queries = torch.cat([bundle.scorer.user_vectors(padded[i : i + 256]).float() for i in range(0, len(padded), 256)])
+    return tune_index(bundle.items, queries.numpy(), seen=padded.numpy(), allowed=allowed, nlist=score_cfg.ann_nlist,
+                      kind=args.index, target_recall=score_cfg.ann_target_recall, candidates=score_cfg.candidates,
+                      k=args.k)
 
 
 def _ann_run(spark, users, staged, index, nprobe: int, args, score_cfg, exact: dict, tail, scratch) -> dict:
     """One ann job at ``nprobe`` against the exact lists."""
     from longtail.inference import stage
 
+    if nprobe == "auto":
+        nprobe = index.nprobe  # the tuned setting
     probed = dataclasses.replace(index, nprobe=min(nprobe, index.nlist) if index.nlist else 0, _index=None)
     handle = stage(scratch, probed)
     try:
@@ -458,6 +495,15 @@ def benchmark(args, say=print) -> dict:
     return result
 
 
+def _nprobe(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number of lists or auto") from None
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=200_000, help="synthetic catalogue: items")
@@ -472,7 +518,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--score-users", type=int, default=10_000, help="users scored by both methods (a sample)")
     parser.add_argument("--k", type=int, default=10, help="list length (recall and tail share at 10)")
     parser.add_argument("--nlist", type=int, help="score.ann_nlist (default: the config's, 0 = automatic)")
-    parser.add_argument("--nprobe", type=int, nargs="+", help="score.ann_nprobe, one ann run each")
+    parser.add_argument("--nprobe", type=_nprobe, nargs="+",
+                        help="score.ann_nprobe, one ann run each: a number, or auto (tuned as score tunes it)")
     parser.add_argument("--candidates", type=int, help="score.candidates")
     parser.add_argument("--workdir", help="parent of the scratch folder (default: the system's temp)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")

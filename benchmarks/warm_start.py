@@ -12,7 +12,7 @@ seed's first train has no earlier version to continue, as a schedule's first run
 1. the copy's ``interactions`` lose their last ``--holdout`` share (5%) by time; its id maps are
    dropped so that ``sequences`` numbers items as a catalogue of that day would;
 2. ``sequences`` on them, then ``train`` from scratch (``train.warm_start`` on, so the model saves
-   its Adam state as a scheduled first run would): the previous version;
+   its Adam state and its users' history fingerprints as a scheduled first run would): the previous version;
 3. every interaction back, ``sequences`` again (the id maps grow: new items get new idxs at the end);
 4. ``train`` with ``train.warm_start`` (from the version of step 2) and ``train`` from scratch, same
    seed, each on everything; both evaluated on the same test split (full protocol, as served).

@@ -72,13 +72,15 @@ def test_synthetic_mode_trains_a_model_and_ann_probing_every_list_serves_the_exa
 @pytest.mark.spark
 def test_warehouse_mode_reads_a_trained_model_and_writes_nothing_into_the_warehouse(demo_warehouse, capsys, tmp_path):
     wh, cfg, _, _ = demo_warehouse
-    bench.main(["--warehouse", wh.root, "--model", cfg.train.model, "--nlist", "4", "--nprobe", "4",
-                "--workdir", str(tmp_path)])
+    # auto, tuned as score tunes it (to recall 1 on the users' own lists), then every list probed.
+    bench.main(["--warehouse", wh.root, "--model", cfg.train.model, "--nlist", "4", "--nprobe", "auto", "4",
+                "--workdir", str(tmp_path), "--set", "score.ann_target_recall=1"])
     result = _result_line(capsys)
     assert RESULT_KEYS <= set(result) and result["mode"] == "warehouse" and result["warehouse_unchanged"] is True
     assert result["users"] == wh.read("user_sequences").count() and result["index_kind"] == "ivf"
+    assert result["tuning"]["recall_at_10"] == 1.0 and result["nprobe"] == result["tuning"]["nprobe"] <= 4
     assert result["recall_at_10"] == 1.0 and result["tail_share_ann"] == result["tail_share_exact"]
-    assert "sweep" not in result and not list(tmp_path.iterdir())
+    assert [s["recall_at_10"] for s in result["sweep"]] == [1.0, 1.0] and not list(tmp_path.iterdir())
 
 
 def test_vectors_mode_ends_with_the_result_line_and_every_list_probed_is_exact(capsys):
@@ -90,3 +92,12 @@ def test_vectors_mode_ends_with_the_result_line_and_every_list_probed_is_exact(c
     # Every list probed and every item a candidate: the exact re-score gives the exact lists.
     assert result["recall_at_10"] == 1.0 and [s["nprobe"] for s in result["sweep"]] == [8, 2]
     assert result["exact_core_s_per_user"] > 0 and result["ann_core_s_per_user"] > 0
+
+
+def test_vectors_mode_tunes_on_other_users_than_it_measures(capsys):
+    bench.main(["--vectors", "--items", "3000", "--score-users", "20", "--nlist", "8", "--nprobe", "auto",
+                "--index", "ivf"])
+    result = _result_line(capsys)
+    tuning = result["tuning"]
+    assert tuning["queries"] == 2000 and tuning["recall_at_10"] >= 0.98 and result["nprobe"] == tuning["nprobe"]
+    assert result["quantizer"] == tuning["quantizer"] and result["recall_at_10"] > 0.8

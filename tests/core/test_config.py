@@ -88,6 +88,12 @@ def test_retrieval_settings_load():
     s = load_config(None, keys).score
     assert (s.retrieval, s.candidates, s.ann_nlist, s.ann_nprobe) == ("ann", 300, 4096, 32)
     assert Config().score.retrieval == "auto"  # exact where cheap: small catalogues keep their lists
+    # ann_nprobe: auto (the default) measures the index on sampled users; a number fixes it.
+    assert (Config().score.ann_nprobe, Config().score.ann_target_recall, Config().score.ann_tune_users) == (
+        "auto", 0.98, 2000)
+    assert Config().similar_items.ann_nprobe == "auto"
+    with pytest.raises(ConfigError, match="score.ann_target_recall"):
+        load_config(None, ["score.ann_target_recall=1.5"])
 
 
 def test_score_device_loads_and_defaults_to_the_tasks_gpu_when_there_is_one():

@@ -83,3 +83,19 @@ def test_a_user_with_fewer_unseen_items_than_k_gets_the_exact_short_list():
     index = make_index(bundle)
     scores, items = bundle.top_k(histories, 3, item_chunk=64, seen=seen, index=index, candidates=5)
     assert sorted(items[0, :2].tolist()) == [7, 8] and items[0, 2] == 0 and torch.isneginf(scores[0, 2])
+
+
+@pytest.mark.parametrize("make", [lambda: MeanOfHistory(_items()), _exposure_adjusted], ids=["plain", "adjusted"])
+def test_auto_nprobe_tunes_on_the_sampled_users_and_serves_at_that_recall(make):
+    bundle = _bundle(make())
+    histories, _ = _users(seed=3, n_users=60)
+    sample = [list(h[h > 0].numpy()) for h in histories]
+    exact = make_index(bundle, nlist=8, nprobe="auto", histories=sample, target_recall=1.0, candidates=20)
+    assert exact.tuning["recall_at_10"] == 1.0 and exact.tuning["queries"] == 60
+    want = bundle.top_k(histories, 10, item_chunk=64)[1]
+    got = bundle.top_k(histories, 10, item_chunk=64, index=exact, candidates=20)[1]
+    np.testing.assert_array_equal(got.numpy(), want.numpy())  # the tuned setting serves the exact lists
+    loose = make_index(bundle, nlist=8, nprobe="auto", histories=sample, target_recall=0.5, candidates=20)
+    assert loose.nprobe <= exact.nprobe and loose.tuning["recall_at_10"] >= 0.5
+    fixed = make_index(bundle, nlist=8, nprobe="auto")  # no users to measure on: the fixed default
+    assert fixed.tuning is None and fixed.nprobe == 8

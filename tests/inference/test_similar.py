@@ -228,3 +228,19 @@ def test_without_a_semantic_source_or_pairs_there_is_nothing_to_choose():
     both = source_views(["blend"], (collab, has), (text, has), np.zeros(len(has), dtype=bool))
     assert choose_blend(both, pairs[:0], np.zeros(len(has), dtype=bool)) is None
 
+
+
+def test_auto_nprobe_tunes_each_view_on_its_own_items_lists():
+    pytest.importorskip("faiss", reason="faiss (the ann extra) is not installed")
+    rng = np.random.default_rng(8)
+    n = 500
+    collab = (rng.normal(size=(n, 6)).astype(np.float32), np.r_[False, np.ones(n - 1, dtype=bool)])
+    semantic = (rng.normal(size=(n, 5)).astype(np.float32), np.r_[False, np.ones(n - 1, dtype=bool)])
+    for view in build_views(["collaborative", "semantic", "blend"], collab, semantic, np.zeros(n, dtype=bool)):
+        index = make_index(view, nlist=8, nprobe="auto", tune_items=1000, target_recall=1.0, candidates=12)
+        assert index.kind == "ivf" and index.tuning["queries"] == n - 1 and index.tuning["recall_at_10"] == 1.0
+        exact, _ = _lists(view, k=10)
+        ann, _ = _lists(view, k=10, index=index)
+        assert ann == exact, view.source  # measured on every item's own list: exact on all of them
+        sample = make_index(view, nlist=8, nprobe="auto", tune_items=200, target_recall=0.9, candidates=12)
+        assert sample.tuning["queries"] == 200 and sample.tuning["recall_at_10"] >= 0.9

@@ -17,6 +17,7 @@ from longtail.ranking.retrieval import (
     choose_retrieval,
     list_count,
     seen_counts,
+    tune_index,
     with_norm_column,
 )
 from longtail.ranking.topk import candidate_topk
@@ -92,7 +93,7 @@ def test_quantised_index_returns_its_shortlist_and_auto_quantises_large_catalogu
     users, items = _data(n_items=2000)
     index = build_index(items, nlist=8, nprobe=2, kind="ivf_pq", shortlist=50)
     assert index.search(users, 10).shape == (30, 50) and index.search(users, 80).shape == (30, 80)
-    assert index.describe() == "ivf_pq 8 lists, nprobe 2, at least 50 candidates, 1999 items"
+    assert index.describe() == "ivf_pq 8 lists (norm), nprobe 2, at least 50 candidates, 1999 items"
     some = index.search(users, 50)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(some, _brute(users, items, 10))])
     assert recall > 0.5  # two of eight lists, codes of 4 bits: close, not exact
@@ -157,3 +158,73 @@ def test_candidate_count_leaves_pool_unseen_items_and_seen_counts_distinct_items
     seen = np.array([[0, 0, 3, 3, 5], [1, 2, 3, 4, 5], [0, 0, 0, 0, 0]])
     assert seen_counts(seen).tolist() == [2, 5, 0]
     assert seen_counts(np.zeros((2, 0), dtype=np.int64)).tolist() == [0, 0]
+
+
+# --------------------------------------------------------------------------- ann_nprobe: auto (tune_index)
+
+
+def _clustered(n_items=1200, n_users=200, dim=8, topics=12, seed=3):
+    """Items around a few topic directions with unequal norms, users leaning to one topic each."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(topics, dim))
+    items = centres[rng.integers(topics, size=n_items)] + 0.3 * rng.normal(size=(n_items, dim))
+    items *= rng.lognormal(sigma=0.4, size=(n_items, 1))
+    users = centres[rng.integers(topics, size=n_users)] + 0.3 * rng.normal(size=(n_users, dim))
+    return users.astype(np.float32), items.astype(np.float32)
+
+
+@pytest.mark.parametrize("quantizer", ["norm", "spherical"])
+def test_both_quantizers_are_exact_when_every_list_is_scanned(quantizer):
+    users, items = _clustered()
+    bias = np.random.default_rng(4).normal(size=len(items)).astype(np.float32)
+    index = build_index(items, bias=bias, nlist=16, nprobe=16, kind="ivf", quantizer=quantizer)
+    assert index.quantizer == quantizer and (index.width == 10) == (quantizer == "norm")
+    np.testing.assert_array_equal(index.search(users, 10), _brute(users, items, 10, bias=bias))
+    with pytest.raises(ValueError, match="not one of norm, spherical"):
+        build_index(items, nlist=16, quantizer="kmeans")
+
+
+def test_tuning_reaches_the_target_on_the_served_lists_with_the_fewest_vectors_scanned():
+    users, items = _clustered()
+    seen = np.random.default_rng(5).integers(1, len(items), size=(len(users), 3))
+    index = tune_index(items, users, seen=seen, nlist=32, kind="ivf", target_recall=0.9)
+    t = index.tuning
+    assert (t["target"], t["queries"], t["quantizer"], t["nprobe"]) == (0.9, 200, index.quantizer, index.nprobe)
+    assert t["recall_at_10"] >= 0.9 and 1 <= index.nprobe < 32  # clustered data: not every list
+    reached = [r for r in t["tried"] if r["recall_at_10"] >= 0.9]
+    assert t["scanned"] == min(r["scanned"] for r in reached) < 1.0
+    assert "tuned: recall@10 0." in index.describe() and "on 200 sampled queries (target 0.9)" in index.describe()
+    # What it measured is what it serves: the same queries' lists, seen items left out, at that recall.
+    mask = torch.zeros((len(users), len(items)), dtype=torch.bool).scatter_(1, torch.from_numpy(seen), True)
+    exact = _brute(users, items, 10 + 3)
+    want = [[i for i in row if not mask[u, i]][:10] for u, row in enumerate(exact)]
+    found = torch.from_numpy(index.search(users, 13))
+    got = candidate_topk(torch.from_numpy(users), torch.from_numpy(items), found, 10,
+                         seen=torch.from_numpy(seen))[1].numpy()
+    recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want)])
+    assert recall == pytest.approx(t["recall_at_10"])
+
+
+def test_tuning_to_recall_one_serves_the_exact_lists_and_small_catalogues_stay_flat():
+    users, items = _clustered()
+    index = tune_index(items, users, nlist=16, kind="ivf", target_recall=1.0)
+    assert index.tuning["recall_at_10"] == 1.0
+    np.testing.assert_array_equal(index.search(users, 10)[:, :10], _brute(users, items, 10))
+    norm = [r for r in index.tuning["tried"] if r["quantizer"] == "norm"]
+    assert [r["nprobe"] for r in norm][:3] == [1, 2, 4]  # doubling, then a bisection below the first hit
+    reached = min(r["nprobe"] for r in norm if r["recall_at_10"] == 1.0)
+    missed = max(r["nprobe"] for r in norm if r["recall_at_10"] < 1.0)
+    assert missed < reached <= 16 and reached - missed <= max(1, reached // 8)
+    flat = tune_index(items[:50], users)  # too few items for lists: exact, nothing to tune
+    assert flat.kind == "flat" and flat.tuning is None
+    with pytest.raises(ValueError, match="no query"):
+        tune_index(items, users[:0], nlist=16)
+
+
+def test_the_second_quantizer_is_built_only_when_the_first_needs_many_lists(monkeypatch):
+    users, items = _clustered()
+    easy = tune_index(items, users, nlist=32, kind="ivf", target_recall=0.5)
+    assert {r["quantizer"] for r in easy.tuning["tried"]} == {"norm"}  # reached within DEFAULT_NPROBE lists
+    monkeypatch.setattr(retrieval, "DEFAULT_NPROBE", 1)
+    both = tune_index(items, users, nlist=32, kind="ivf", target_recall=0.99)
+    assert {r["quantizer"] for r in both.tuning["tried"]} == {"norm", "spherical"}

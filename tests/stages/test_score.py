@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -399,6 +400,7 @@ def _table(wh, run_date):
     [
         pytest.param(0, 64, None, id="flat"),
         pytest.param(2, 2, None, id="ivf-every-list", marks=pytest.mark.slow),
+        pytest.param(2, "auto", None, id="ivf-tuned-to-recall-1"),
         pytest.param(0, 64, HybridConfig(content_weight=0.5, mmr_lambda=0.5, mmr_candidates=4), id="flat-hybrid-mmr",
                      marks=pytest.mark.slow),
     ],
@@ -411,11 +413,17 @@ def test_ann_with_an_exact_index_writes_the_exact_table(wh, tmp_path, nlist, npr
     loader = loader_for(hub_fake=_hub_model(tmp_path))
     hybrid = hybrid or HybridConfig()
     exact = run_score(wh, "hub_fake", ScoreConfig(hybrid=hybrid), run_date=D1, top_k=2, model_loader=loader)
-    ann_cfg = ScoreConfig(hybrid=hybrid, retrieval="ann", ann_nlist=nlist, ann_nprobe=nprobe, candidates=3)
+    # auto: measured on the users' own lists (all of them here: fewer than ann_tune_users), to recall 1.
+    ann_cfg = ScoreConfig(hybrid=hybrid, retrieval="ann", ann_nlist=nlist, ann_nprobe=nprobe, candidates=3,
+                          ann_target_recall=1.0)
     ann = run_score(wh, "hub_fake", ann_cfg, run_date=D2, top_k=2, model_loader=loader)
     assert exact.retrieval == "exact"  # auto on 14 rankable items (12 known, 2 placed from text)
-    kind = "flat, 14 items" if nlist == 0 else "ivf 2 lists, nprobe 2, 14 items"
-    assert ann.retrieval == f"ann ({kind}, 3 candidates)"
+    kind = "flat, 14 items" if nlist == 0 else "ivf 2 lists (norm), nprobe 2, 14 items"
+    if nprobe == "auto":
+        assert re.fullmatch(r"ann \(ivf 2 lists \((norm|spherical)\), nprobe [12], 14 items, tuned: recall@10 "
+                            r"1\.000 on \d+ sampled queries \(target 1\), 3 candidates\)", ann.retrieval), ann.retrieval
+    else:
+        assert ann.retrieval == f"ann ({kind}, 3 candidates)"
     want, got = _table(wh, D1), _table(wh, D2)
     pd.testing.assert_frame_equal(got.drop(columns="score"), want.drop(columns="score"))
     np.testing.assert_allclose(got["score"], want["score"], rtol=1e-6)

@@ -11,10 +11,13 @@ import pytest
 from longtail.cli import main
 from longtail.core import schemas as S
 from longtail.core.config import TrainConfig
+from longtail.core.errors import ConfigError
 from longtail.core.tables import Warehouse
 from longtail.inference.store import OPTIMIZER_FILE, load_model
 from longtail.stages.train import run_train
-from longtail.stages.train.warm_start import architecture_differences
+from longtail.stages.train.data import EpochRows
+from longtail.stages.train.prepare import FINGERPRINTS, _with_changes
+from longtail.stages.train.warm_start import architecture_differences, find_previous
 from tiny_walks import write_text_tables, write_walks
 
 OLD_ITEMS, ALL_ITEMS = 120, 130
@@ -62,8 +65,11 @@ def test_warm_start_resumes_with_new_items_through_the_cli(grown_wh, capsys):
     assert f"warm start from version {first.version}" in capsys.readouterr().out
     model = load_model(wh, "llmesr_sasrec")
     metrics = json.loads(Path(model.path, "metrics.json").read_text())
-    assert metrics["warm_start"] == {"from_version": first.version, "carried_items": OLD_ITEMS,
-                                     "new_items": ALL_ITEMS - OLD_ITEMS, "dropped_items": 0, "optimizer": True}
+    info = metrics["warm_start"]
+    assert {k: info[k] for k in ("from_version", "carried_items", "new_items", "dropped_items", "optimizer")} == {
+        "from_version": first.version, "carried_items": OLD_ITEMS, "new_items": ALL_ITEMS - OLD_ITEMS,
+        "dropped_items": 0, "optimizer": True}
+    assert info["train_users"] == N_USERS and 0 < info["changed_users"] <= N_USERS and info["replay"] == 0.2
     # New items have rows of their own, after the old ones, ids kept.
     assert model.item_ids[1:] == [f"i{i}" for i in range(1, ALL_ITEMS + 1)]
     assert model.item_vectors().shape[0] == ALL_ITEMS + 1
@@ -85,6 +91,62 @@ def test_another_architecture_is_refused_with_one_line(grown_wh, capsys):
     assert "another architecture" in err[0] and "train.layers 1 there, 2 here" in err[0]
     assert "train.heads 1 there, 2 here" in err[0]
     assert wh.read(S.MODELS).count() == before
+
+
+@pytest.mark.spark
+def test_a_named_version_is_continued_instead_of_the_newest(grown_wh):
+    wh, first = grown_wh
+    newer = run_train(wh, "llmesr_sasrec", dataclasses.replace(TINY, epochs=1))
+    assert newer.warm_start_from is not None and newer.version != first.version
+    pinned = run_train(wh, "llmesr_sasrec", dataclasses.replace(TINY, epochs=1, warm_start_version=first.version))
+    assert pinned.warm_start_from == first.version  # not the newest (newer's)
+    with pytest.raises(ConfigError, match="train.warm_start_version: model llmesr_sasrec has no version 'nope'"):
+        find_previous(wh, "llmesr_sasrec", dict(dataclasses.asdict(TINY), warm_start_version="nope"))
+
+
+def test_epochs_of_a_warm_start_train_the_changed_rows_and_a_fresh_share_of_the_others():
+    changed = np.zeros(100, dtype=bool)
+    changed[[3, 50, 97]] = True
+    rows = EpochRows(changed, replay=0.1, cloze=False)
+    assert rows.subset and rows.count == 3 + 10
+    first, second = rows.ids(np.random.default_rng(1)), rows.ids(np.random.default_rng(2))
+    for ids in (first, second):
+        assert len(ids) == 13 == len(set(ids)) and {3, 50, 97} <= set(ids)
+    assert set(first) != set(second)  # another replayed sample each epoch
+    cloze = EpochRows(changed, replay=0.1, cloze=True).ids(np.random.default_rng(1))
+    assert len(cloze) == 26 and {3, 103, 50, 150} <= set(cloze)  # each row once masked, once at its end
+    # replay 1, or nothing unchanged: every row, the plain shuffle of a from-scratch epoch.
+    assert sorted(EpochRows(changed, 1.0, False).ids(np.random.default_rng(1))) == list(range(100))
+    everything = EpochRows(np.ones(5, dtype=bool), 0.0, False)
+    assert not everything.subset and np.array_equal(everything.ids(np.random.default_rng(4)),
+                                                    np.random.default_rng(4).permutation(5))
+    assert EpochRows(changed, 0.0, False).count == 3 + 1  # at least one replayed row: no epoch is empty
+
+
+@pytest.mark.spark
+def test_users_whose_history_changed_are_marked_against_the_previous_fingerprints(spark, tmp_path):
+    wh = Warehouse(spark, str(tmp_path / "wh"))
+    users = spark.createDataFrame([(1, 11), (2, 22), (3, 33)], "user_idx int, fingerprint long")
+    before = str(tmp_path / "before")
+    spark.createDataFrame([(1, 11), (2, 99), (4, 44)], "user_idx int, fingerprint long").write.parquet(before)
+    marked = {r.user_idx: r.changed for r in _with_changes(wh, users, before).collect()}
+    assert marked == {1: False, 2: True, 3: True}  # same history / another history / a new user
+    assert {r.changed for r in _with_changes(wh, users, None).collect()} == {True}
+
+
+@pytest.mark.spark
+def test_a_warm_start_counts_the_changed_users_and_keeps_fingerprints_for_the_next(grown_wh):
+    wh, first = grown_wh
+    assert os.path.isdir(os.path.join(first.path, FINGERPRINTS))  # saved by the first (warm_start on) run
+    result = run_train(wh, "llmesr_sasrec", dataclasses.replace(TINY, epochs=1, warm_start_version=first.version,
+                                                                warm_start_replay=0.25))
+    info = json.loads(Path(result.path, "metrics.json").read_text())["warm_start"]
+    # The walks were rewritten over 130 items: most histories changed, not necessarily all.
+    assert 0 < info["changed_users"] <= info["train_users"] and info["replay"] == 0.25
+    seen = json.loads(Path(result.path, "metrics.json").read_text())["sequences_per_epoch"]
+    unchanged = info["train_users"] - info["changed_users"]
+    assert seen == info["changed_users"] + (max(1, round(0.25 * unchanged)) if unchanged else 0)
+    assert os.path.isdir(os.path.join(result.path, FINGERPRINTS))
 
 
 def test_architecture_keys_per_model():

@@ -365,6 +365,14 @@ class TrainConfig:
     #: Patience of a run that did start from a previous version: it begins next to that version's
     #: best, so fewer validations without improvement are enough to stop (None: ``patience``).
     warm_start_patience: Positive | None = 2
+    #: A warm start's epochs train on every user whose training history changed since the version it
+    #: continues (new users included; the version keeps a fingerprint per user) and on this share of
+    #: the others, a new seeded sample each epoch, so that they are not forgotten (1: every user, as a
+    #: from-scratch epoch). Versions saved before the fingerprints count every user as changed.
+    warm_start_replay: Share = 0.2
+    #: The version a warm start continues: None (the newest registered version of the model), or a
+    #: ``model_version`` of the ``models`` table, e.g. the one before a nightly run that went wrong.
+    warm_start_version: NonEmpty | None = None
 
 
 @section
@@ -429,8 +437,17 @@ class ScoreConfig:
     #: that leaves fewer than 39 items per list.
     ann_nlist: NonNegative = 0
     #: Lists scanned per user (more: closer to exact and slower; ``ann_nlist`` or more scans every
-    #: item). 64 of 4 sqrt(N): recall@10 0.96 against exact at 1M synthetic items (docs/scaling.md).
-    ann_nprobe: Positive = 64
+    #: item). ``auto``: measured when the index is built, on ``ann_tune_users`` sampled users (their
+    #: exact lists against the index's, on the driver): the form of the lists (norm column or
+    #: spherical k-means) and the fewest lists that reach ``ann_target_recall``; the run summary
+    #: names the choice and its recall. Neither form nor a fixed count suits every model: at nprobe
+    #: 64 the norm column gave recall@10 0.97 at 1M synthetic items and 0.89 on Beauty's trained
+    #: model, where the spherical lists gave 0.95 (docs/scaling.md). A number skips the measurement.
+    ann_nprobe: Literal["auto"] | Positive = "auto"
+    #: Recall@10 of the served lists against exact ones that ``ann_nprobe: auto`` aims at.
+    ann_target_recall: Probability = 0.98
+    #: Users whose lists ``ann_nprobe: auto`` measures (a seeded hash sample; all when fewer).
+    ann_tune_users: Positive = 2000
     #: Where each scoring task runs its matrix products and top-K merges. ``auto``: the GPU Spark
     #: assigned the task (``spark.task.resource.gpu.amount`` on GPU executors) when CUDA works
     #: there, else the CPU; ``cpu``: always the CPU; ``cuda``: the task's GPU, and an error when
@@ -493,7 +510,10 @@ class SimilarItemsConfig:
     retrieval: Literal["auto", "exact", "ann"] = "auto"
     candidates: Positive = 100
     ann_nlist: NonNegative = 0
-    ann_nprobe: Positive = 64
+    #: As ``score.ann_nprobe``; ``auto`` measures on ``ann_tune_items`` sampled items' own lists.
+    ann_nprobe: Literal["auto"] | Positive = "auto"
+    ann_target_recall: Probability = 0.98
+    ann_tune_items: Positive = 2000
 
 
 @section

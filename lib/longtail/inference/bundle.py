@@ -37,8 +37,22 @@ from longtail.core.errors import EnvironmentProblem, InputError
 from longtail.inference.catalogue import Catalogue
 from longtail.inference.scorers import Scorer
 from longtail.ranking.metrics import target_ranks
-from longtail.ranking.retrieval import CandidateIndex, build_index, candidate_count, seen_counts
-from longtail.ranking.topk import candidate_scores, candidate_topk, chunked_topk, full_ranks, mmr_rerank
+from longtail.ranking.retrieval import (
+    DEFAULT_NPROBE,
+    DEFAULT_TARGET_RECALL,
+    CandidateIndex,
+    build_index,
+    candidate_count,
+    seen_counts,
+    tune_index,
+)
+from longtail.ranking.topk import (
+    candidate_scores,
+    candidate_topk,
+    chunked_topk,
+    full_ranks,
+    mmr_rerank,
+)
 
 #: Users per MMR re-rank step (memory: MMR_ROWS x candidates x embedding dimension floats).
 MMR_ROWS = 256
@@ -229,7 +243,10 @@ def make_bundle(
     )
 
 
-def make_index(bundle: ScoringBundle, nlist: int = 0, nprobe: int = 64) -> CandidateIndex:
+def make_index(
+    bundle: ScoringBundle, nlist: int = 0, nprobe: int | str = 64, *, histories: list | None = None,
+    target_recall: float = DEFAULT_TARGET_RECALL, candidates: int = 100, k: int = 10,
+) -> CandidateIndex:
     """The candidate index of a bundle (``score.retrieval: ann``), built once on the driver.
 
     It holds the served item matrix itself (``bundle.items``), minus row 0 and the items the
@@ -241,15 +258,30 @@ def make_index(bundle: ScoringBundle, nlist: int = 0, nprobe: int = 64) -> Candi
     item alike), so candidates come from the blend, not from the model alone.
 
     Args:
-        nlist, nprobe: ``score.ann_nlist`` (0: automatic) and ``score.ann_nprobe``
-            (:func:`~longtail.ranking.retrieval.build_index`).
+        nlist: ``score.ann_nlist`` (0: automatic).
+        nprobe: ``score.ann_nprobe``: a number, or ``auto``: the lists' form and the fewest lists
+            that reach ``target_recall`` on the users of ``histories``
+            (:func:`~longtail.ranking.retrieval.tune_index`; their vectors from the bundle's scorer,
+            their histories as the items they have seen).
+        histories: item idxs per sampled user, oldest first (``auto`` only; None: the default 64).
+        candidates, k: ``score.candidates`` and the list length, as served.
 
     Raises:
         EnvironmentProblem: faiss is not installed.
     """
     allowed = np.ones(len(bundle.items), dtype=bool)
     allowed[bundle.excluded] = False
-    return build_index(bundle.items, allowed=allowed, nlist=nlist, nprobe=nprobe)
+    if nprobe != "auto" or not histories:
+        return build_index(bundle.items, allowed=allowed, nlist=nlist,
+                           nprobe=DEFAULT_NPROBE if nprobe == "auto" else int(nprobe))
+    from longtail.models.histories import pad_histories
+
+    padded = pad_histories(histories)
+    with torch.no_grad():
+        queries = torch.cat([bundle.scorer.user_vectors(padded[i : i + 256]).to(torch.float32)
+                             for i in range(0, len(padded), 256)])
+    return tune_index(bundle.items, queries.numpy(), seen=padded.numpy(), allowed=allowed, nlist=nlist,
+                      target_recall=target_recall, candidates=candidates, k=k)
 
 
 @dataclass(frozen=True)

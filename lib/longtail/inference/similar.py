@@ -28,7 +28,6 @@ choice of ``score.retrieval``) the exact top K among its candidates.
 """
 from __future__ import annotations
 
-
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -36,7 +35,14 @@ import numpy as np
 import torch
 
 from longtail.core.errors import InputError
-from longtail.ranking.retrieval import CandidateIndex, build_index, candidate_count
+from longtail.ranking.retrieval import (
+    DEFAULT_NPROBE,
+    DEFAULT_TARGET_RECALL,
+    CandidateIndex,
+    build_index,
+    candidate_count,
+    tune_index,
+)
 from longtail.ranking.topk import (
     NEG_INF,
     candidate_topk,
@@ -121,14 +127,31 @@ class SimilarityView:
         return scores.numpy().astype(np.float32), found.numpy()
 
 
-def make_index(view: SimilarityView, nlist: int = 0, nprobe: int = 64) -> CandidateIndex:
+def make_index(view: SimilarityView, nlist: int = 0, nprobe: int | str = 64, *, tune_items: int = 2000,
+               target_recall: float = DEFAULT_TARGET_RECALL, candidates: int = 100, k: int = 10,
+               seed: int = 0) -> CandidateIndex:
     """The candidate index of a view: its allowed items, the hubness column as the per-item bias.
+
+    ``nprobe`` ``auto``: the lists' form and the fewest lists reaching ``target_recall`` on the
+    lists of ``tune_items`` items (a seeded sample of those with a vector; each query's own item
+    excluded, as in the table), :func:`~longtail.ranking.retrieval.tune_index`.
 
     Raises:
         EnvironmentProblem: faiss is not installed.
     """
     bias = view.penalty * view.items[:, -1]  # the index's queries get a 1 there, ours the penalty
-    return build_index(view.items[:, :-1], allowed=view.allowed, bias=bias, nlist=nlist, nprobe=nprobe)
+    items = view.items[:, :-1]
+    if nprobe != "auto":
+        return build_index(items, allowed=view.allowed, bias=bias, nlist=nlist, nprobe=int(nprobe))
+    rows = np.flatnonzero(view.rows)
+    rows = rows[rows > 0]
+    if len(rows) > tune_items:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, tune_items, replace=False))
+    if not len(rows):
+        return build_index(items, allowed=view.allowed, bias=bias, nlist=nlist, nprobe=DEFAULT_NPROBE)
+    queries = view.query_vectors(rows).numpy()[:, :-1]  # the index appends the bias column's 1
+    return tune_index(items, queries, seen=rows[:, None], allowed=view.allowed, bias=bias, nlist=nlist,
+                      target_recall=target_recall, candidates=candidates, k=k)
 
 
 def build_views(

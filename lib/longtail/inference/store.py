@@ -198,8 +198,9 @@ def _latest(rows):
     return max(rows, key=lambda r: (r["model_version"], r["trained_at"]))
 
 
-def latest_version(wh, name: str) -> tuple[str, str] | None:
-    """``(model_version, path)`` of the newest registered version of ``name``; None when there is none."""
+def latest_version(wh, name: str, version: str | None = None) -> tuple[str, str] | None:
+    """``(model_version, path)`` of the newest registered version of ``name`` (or of ``version``
+    when given); None when there is none (no such version)."""
     from pyspark.sql import functions as F
 
     from longtail.core.schemas import MODELS
@@ -207,6 +208,8 @@ def latest_version(wh, name: str) -> tuple[str, str] | None:
     if not wh.exists(MODELS):
         return None
     rows = wh.read(MODELS).filter(F.col("model") == name).select("model_version", "path", "trained_at").collect()
+    if version is not None:
+        rows = [r for r in rows if r["model_version"] == version]
     if not rows:
         return None
     row = _latest(rows)

@@ -18,3 +18,14 @@ def sample_users(users: DataFrame, most: int, total: int, seed: int) -> DataFram
         return users
     keep = -(-most * BUCKETS // total)  # ceil: never fewer than asked for on average
     return users.where(F.pmod(F.xxhash64("user_idx", F.lit(seed)), F.lit(BUCKETS)) < F.lit(keep))
+
+
+def first_by_hash(users: DataFrame, n: int, seed: int, columns: list[str]) -> list[dict]:
+    """``columns`` of ``n`` rows of ``users`` chosen by a seeded hash of ``user_idx``, on the driver.
+
+    Exactly ``n`` rows (all when fewer), the same on every run and engine, without counting the
+    table first: each partition keeps its ``n`` lowest hashes and the driver merges them (Spark's
+    top-N), so the driver holds ``n`` rows whatever the number of users.
+    """
+    ordered = users.orderBy(F.xxhash64("user_idx", F.lit(seed)), "user_idx").limit(int(n))
+    return [row.asDict() for row in ordered.select(*columns).collect()]

@@ -79,9 +79,13 @@ from longtail.inference import (
 from longtail.inference.availability import Availability, read_availability
 from longtail.inference.bundle import check_device
 from longtail.inference.scorers import ModelLoader
+from longtail.inference.users import first_by_hash
 from longtail.models.histories import pad_histories
 from longtail.ranking.metrics import list_diversities
 from longtail.ranking.retrieval import CandidateIndex, choose_retrieval
+
+#: Seed of the users ``score.ann_nprobe: auto`` measures the index on (fixed: the same users every night).
+TUNE_SEED = 0
 
 
 @dataclass
@@ -313,6 +317,17 @@ def _idxs_by_id(item_ids: list[str]) -> dict[str, np.ndarray]:
     return {item_id: np.asarray(v, dtype=np.int64) for item_id, v in idxs.items()}
 
 
+def _candidate_index(bundle: ScoringBundle, seqs: DataFrame, cfg: ScoreConfig, k: int) -> CandidateIndex:
+    """The ann index of ``bundle``; with ``ann_nprobe: auto``, tuned on ``ann_tune_users`` users'
+    histories (a seeded hash sample, collected to the driver: their vectors and exact lists)."""
+    histories = None
+    if cfg.ann_nprobe == "auto":
+        rows = first_by_hash(seqs, cfg.ann_tune_users, TUNE_SEED, ["item_idxs"])
+        histories = [list(r["item_idxs"] or []) for r in rows if r["item_idxs"]]
+    return make_index(bundle, cfg.ann_nlist, cfg.ann_nprobe, histories=histories,
+                      target_recall=cfg.ann_target_recall, candidates=cfg.candidates, k=k)
+
+
 def _scoring_input(wh: Warehouse, seqs: DataFrame) -> tuple[DataFrame, bool]:
     """Every user to list, once: ``(user_id, item_idxs, modelled, seen)``, and whether any
     user can lack a usable history (``users`` or ``interactions`` exists).
@@ -409,7 +424,7 @@ def run_score(
     # The index is built once, here, before anything is staged (a missing faiss leaves no side file).
     ann = None
     if choose_retrieval(cfg.retrieval, rankable) == "ann":
-        ann = make_index(bundle, cfg.ann_nlist, cfg.ann_nprobe)
+        ann = _candidate_index(bundle, seqs, cfg, k)
     token, staged = stage_bundles(wh, [bundle])
     shipped = [staged]
     index = None

@@ -170,8 +170,9 @@ def run_similar_items(
     views = [blend_view(singles, weights) if s == "blend" else singles[s] for s in cfg.sources]
     check_list_length(views, k)
     indexes = [
-        make_index(v, cfg.ann_nlist, cfg.ann_nprobe) if choose_retrieval(cfg.retrieval, int(v.allowed.sum())) == "ann"
-        else None
+        make_index(v, cfg.ann_nlist, cfg.ann_nprobe, tune_items=cfg.ann_tune_items,
+                   target_recall=cfg.ann_target_recall, candidates=cfg.candidates, k=k)
+        if choose_retrieval(cfg.retrieval, int(v.allowed.sum())) == "ann" else None
         for v in views
     ]
     plan = _Plan(views, indexes, list(catalogue.item_ids), catalogue.tail.copy(), k, cfg.item_batch, cfg.item_chunk,

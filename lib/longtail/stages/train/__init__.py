@@ -31,7 +31,7 @@ from longtail.stages.train.launch import (
     threads_per_process,
 )
 from longtail.stages.train.prepare import prepare_training_data
-from longtail.stages.train.warm_start import find_previous
+from longtail.stages.train.warm_start import find_previous, keep_fingerprints, previous_fingerprints
 from longtail.stages.train.warm_start import stage as stage_warm_start
 
 #: Training shards per process; files are always a multiple of the number of processes.
@@ -117,8 +117,9 @@ def run_train(
     run_dir = f"{root}/_train/{version}"
     model_dir = f"{root}/_models/{model_name}/{version}"
     try:
-        prepared = prepare_training_data(wh, model_name, cfg, run_dir, world * SHARDS_PER_PROCESS, world)
-        warm = stage_warm_start(previous, run_dir, prepared, progress) if previous is not None else None
+        prepared = prepare_training_data(wh, model_name, cfg, run_dir, world * SHARDS_PER_PROCESS, world,
+                                         previous_fingerprints=previous_fingerprints(previous))
+        warm = stage_warm_start(previous, run_dir, prepared, cfg, progress) if previous is not None else None
         params = {
             "model": model_name, "version": version, "run_dir": run_dir, "model_dir": model_dir,
             "hp": dataclasses.asdict(cfg), "world": world, "valid_negatives": valid_negatives,
@@ -130,6 +131,8 @@ def run_train(
         if path != model_dir:  # pragma: no cover - a broken worker
             raise RuntimeError(f"training returned {path!r}, expected {model_dir!r}")
         metrics = json.loads(read_bytes(f"{model_dir}/metrics.json"))
+        if cfg.warm_start:  # before the version is registered: a registered version is complete
+            keep_fingerprints(wh, run_dir, model_dir)
         _register(wh, model_name, version, model_dir, metrics)
     finally:
         remove_tree(run_dir)

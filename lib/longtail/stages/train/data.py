@@ -149,18 +149,23 @@ def bucketed_order(
 class RankData:
     """This process's training rows, read from its own shards only (every world-th shard)."""
 
-    def __init__(self, train, neighbors: np.ndarray | None, lookup: UserTable | None) -> None:
+    def __init__(self, train, neighbors: np.ndarray | None, lookup: UserTable | None,
+                 changed: np.ndarray | None = None) -> None:
         self.values, self.offsets = train
         self.n = len(self.offsets) - 1
         self.neighbors = neighbors  # [n, K] rows of `lookup`, -1 = none
         self.lookup = lookup
+        #: [n] bool: the row's history changed since the version a warm start continues (all True
+        #: without one).
+        self.changed = np.ones(self.n, dtype=bool) if changed is None else np.asarray(changed, dtype=bool)
 
     @classmethod
     def load(cls, shards_dir: str, rank: int, world: int, n_shards: int, lookup: UserTable | None) -> "RankData":
         """Rank ``rank``'s rows; with ``lookup``, their similar users as rows of that table."""
-        seqs, neighbors = _read_shards(shards_dir, range(rank, n_shards, world), with_neighbors=lookup is not None)
+        seqs, neighbors, changed = _read_shards(shards_dir, range(rank, n_shards, world),
+                                                with_neighbors=lookup is not None)
         train = ragged_from_lists(seqs)
-        return cls(train, _neighbor_rows(neighbors, lookup) if lookup is not None else None, lookup)
+        return cls(train, _neighbor_rows(neighbors, lookup) if lookup is not None else None, lookup, changed)
 
     def lengths(self, ids: np.ndarray) -> np.ndarray:
         """Training-row lengths of batch ids (``ids % n``: cloze's second copy of each row)."""
@@ -220,24 +225,66 @@ class RankData:
         return teacher, index
 
 
-def _read_shards(shards_dir: str, shards, with_neighbors: bool) -> tuple[list[np.ndarray], list[list[int]]]:
-    """Training sequences (and similar users' user_idx) of the given shards, streamed with pyarrow."""
+class EpochRows:
+    """Which of a rank's rows an epoch trains on: all of them, or (a warm start with
+    ``train.warm_start_replay`` below 1) the changed rows and a fresh seeded sample of the others.
+
+    Why: a warm start continues a model that has already learnt the unchanged histories; the new
+    interactions (and new items) are in the changed ones. Training on those every epoch, with a
+    replayed share of the others so that they are not forgotten, makes an epoch as cheap as the
+    change is small and spends it where the model is behind.
+    """
+
+    def __init__(self, changed: np.ndarray, replay: float, cloze: bool) -> None:
+        changed = np.asarray(changed, dtype=bool)
+        self.n = len(changed)
+        self.cloze = cloze
+        self.changed = np.flatnonzero(changed)
+        self.others = np.flatnonzero(~changed)
+        everything = replay >= 1.0 or not len(self.others)
+        self.replayed = len(self.others) if everything else min(len(self.others), max(1, round(replay * len(self.others))))
+        self.subset = not everything
+
+    @property
+    def count(self) -> int:
+        """Row ids per epoch (cloze: each row twice, see ``_schedule``)."""
+        rows = len(self.changed) + self.replayed if self.subset else self.n
+        return rows * (2 if self.cloze else 1)
+
+    def ids(self, rng: np.random.Generator) -> np.ndarray:
+        """This epoch's row ids, shuffled (cloze: ``id + n`` is a row's second, last-item copy)."""
+        if not self.subset:
+            return rng.permutation(self.count)
+        rows = np.concatenate([self.changed, rng.choice(self.others, self.replayed, replace=False)])
+        if self.cloze:
+            rows = np.concatenate([rows, rows + self.n])
+        return rng.permutation(rows)
+
+
+def _read_shards(shards_dir: str, shards, with_neighbors: bool) -> tuple[list[np.ndarray], list[list[int]], np.ndarray]:
+    """Training sequences, similar users' user_idx and the ``changed`` flags of the given shards,
+    streamed with pyarrow (shards written before the flag existed: every row changed)."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     fs, _ = filesystem(shards_dir)
     seqs: list[np.ndarray] = []
     neighbors: list[list[int]] = []
+    changed: list[np.ndarray] = []
     for shard in shards:
         for path in parquet_files(shard_dir(shards_dir, shard)):
             with fs.open_input_file(path) as handle:
-                for batch in pq.ParquetFile(handle).iter_batches(
-                    batch_size=8192, columns=["train_item_idxs", "neighbor_idxs"]
-                ):
+                file = pq.ParquetFile(handle)
+                flagged = "changed" in file.schema_arrow.names
+                columns = ["train_item_idxs", "neighbor_idxs"] + (["changed"] if flagged else [])
+                for batch in file.iter_batches(batch_size=8192, columns=columns):
                     values, offsets = ragged_from_arrow(batch.column(0))
                     seqs.extend(np.split(values, offsets[1:-1]) if len(offsets) > 1 else [])
                     if with_neighbors:
                         neighbors.extend(x or [] for x in batch.column(1).to_pylist())
-    return seqs, neighbors
+                    changed.append(pc.fill_null(batch.column(2), True).to_numpy(zero_copy_only=False).astype(bool)
+                                   if flagged else np.ones(batch.num_rows, dtype=bool))
+    return seqs, neighbors, (np.concatenate(changed) if changed else np.zeros(0, dtype=bool))
 
 
 def _neighbor_rows(neighbors: list[list[int]], lookup: UserTable) -> np.ndarray:

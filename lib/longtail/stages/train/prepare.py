@@ -5,7 +5,10 @@
 - ``users/``: every user's ``user_idx``, last ``max_len + 1`` training items, validation
   item, whole history and (LLM-ESR) similar users' ``user_idx``;
 - ``shards/shard=<k>/``: the training rows, ``k`` in ``0..n_shards-1`` with ``n_shards`` a
-  multiple of the number of processes (rank r reads shards r, r + world, ...);
+  multiple of the number of processes (rank r reads shards r, r + world, ...), each marked
+  ``changed`` when its history differs from the version a warm start continues (all without one);
+- ``user_fingerprints/`` (``train.warm_start`` on): each user's ``user_idx`` and a hash of its training
+  history, copied into the model folder after training for the next warm start;
 - ``item_ids.json``: the item index the model is trained on;
 - ``text.npz`` (LLM-ESR): the LLM and PCA item tables and the encoder's PCA map;
 - ``popularity.npy`` (``sampled_softmax`` with popularity draws, ``exposure_tolerance`` > 0 or
@@ -32,12 +35,18 @@ from longtail.models import needs_text, objective
 from longtail.stages.train.data import shard_dir
 
 
-def prepare_training_data(wh, model_name: str, cfg: TrainConfig, run_dir: str, n_shards: int, world: int) -> dict:
+def prepare_training_data(wh, model_name: str, cfg: TrainConfig, run_dir: str, n_shards: int, world: int,
+                          previous_fingerprints: str | None = None) -> dict:
     """Write the run folder (see the module docstring) and return plain facts about it.
+
+    Args:
+        previous_fingerprints: a warm start's previous version's ``user_fingerprints`` folder (None:
+            none): users whose training history differs from it (or who are new) are marked
+            ``changed`` in the shards; without it every user is.
 
     Returns:
         ``n_items``, ``n_shards``, ``train_users``, ``objective``, ``text`` (bool),
-        ``llm_dim``, ``encoder``.
+        ``llm_dim``, ``encoder``, ``changed_users`` (training users marked changed).
 
     Raises:
         TableNotFoundError, SchemaError: an input table is missing or has wrong columns.
@@ -57,7 +66,7 @@ def prepare_training_data(wh, model_name: str, cfg: TrainConfig, run_dir: str, n
             or cfg.view_gate == "popularity"):
         _write_popularity(stats, n_items, f"{run_dir}/popularity.npy")
 
-    users = _training_users(seqs, cfg.max_len)
+    users = _with_changes(wh, _training_users(seqs, cfg.max_len), previous_fingerprints)
     llm_dim, encoder = 0, None
     if text:
         llm_dim, encoder = _write_text_tables(wh, stats, n_items, cfg.hidden, f"{run_dir}/text.npz")
@@ -71,10 +80,33 @@ def prepare_training_data(wh, model_name: str, cfg: TrainConfig, run_dir: str, n
     min_len = 2 if obj == "next" else 1
     per_rank = _write_shards(wh, users_dir, f"{run_dir}/shards", n_shards, world, min_len)
     _check_shards(per_rank, min_len)
+    changed = sum(per_rank)  # without a previous version's fingerprints every user counts as changed
+    if previous_fingerprints is not None:
+        changed = read_parquet(wh.spark, f"{run_dir}/shards").where(F.col("changed")).count()
+    if cfg.warm_start:  # what the next warm start compares with (moved to the model folder after training)
+        write_parquet(read_parquet(wh.spark, users_dir).select("user_idx", "fingerprint"),
+                      f"{run_dir}/{FINGERPRINTS}")
     return {
         "n_items": n_items, "n_shards": n_shards, "train_users": sum(per_rank), "objective": obj,
-        "text": text, "llm_dim": llm_dim, "encoder": encoder,
+        "text": text, "llm_dim": llm_dim, "encoder": encoder, "changed_users": int(changed),
     }
+
+
+#: Folder of a model version (and of its run folder) with each training user's history fingerprint.
+FINGERPRINTS = "user_fingerprints"
+
+
+def _with_changes(wh, users: DataFrame, previous: str | None) -> DataFrame:
+    """``users`` with ``changed``: no previous fingerprints (every user), or the user's fingerprint is
+    not the previous version's (a new user, or a history that grew or changed)."""
+    if previous is None:
+        return users.withColumn("changed", F.lit(True))
+    before = read_parquet(wh.spark, previous).select("user_idx", F.col("fingerprint").alias("previous"))
+    return (
+        users.join(before, "user_idx", "left")
+        .withColumn("changed", F.col("previous").isNull() | (F.col("previous") != F.col("fingerprint")))
+        .drop("previous")
+    )
 
 
 def _write_popularity(stats: DataFrame, n_items: int, path: str) -> None:
@@ -95,6 +127,8 @@ def _training_users(seqs: DataFrame, max_len: int) -> DataFrame:
     return seqs.select(
         "user_id",
         "user_idx",
+        # The whole training history's hash: a later warm start trains most on users whose history changed.
+        F.xxhash64(F.coalesce("train_item_idxs", F.array().cast("array<int>"))).alias("fingerprint"),
         F.expr(
             f"slice(coalesce(train_item_idxs, array()), "
             f"greatest(size(coalesce(train_item_idxs, array())) - {keep} + 1, 1), {keep})"
@@ -121,7 +155,7 @@ def _write_shards(wh, users_dir: str, shards_dir: str, n_shards: int, world: int
         read_parquet(wh.spark, users_dir)
         .filter(F.size("train_item_idxs") >= min_len)
         .withColumn("shard", F.pmod(F.col("user_idx"), F.lit(n_shards)))
-        .select("user_idx", "train_item_idxs", "neighbor_idxs", "shard")
+        .select("user_idx", "train_item_idxs", "neighbor_idxs", "changed", "shard")
         .repartition(n_shards, "shard")
     )
     write_parquet(shards, shards_dir, partition_by=["shard"])

@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from longtail.core.errors import ConfigError, InputError
-from longtail.core.files import npy_bytes, read_bytes, write_bytes
+from longtail.core.files import npy_bytes, parquet_files, read_bytes, write_bytes
+from longtail.core.scratch import read_parquet, write_parquet
 from longtail.inference.items import ItemIndex
 from longtail.inference.store import OPTIMIZER_FILE, latest_version
 from longtail.models import REGISTRY, needs_text
+from longtail.stages.train.prepare import FINGERPRINTS
 
 #: What a model is built from, with the defaults the builders use for keys an older version lacks.
 _ENCODER_KEYS = {"transformer": ("hidden", "layers", "heads", "max_len"), "gru": ("hidden", "layers")}
@@ -50,16 +52,22 @@ class PreviousVersion:
 
 def find_previous(wh, model_name: str, hp: Mapping[str, Any],
                   progress: Callable[[str], None] | None = None) -> PreviousVersion | None:
-    """The newest registered version of ``model_name`` if it has the architecture of ``hp``.
+    """The newest registered version of ``model_name`` (``hp["warm_start_version"]`` when set) if it
+    has the architecture of ``hp``.
 
     Returns:
         The :class:`PreviousVersion`, or None (with a progress line) when there is none yet.
 
     Raises:
-        ConfigError: the newest version differs in architecture (one line, every difference).
+        ConfigError: the version differs in architecture (one line, every difference), or the
+            named ``train.warm_start_version`` is not registered.
         InputError: its folder is incomplete (no ``config.json``).
     """
-    found = latest_version(wh, model_name)
+    pinned = hp.get("warm_start_version")
+    found = latest_version(wh, model_name, pinned)
+    if found is None and pinned:
+        raise ConfigError(f"train.warm_start_version: model {model_name} has no version {pinned!r} in table "
+                          "models; name a registered version or leave it null (the newest)")
     if found is None:
         _say(progress, f"train: warm start: no trained version of {model_name} in table models yet; "
                        "training from scratch")
@@ -103,7 +111,21 @@ def _value(hp: Mapping[str, Any], key: str, default: Any) -> Any:
     return float(value) if key in ("cross_residual", "temperature") else value
 
 
-def stage(previous: PreviousVersion, run_dir: str, prepared: Mapping[str, Any],
+def previous_fingerprints(previous: PreviousVersion | None) -> str | None:
+    """The ``user_fingerprints`` folder of ``previous`` (None: no previous version, or one saved
+    before versions kept them: then every user counts as changed)."""
+    if previous is None:
+        return None
+    folder = f"{previous.path}/{FINGERPRINTS}"
+    return folder if parquet_files(folder) else None
+
+
+def keep_fingerprints(wh, run_dir: str, model_dir: str) -> None:
+    """Copy the run's ``user_fingerprints`` into the model folder (Spark: no per-user state on the driver)."""
+    write_parquet(read_parquet(wh.spark, f"{run_dir}/{FINGERPRINTS}"), f"{model_dir}/{FINGERPRINTS}")
+
+
+def stage(previous: PreviousVersion, run_dir: str, prepared: Mapping[str, Any], cfg=None,
           progress: Callable[[str], None] | None = None) -> dict:
     """Copy the previous version's weights (and Adam state) into the run folder and write the item map.
 
@@ -111,11 +133,16 @@ def stage(previous: PreviousVersion, run_dir: str, prepared: Mapping[str, Any],
         previous: from :func:`find_previous`.
         run_dir: the run folder :func:`~longtail.stages.train.prepare.prepare_training_data` wrote
             (its ``item_ids.json`` is this run's item index).
-        prepared: what it returned (``llm_dim``, ``encoder`` of this run's LLM tables).
+        prepared: what it returned (``llm_dim``, ``encoder`` of this run's LLM tables,
+            ``train_users`` and ``changed_users``).
+        cfg: the run's :class:`~longtail.core.config.TrainConfig` (``warm_start_replay``).
 
     Returns:
         The ``warm_start`` entry of the training parameters and of ``metrics.json``:
-        ``from_version``, ``carried_items``, ``new_items``, ``dropped_items``, ``optimizer``.
+        ``from_version``, ``carried_items``, ``new_items``, ``dropped_items``, ``optimizer``,
+        ``train_users``, ``changed_users`` (whose training history differs from the previous
+        version's, new users included; all of them when that version kept no fingerprints) and
+        ``replay`` (``train.warm_start_replay``: the share of the other users each epoch trains on).
 
     Raises:
         ConfigError: the previous version read another text encoder or LLM width.
@@ -139,16 +166,21 @@ def stage(previous: PreviousVersion, run_dir: str, prepared: Mapping[str, Any],
     if optimizer is not None:
         write_bytes(f"{folder}/{OPTIMIZER_FILE}", optimizer, atomic=False)
     carried = int((old_rows > 0).sum())
+    replay = float(cfg.warm_start_replay) if cfg is not None else 1.0
     info = {
         "from_version": previous.version, "carried_items": carried,
         "new_items": sum(1 for i, item in enumerate(new_index.ids) if i and item and not old_rows[i]),
         "dropped_items": sum(1 for i, item in enumerate(old_index.ids) if i and item) - carried,
         "optimizer": optimizer is not None,
+        "train_users": int(prepared.get("train_users", 0)), "changed_users": int(prepared.get("changed_users", 0)),
+        "replay": replay,
     }
     _say(progress, (
         f"train: warm start from {previous.model} version {previous.version}: {carried} items carried, "
         f"{info['new_items']} new, {info['dropped_items']} no longer in item_stats; Adam state "
-        f"{'resumed' if optimizer is not None else 'fresh (that version saved none)'}"
+        f"{'resumed' if optimizer is not None else 'fresh (that version saved none)'}; "
+        f"{info['changed_users']} of {info['train_users']} training users changed since, each epoch trains on "
+        f"them and {replay:.0%} of the others"
     ))
     return info
 

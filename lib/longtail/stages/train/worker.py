@@ -21,7 +21,14 @@ from longtail.core.progress import write_progress
 from longtail.inference.store import HUBNESS_FILE, OPTIMIZER_FILE, save_model_dir
 from longtail.models.histories import pad_left
 from longtail.ranking.topk import log_popularity
-from longtail.stages.train.data import NegativeSampler, RankData, UserTable, bucketed_order, load_popularity
+from longtail.stages.train.data import (
+    EpochRows,
+    NegativeSampler,
+    RankData,
+    UserTable,
+    bucketed_order,
+    load_popularity,
+)
 from longtail.stages.train.schedule import LearningRate
 from longtail.stages.train.validation import ExposureCalibration, ValidationSet, means
 
@@ -116,7 +123,11 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
     )
     _carry_optimizer(params, optimizer, module)
     schedule = LearningRate.from_hp(hp)
-    per_rank, rows, steps, seen_per_epoch = _schedule(data.n, cloze, int(hp["batch_size"]), world, device, distributed)
+    # A warm start trains each epoch on the changed users and a replayed share of the others.
+    replay = float(hp.get("warm_start_replay", 1.0)) if params.get("warm_start") else 1.0
+    epoch_rows = EpochRows(data.changed, replay, cloze)
+    per_rank, _, steps, seen_per_epoch = _schedule(epoch_rows.count // (2 if cloze else 1), cloze,
+                                                      int(hp["batch_size"]), world, device, distributed)
     plan = _EpochPlan.build(params, data, users)
     if plan.bucket > 0:  # batches of similar lengths: one encoder pass per batch is enough
         module.loss_group_rows = max(module.loss_group_rows, per_rank)
@@ -134,7 +145,7 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
     for epoch in range(1, epochs + 1):
         rng = np.random.default_rng([seed, rank, epoch])
         torch.manual_seed(_mix(seed, rank, epoch))
-        order = plan.order(rng.permutation(rows), data, per_rank, rng)
+        order = plan.order(epoch_rows.ids(rng), data, per_rank, rng)
         loss, seconds, clipped, skipped = _run_epoch(
             model, module, optimizer, data, plan, rng, order, steps, per_rank, device, schedule
         )
