@@ -210,8 +210,8 @@ class CandidateIndex:
             faiss.omp_set_num_threads(int(threads))
         if self._index is None:
             self._index = faiss.deserialize_index(self.data)
-            if self.kind != "flat":
-                faiss.extract_index_ivf(self._index).nprobe = self.nprobe
+        if self.kind != "flat":  # every call: tune_index changes nprobe between searches of one index
+            faiss.extract_index_ivf(self._index).nprobe = self.nprobe
         queries = np.asarray(users, dtype=np.float32)
         if queries.shape[1] != self.dim:
             raise ValueError(f"user vectors are {queries.shape[1]}-d, the index holds {self.dim}-d items")
@@ -382,9 +382,11 @@ def tune_index(
             return index
         built[quantizer] = index
         c = candidate_count(candidates, k, most_seen, index.size)
+        probe = _with_nprobe(index, 1)  # one faiss object per form, its nprobe set per search
 
-        def measure(nprobe: int, index=index, quantizer=quantizer, c=c) -> dict:
-            found, scanned = _with_nprobe(index, nprobe).search_counted(queries, c)
+        def measure(nprobe: int, probe=probe, quantizer=quantizer, c=c) -> dict:
+            probe.nprobe = int(nprobe)
+            found, scanned = probe.search_counted(queries, c)
             _, got = candidate_topk(users, matrix, torch.from_numpy(found), k, seen=seen_t, excluded=excluded)
             tried.append({"quantizer": quantizer, "nprobe": nprobe, "recall_at_10": _recall(got, want),
                           "scanned": scanned})
