@@ -363,41 +363,17 @@ def compare(wh, scratch: str, model: str, version: str | None, cfg, args, peaks)
 
 
 def _index_of(bundle, score_cfg, args, wh) -> CandidateIndex:
-    """``make_index`` of the bundle as ``score`` builds it (``--index auto``), or of a forced kind.
-
-    With ``auto`` among ``--nprobe`` the index is tuned as ``score.ann_nprobe: auto`` tunes it (the
-    same seeded ``score.ann_tune_users`` users' histories); the numeric entries then probe its lists."""
+    """``make_index`` of the bundle as ``score`` builds it (``--index auto``) or of a forced kind; with
+    ``auto`` among ``--nprobe`` tuned as ``score.ann_nprobe: auto`` tunes it (the same users), the numeric
+    entries then probe its lists."""
     from longtail.inference import make_index, read_user_sequences
-    from longtail.inference.users import first_by_hash
+    from longtail.inference.users import tuning_histories
 
-    numbers = [p for p in args.nprobe if p != "auto"]
     if "auto" in args.nprobe:
-        rows = first_by_hash(read_user_sequences(wh), score_cfg.ann_tune_users, 0, ["item_idxs"])
-        histories = [list(r["item_idxs"]) for r in rows if r["item_idxs"]]
-        if args.index == "auto":
-            return make_index(bundle, score_cfg.ann_nlist, "auto", histories=histories,
-                              target_recall=score_cfg.ann_target_recall, candidates=score_cfg.candidates, k=args.k)
-        return _forced_tuned(bundle, score_cfg, args, histories)
-    if args.index == "auto":
-        return make_index(bundle, score_cfg.ann_nlist, max(numbers))
-    allowed = np.ones(len(bundle.items), dtype=bool)
-    allowed[bundle.excluded] = False  # as make_index: the items the scorer cannot rank stay out
-    return build_index(bundle.items, allowed=allowed, nlist=score_cfg.ann_nlist, nprobe=max(numbers), kind=args.index)
-
-
-def _forced_tuned(bundle, score_cfg, args, histories) -> CandidateIndex:
-    """``tune_index`` of a forced ``--index`` kind on the sampled users' vectors and histories."""
-    from longtail.models.histories import pad_histories
-    from longtail.ranking.retrieval import tune_index
-
-    allowed = np.ones(len(bundle.items), dtype=bool)
-    allowed[bundle.excluded] = False
-    padded = pad_histories(histories)
-    with torch.no_grad():
-        queries = torch.cat([bundle.scorer.user_vectors(padded[i : i + 256]).float() for i in range(0, len(padded), 256)])
-    return tune_index(bundle.items, queries.numpy(), seen=padded.numpy(), allowed=allowed, nlist=score_cfg.ann_nlist,
-                      kind=args.index, target_recall=score_cfg.ann_target_recall, candidates=score_cfg.candidates,
-                      k=args.k)
+        return make_index(bundle, score_cfg.ann_nlist, "auto", kind=args.index,
+                          histories=tuning_histories(read_user_sequences(wh), score_cfg.ann_tune_users),
+                          target_recall=score_cfg.ann_target_recall, candidates=score_cfg.candidates, k=args.k)
+    return make_index(bundle, score_cfg.ann_nlist, max(args.nprobe), kind=args.index)
 
 
 def _ann_run(spark, users, staged, index, nprobe: int, args, score_cfg, exact: dict, tail, scratch) -> dict:

@@ -245,7 +245,7 @@ def make_bundle(
 
 def make_index(
     bundle: ScoringBundle, nlist: int = 0, nprobe: int | str = 64, *, histories: list | None = None,
-    target_recall: float = DEFAULT_TARGET_RECALL, candidates: int = 100, k: int = 10,
+    target_recall: float = DEFAULT_TARGET_RECALL, candidates: int = 100, k: int = 10, kind: str = "auto",
 ) -> CandidateIndex:
     """The candidate index of a bundle (``score.retrieval: ann``), built once on the driver.
 
@@ -265,6 +265,7 @@ def make_index(
             their histories as the items they have seen).
         histories: item idxs per sampled user, oldest first (``auto`` only; None: the default 64).
         candidates, k: ``score.candidates`` and the list length, as served.
+        kind: the index kind (:func:`~longtail.ranking.retrieval.build_index`; ``auto`` as ``score``).
 
     Raises:
         EnvironmentProblem: faiss is not installed.
@@ -272,7 +273,7 @@ def make_index(
     allowed = np.ones(len(bundle.items), dtype=bool)
     allowed[bundle.excluded] = False
     if nprobe != "auto" or not histories:
-        return build_index(bundle.items, allowed=allowed, nlist=nlist,
+        return build_index(bundle.items, allowed=allowed, nlist=nlist, kind=kind,
                            nprobe=DEFAULT_NPROBE if nprobe == "auto" else int(nprobe))
     from longtail.models.histories import pad_histories
 
@@ -280,7 +281,7 @@ def make_index(
     with torch.no_grad():
         queries = torch.cat([bundle.scorer.user_vectors(padded[i : i + 256]).to(torch.float32)
                              for i in range(0, len(padded), 256)])
-    return tune_index(bundle.items, queries.numpy(), seen=padded.numpy(), allowed=allowed, nlist=nlist,
+    return tune_index(bundle.items, queries.numpy(), seen=padded.numpy(), allowed=allowed, nlist=nlist, kind=kind,
                       target_recall=target_recall, candidates=candidates, k=k)
 
 

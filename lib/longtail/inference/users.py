@@ -29,3 +29,13 @@ def first_by_hash(users: DataFrame, n: int, seed: int, columns: list[str]) -> li
     """
     ordered = users.orderBy(F.xxhash64("user_idx", F.lit(seed)), "user_idx").limit(int(n))
     return [row.asDict() for row in ordered.select(*columns).collect()]
+
+
+#: Seed of the users ``score.ann_nprobe: auto`` measures the index on (fixed: the same users every night).
+TUNE_SEED = 0
+
+
+def tuning_histories(seqs: DataFrame, n: int, seed: int = TUNE_SEED) -> list[list[int]]:
+    """The non-empty ``item_idxs`` of ``n`` users of ``user_sequences`` (:func:`first_by_hash`): the
+    users ``score.ann_nprobe: auto`` tunes the candidate index on."""
+    return [list(r["item_idxs"]) for r in first_by_hash(seqs, n, seed, ["item_idxs"]) if r["item_idxs"]]

@@ -79,14 +79,10 @@ from longtail.inference import (
 from longtail.inference.availability import Availability, read_availability
 from longtail.inference.bundle import check_device
 from longtail.inference.scorers import ModelLoader
-from longtail.inference.users import first_by_hash
+from longtail.inference.users import tuning_histories
 from longtail.models.histories import pad_histories
 from longtail.ranking.metrics import list_diversities
 from longtail.ranking.retrieval import CandidateIndex, choose_retrieval
-
-#: Seed of the users ``score.ann_nprobe: auto`` measures the index on (fixed: the same users every night).
-TUNE_SEED = 0
-
 
 @dataclass
 class ScoreReport:
@@ -320,10 +316,7 @@ def _idxs_by_id(item_ids: list[str]) -> dict[str, np.ndarray]:
 def _candidate_index(bundle: ScoringBundle, seqs: DataFrame, cfg: ScoreConfig, k: int) -> CandidateIndex:
     """The ann index of ``bundle``; with ``ann_nprobe: auto``, tuned on ``ann_tune_users`` users'
     histories (a seeded hash sample, collected to the driver: their vectors and exact lists)."""
-    histories = None
-    if cfg.ann_nprobe == "auto":
-        rows = first_by_hash(seqs, cfg.ann_tune_users, TUNE_SEED, ["item_idxs"])
-        histories = [list(r["item_idxs"] or []) for r in rows if r["item_idxs"]]
+    histories = tuning_histories(seqs, cfg.ann_tune_users) if cfg.ann_nprobe == "auto" else None
     return make_index(bundle, cfg.ann_nlist, cfg.ann_nprobe, histories=histories,
                       target_recall=cfg.ann_target_recall, candidates=cfg.candidates, k=k)
 
