@@ -217,3 +217,19 @@ def test_cosine_scores_are_bounded_by_the_temperature_and_train(name, hp, batch,
     value = model.loss({"seqs": seqs, "pos": pos})
     expected = F.cross_entropy(scores[:, 1:], pos[:, -1] - 1)
     assert torch.allclose(value, expected, atol=1e-5)
+
+
+def test_repeated_negatives_score_once_with_the_same_loss_and_gradients():
+    h, items, targets = _data()
+    negatives = torch.tensor([4, 1, 4, 9, 4, 15, 9])
+    logq = torch.log(torch.linspace(0.01, 1.0, items.shape[0], dtype=torch.float64))
+    got = sampled_softmax(h, items, targets, negatives, logq=logq)
+    # The documented formula with every draw as its own column.
+    pos = (h * items[targets]).sum(-1) - logq[targets]
+    neg = h @ items[negatives].T - logq[negatives]
+    neg = neg.masked_fill(negatives[None] == targets[:, None], -math.inf)
+    expected = F.cross_entropy(torch.cat([pos[:, None], neg], 1), torch.zeros_like(targets))
+    assert torch.allclose(got, expected, atol=1e-12)
+    g1 = torch.autograd.grad(got, [h, items])
+    g2 = torch.autograd.grad(expected, [h, items])
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g1, g2))

@@ -104,6 +104,19 @@ def test_full_ranks_match_target_ranks_with_history_excluded():
         assert top[b].tolist() == order.tolist()
 
 
+def test_full_ranks_without_the_top_lists_rank_the_same():
+    g = torch.Generator().manual_seed(2)
+    users, items = torch.randn(40, 4, generator=g), torch.randn(300, 4, generator=g)
+    items[11] = items[12]  # a tied pair: counts half either way
+    targets = torch.randint(1, 300, (40,), generator=g)
+    targets[:3] = 11
+    seen = torch.randint(1, 300, (40, 6), generator=g)
+    ranks, top = full_ranks(users, items, targets, seen=seen, k=5, item_chunk=64)
+    alone, none = full_ranks(users, items, targets, seen=seen, k=5, item_chunk=64, with_top=False)
+    assert torch.equal(ranks, alone) and none.shape == (40, 0) and top.shape == (40, 5)
+    assert (ranks % 1 == 0.5).any()  # the tie was counted
+
+
 def test_full_ranks_ties_count_half():
     users = torch.ones(1, 1)
     items = torch.tensor([[0.0], [2.0], [1.0], [1.0], [1.0], [3.0]])

@@ -125,7 +125,7 @@ def keep_fingerprints(wh, run_dir: str, model_dir: str) -> None:
     write_parquet(read_parquet(wh.spark, f"{run_dir}/{FINGERPRINTS}"), f"{model_dir}/{FINGERPRINTS}")
 
 
-def stage(previous: PreviousVersion, run_dir: str, prepared: Mapping[str, Any], cfg=None,
+def stage(previous: PreviousVersion, run_dir: str, prepared: Mapping[str, Any], replay: float = 1.0,
           progress: Callable[[str], None] | None = None) -> dict:
     """Copy the previous version's weights (and Adam state) into the run folder and write the item map.
 
@@ -135,7 +135,7 @@ def stage(previous: PreviousVersion, run_dir: str, prepared: Mapping[str, Any], 
             (its ``item_ids.json`` is this run's item index).
         prepared: what it returned (``llm_dim``, ``encoder`` of this run's LLM tables,
             ``train_users`` and ``changed_users``).
-        cfg: the run's :class:`~longtail.core.config.TrainConfig` (``warm_start_replay``).
+        replay: ``train.warm_start_replay``, recorded (the share of the other users each epoch trains on).
 
     Returns:
         The ``warm_start`` entry of the training parameters and of ``metrics.json``:
@@ -166,7 +166,7 @@ def stage(previous: PreviousVersion, run_dir: str, prepared: Mapping[str, Any], 
     if optimizer is not None:
         write_bytes(f"{folder}/{OPTIMIZER_FILE}", optimizer, atomic=False)
     carried = int((old_rows > 0).sum())
-    replay = float(cfg.warm_start_replay) if cfg is not None else 1.0
+    replay = float(replay)
     info = {
         "from_version": previous.version, "carried_items": carried,
         "new_items": sum(1 for i, item in enumerate(new_index.ids) if i and item and not old_rows[i]),

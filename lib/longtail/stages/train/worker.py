@@ -118,8 +118,12 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
     cloze = params["objective"] == "cloze"
     users, data = _load_data(params, rank, world)
     module, model = _build(params, device, distributed)
+    # Fused: one pass per tensor instead of one per operation: the update of the item table is
+    # 12x cheaper on one CPU core (10 ms against 121 ms per step at 200,000 items x 64), the
+    # same arithmetic (benchmarks/catalogue_costs.py).
     optimizer = torch.optim.Adam(
         [p for p in module.parameters() if p.requires_grad], lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]),
+        fused=True,
     )
     _carry_optimizer(params, optimizer, module)
     schedule = LearningRate.from_hp(hp)
