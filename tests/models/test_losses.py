@@ -89,17 +89,21 @@ def test_positive_is_never_its_own_negative():
     assert torch.allclose(alone, torch.zeros((), dtype=alone.dtype))  # only the target remains
 
 
+def _documented_sampled_softmax(h, items, targets, negatives, logq):
+    """The documented formula: ``s - log Q(item)`` for the target and every draw (each its own
+    column, a draw equal to the target masked), then the plain softmax."""
+    pos = (h * items[targets]).sum(-1) - logq[targets]
+    neg = h @ items[negatives].T - logq[negatives]
+    neg = neg.masked_fill(negatives[None] == targets[:, None], -math.inf)
+    return F.cross_entropy(torch.cat([pos[:, None], neg], 1), torch.zeros_like(targets))
+
+
 def test_logq_subtracts_log_probability_from_every_candidate():
     h, items, targets = _data()
     negatives = torch.tensor([1, 4, 4, 9, 15])
     logq = torch.log(torch.linspace(0.01, 1.0, items.shape[0], dtype=torch.float64))
     got = sampled_softmax(h, items, targets, negatives, logq=logq)
-    # Documented: s - log Q(item) for the target and every negative, then the plain softmax.
-    pos = (h * items[targets]).sum(-1) - logq[targets]
-    neg = h @ items[negatives].T - logq[negatives]
-    neg = neg.masked_fill(negatives[None] == targets[:, None], -math.inf)
-    expected = F.cross_entropy(torch.cat([pos[:, None], neg], 1), torch.zeros_like(targets))
-    assert torch.allclose(got, expected)
+    assert torch.allclose(got, _documented_sampled_softmax(h, items, targets, negatives, logq))
     # A constant log Q (uniform draw) changes nothing; a non-constant one does.
     flat = sampled_softmax(h, items, targets, negatives, logq=torch.full_like(logq, -3.0))
     assert torch.allclose(flat, sampled_softmax(h, items, targets, negatives))
@@ -224,11 +228,7 @@ def test_repeated_negatives_score_once_with_the_same_loss_and_gradients():
     negatives = torch.tensor([4, 1, 4, 9, 4, 15, 9])
     logq = torch.log(torch.linspace(0.01, 1.0, items.shape[0], dtype=torch.float64))
     got = sampled_softmax(h, items, targets, negatives, logq=logq)
-    # The documented formula with every draw as its own column.
-    pos = (h * items[targets]).sum(-1) - logq[targets]
-    neg = h @ items[negatives].T - logq[negatives]
-    neg = neg.masked_fill(negatives[None] == targets[:, None], -math.inf)
-    expected = F.cross_entropy(torch.cat([pos[:, None], neg], 1), torch.zeros_like(targets))
+    expected = _documented_sampled_softmax(h, items, targets, negatives, logq)  # every draw its own column
     assert torch.allclose(got, expected, atol=1e-12)
     g1 = torch.autograd.grad(got, [h, items])
     g2 = torch.autograd.grad(expected, [h, items])

@@ -108,7 +108,7 @@ def test_epochs_of_a_warm_start_train_the_changed_rows_and_a_fresh_share_of_the_
     changed = np.zeros(100, dtype=bool)
     changed[[3, 50, 97]] = True
     rows = EpochRows(changed, replay=0.1, cloze=False)
-    assert rows.subset and rows.count == 3 + 10
+    assert rows.subset and rows.rows == 3 + 10
     first, second = rows.ids(np.random.default_rng(1)), rows.ids(np.random.default_rng(2))
     for ids in (first, second):
         assert len(ids) == 13 == len(set(ids)) and {3, 50, 97} <= set(ids)
@@ -120,7 +120,7 @@ def test_epochs_of_a_warm_start_train_the_changed_rows_and_a_fresh_share_of_the_
     everything = EpochRows(np.ones(5, dtype=bool), 0.0, False)
     assert not everything.subset and np.array_equal(everything.ids(np.random.default_rng(4)),
                                                     np.random.default_rng(4).permutation(5))
-    assert EpochRows(changed, 0.0, False).count == 3 + 1  # at least one replayed row: no epoch is empty
+    assert EpochRows(changed, 0.0, False).rows == 3 + 1  # at least one replayed row: no epoch is empty
 
 
 @pytest.mark.spark

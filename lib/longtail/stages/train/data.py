@@ -246,15 +246,14 @@ class EpochRows:
         self.subset = not everything
 
     @property
-    def count(self) -> int:
-        """Row ids per epoch (cloze: each row twice, see ``_schedule``)."""
-        rows = len(self.changed) + self.replayed if self.subset else self.n
-        return rows * (2 if self.cloze else 1)
+    def rows(self) -> int:
+        """Rows an epoch trains on (cloze trains each twice: :meth:`ids`, ``_schedule``)."""
+        return len(self.changed) + self.replayed if self.subset else self.n
 
     def ids(self, rng: np.random.Generator) -> np.ndarray:
         """This epoch's row ids, shuffled (cloze: ``id + n`` is a row's second, last-item copy)."""
         if not self.subset:
-            return rng.permutation(self.count)
+            return rng.permutation(self.n * (2 if self.cloze else 1))
         rows = np.concatenate([self.changed, rng.choice(self.others, self.replayed, replace=False)])
         if self.cloze:
             rows = np.concatenate([rows, rows + self.n])

@@ -130,8 +130,8 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
     # A warm start trains each epoch on the changed users and a replayed share of the others.
     replay = float(hp.get("warm_start_replay", 1.0)) if params.get("warm_start") else 1.0
     epoch_rows = EpochRows(data.changed, replay, cloze)
-    per_rank, _, steps, seen_per_epoch = _schedule(epoch_rows.count // (2 if cloze else 1), cloze,
-                                                      int(hp["batch_size"]), world, device, distributed)
+    per_rank, _, steps, seen_per_epoch = _schedule(epoch_rows.rows, cloze, int(hp["batch_size"]), world, device,
+                                                   distributed)
     plan = _EpochPlan.build(params, data, users)
     if plan.bucket > 0:  # batches of similar lengths: one encoder pass per batch is enough
         module.loss_group_rows = max(module.loss_group_rows, per_rank)
