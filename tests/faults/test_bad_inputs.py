@@ -25,7 +25,7 @@ CASES = [
     ("evaluate.k=0", ["evaluate", "--set", "evaluate.k=0"], "evaluate.k: must be >= 1"),
     ("evaluate.k > negatives", ["evaluate", "--set", "evaluate.k=200"], "evaluate.k: 200 is more than"),
     ("pca_dim != hidden (llmesr)", ["train", "--model", "llmesr_sasrec", "--set", "encode.pca_dim=32"],
-     "encode.pca_dim: 32 differs from train.hidden=64"),
+     "encode.pca_dim: 32 differs from train.hidden=128"),
     ("train.heads not dividing hidden", ["train", "--set", "train.heads=3"], "train.heads"),
     ("vacuum retention 0", ["vacuum", "--set", "vacuum.retention_hours=0"], "vacuum.retention_hours: must be >= 1"),
     ("--top-k 0", ["score", "--model", "popularity", "--top-k", "0"], "--top-k 0: must be between 1 and 1000"),

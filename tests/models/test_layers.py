@@ -3,7 +3,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from longtail.models.layers import attention_mask, left_positions, trim_padding
+import torch.nn.functional as F
+from longtail.models.layers import (
+    MultiHeadAttention,
+    _attention_with_dropout,
+    attention_mask,
+    dropout,
+    left_positions,
+    length_groups,
+    trim_padding,
+)
 from tiny_models import N_ITEMS
 
 
@@ -24,6 +33,58 @@ def test_attention_mask_hides_padding_and_the_future():
     assert causal.tolist() == [[True, False, False], [False, True, False], [False, True, True]]
     both = attention_mask(pad, causal=False)[0, 0]
     assert both.tolist() == [[True, True, True], [False, True, True], [False, True, True]]
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_zeroes_a_share_p_and_keeps_the_mean(p):
+    torch.manual_seed(0)
+    x = torch.ones(400_000, requires_grad=True)
+    y = dropout(x, p, training=True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.005
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    assert abs(y.mean().item() - 1.0) < 0.02
+    y.sum().backward()  # the gradient flows through the same mask, scaled alike
+    assert torch.equal(x.grad, y.detach())
+
+
+def test_dropout_is_identity_in_eval_or_at_zero_and_repeatable_under_a_seed():
+    x = torch.randn(3, 5, 7)
+    assert dropout(x, 0.5, training=False) is x and dropout(x, 0.0, training=True) is x
+    assert torch.all(dropout(x, 1.0, training=True) == 0)
+    torch.manual_seed(1)
+    a = dropout(x, 0.5, training=True)
+    torch.manual_seed(1)
+    assert torch.equal(a, dropout(x, 0.5, training=True))
+    assert not torch.equal(a, dropout(x, 0.5, training=True))
+    # every element position is dropped independently: no 4-element pattern repeats (the mask
+    # comes from 16-bit quarters of 64-bit draws)
+    mask = dropout(torch.ones(4_000), 0.5, training=True) != 0
+    assert 0.4 < (mask.view(-1, 4).float().mean(0)).min().item() and mask.view(-1, 4).float().mean(0).max() < 0.6
+
+
+def test_attention_with_dropout_is_scaled_dot_product_attention_when_nothing_drops():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 1, 5, 4) for _ in range(3))
+    allowed = attention_mask(torch.tensor([[True, False, False, False, False], [False] * 5]), causal=True)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    assert torch.allclose(_attention_with_dropout(q, k, v, allowed, 1e-9), want, atol=1e-6)
+    attention = MultiHeadAttention(4, 1, dropout=0.5).train()
+    x = torch.randn(2, 5, 4)
+    out = attention(x, x, allowed)  # the training path (CPU): some weights dropped, still finite
+    assert torch.isfinite(out).all() and not torch.allclose(out, attention.eval()(x, x, allowed))
+
+
+def test_length_groups_cover_each_row_once_with_similar_lengths():
+    lengths = torch.tensor([3, 197, 40, 5, 70, 33, 150, 8, 64, 31, 129])
+    groups = length_groups(lengths, group_rows=100)
+    rows = torch.cat(groups)
+    assert sorted(rows.tolist()) == list(range(lengths.numel()))
+    for g in groups:
+        longest, shortest = int(lengths[g].max()), int(lengths[g].min())
+        assert longest <= 32 or longest <= 2 * shortest  # long rows never padded past twice their length
+    assert sorted(lengths[groups[0]].tolist()) == [3, 5, 8, 31]  # short histories share one pass
+    assert all(len(g) <= 2 for g in length_groups(lengths, group_rows=2))
 
 
 @pytest.mark.parametrize(
@@ -83,3 +144,21 @@ def test_user_vectors_from_the_touched_rows_equal_the_whole_tables(name, cross, 
         model.gather_touched_rows = False
         whole = model.user_vectors(seqs)
     assert touched.shape == whole.shape and torch.allclose(touched, whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "llmesr_sasrec"])
+def test_a_bfloat16_step_gives_the_float32_loss_and_finite_gradients(name, hp, batch, text):
+    # train.precision: bfloat16 runs the step under autocast; the weights stay float32.
+    from longtail.models import build_model
+
+    torch.manual_seed(0)
+    hp = {**hp, "loss": "sampled_softmax", "dropout": 0.0, "cross_attention": False, "semantic_view": True}
+    model = build_model(name, N_ITEMS, hp, text if name.startswith("llmesr") else None)
+    batch = {**batch, "negatives": torch.arange(1, N_ITEMS + 1)}
+    exact = model.loss(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model.loss(batch)
+    low.backward()
+    assert abs(low.item() - exact.item()) < 0.02 * abs(exact.item())
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)

@@ -51,3 +51,25 @@ def test_loss_by_length_groups_equals_one_padded_pass(hp, batch):
     whole = model.loss(batch)
     model.loss_group_rows = 1
     assert torch.allclose(model.loss(batch), whole, atol=1e-6)
+
+
+def test_loss_of_long_and_short_histories_in_one_batch_equals_one_padded_pass(hp):
+    # Lengths 3 to 40 in a batch of one group: split by length class (above 32), the same loss.
+    torch.manual_seed(0)
+    hp = {**hp, "max_len": 64}
+    model = build_model("sasrec", N_ITEMS, hp)  # dropout 0
+    lengths = [3, 40, 7, 36, 12]
+    seqs = torch.zeros(len(lengths), 41, dtype=torch.long)
+    for r, n in enumerate(lengths):
+        seqs[r, -n - 1 :] = torch.randint(1, N_ITEMS + 1, (n + 1,))
+    batch = {"seqs": seqs[:, :-1], "pos": seqs[:, 1:] * (seqs[:, :-1] != 0), "neg": torch.randint(1, N_ITEMS + 1, (5, 40))}
+    model.loss_group_rows = 1000
+    grouped = model.loss(batch)
+    from longtail.models import layers
+
+    short, layers.SHORT_HISTORY = layers.SHORT_HISTORY, 1000  # one pass over the whole padded batch
+    try:
+        whole = model.loss(batch)
+    finally:
+        layers.SHORT_HISTORY = short
+    assert torch.allclose(grouped, whole, atol=1e-6)

@@ -27,16 +27,18 @@ def test_the_demo_writes_k_similar_items_per_item_and_source_and_evaluate_report
         assert list(rows["rank"]) == list(range(1, k + 1)), (source, item)
         assert item not in set(rows["similar_item_id"]) and rows["similar_item_id"].nunique() == k
         assert (np.diff(rows["score"].to_numpy()) <= 1e-5).all()
-    # Items known from their text only get semantic and blend lists, never collaborative ones.
+    # Items known from their text only get semantic lists, and blend lists unless the blend chose the
+    # collaborative source alone (semantic weight 0, then the blend is that source); never collaborative ones.
+    own = json.loads((Path(wh.root) / "_reports" / f"similar-items-{cfg.train.model}.json").read_text())
+    blend = own["blend"]
     known = set(wh.read(schemas.ITEM_STATS).toPandas()["item_id"])
     text_only = set(wh.read(schemas.ITEM_EMBEDDINGS).toPandas()["item_id"]) - known
     lists = {s: set(g["item_id"]) for s, g in table.groupby("source")}
-    assert text_only and text_only <= lists["semantic"] & lists["blend"]
+    assert text_only and text_only <= lists["semantic"]
+    assert (text_only <= lists["blend"]) == (blend["semantic_weight"] > 0)
     assert not text_only & (lists["collaborative"] | set(table[table["source"] == "collaborative"]["similar_item_id"]))
 
     # The stage's own report records the blend's weights and the validation figures they were chosen on.
-    own = json.loads((Path(wh.root) / "_reports" / f"similar-items-{cfg.train.model}.json").read_text())
-    blend = own["blend"]
     assert blend["chosen"] == "validation" and blend["validation"]["pairs"] > 0
     shares = blend["validation"]["shares"]
     assert {"0", "1"} <= set(shares)  # both sources are candidates

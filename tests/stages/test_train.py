@@ -203,11 +203,15 @@ def test_llmesr_run_carries_the_encoders_pca_map(data_wh, views, gate):
 
 @pytest.mark.spark
 @pytest.mark.slow
-@pytest.mark.parametrize(("loss", "validate"), [("bce", "sampled"), ("ce", "full"), ("sampled_softmax", "full")])
-def test_each_loss_learns_the_walk_under_full_ranking(data_wh, prepared, loss, validate):
+@pytest.mark.parametrize(("loss", "validate", "precision"), [
+    ("bce", "sampled", "float32"), ("ce", "full", "float32"), ("sampled_softmax", "full", "float32"),
+    ("sampled_softmax", "full", "bfloat16"),
+])
+def test_each_loss_learns_the_walk_under_full_ranking(data_wh, prepared, loss, validate, precision):
     # Users walk the catalogue in steps of 3, so the next item is learnable; a random ranking puts
     # the validation item in the top 10 of the 130 items for about 10/130 of the users.
-    cfg = dataclasses.replace(TINY, loss=loss, validate=validate, epochs=8, patience=8, lr=0.01, negatives=32)
+    cfg = dataclasses.replace(TINY, loss=loss, validate=validate, epochs=8, patience=8, lr=0.01, negatives=32,
+                              precision=precision)
     result = run_train(data_wh, "sasrec", cfg)
     history = json.loads(open(os.path.join(result.path, "metrics.json")).read())["history"]
     # Selection on the chosen protocol; full selection records the sampled figures beside it.

@@ -15,6 +15,7 @@ columns on the left changes no result. Padding rows of every view are zero.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Mapping, Sequence
 
@@ -59,6 +60,27 @@ def attention_mask(pad: Tensor, causal: bool) -> Tensor:
     return allowed | eye
 
 
+#: Histories up to this length share one encoder pass in :func:`length_groups`.
+SHORT_HISTORY = 32
+
+
+def length_groups(lengths: Tensor, group_rows: int) -> list[Tensor]:
+    """Row ids in groups of similar length, to encode each group trimmed to its longest row.
+
+    Rows sorted by length are cut every ``group_rows`` rows and wherever the length passes a
+    power of two above :data:`SHORT_HISTORY`: a group's rows are then at least half as long as
+    its longest, so padding costs at most 2x in the linear layers and 4x in attention, where
+    a batch of 128 rows of 30 to 197 items padded to 197 (the longest of a length-bucketed
+    Beauty epoch) cost about 10x. Short histories stay in one pass (each pass has a fixed cost).
+    """
+    order = torch.argsort(lengths, stable=True)
+    classes = torch.ceil(torch.log2(lengths[order].clamp(min=1).double())).clamp(min=math.log2(SHORT_HISTORY))
+    cuts = set(range(group_rows, order.numel(), group_rows))
+    cuts.update((torch.nonzero(classes[1:] != classes[:-1]).squeeze(1) + 1).tolist())
+    bounds = [0, *sorted(cuts), order.numel()]
+    return [order[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
 def xavier_init(module: nn.Module, skip: Sequence[nn.Parameter] = ()) -> None:
     """Xavier-normal init of every matrix parameter of ``module`` except those in ``skip``."""
     skipped = {id(p) for p in skip}
@@ -76,6 +98,39 @@ def loss_options(hp: Mapping) -> dict:
         "similarity": hp.get("similarity", "dot"),
         "temperature": float(hp.get("temperature", 1.0)),
     }
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout: each element zeroed with probability ``p``, the rest scaled by ``1 / (1 - p)``.
+
+    The same as ``F.dropout`` except for where the random numbers come from on a CPU: torch's CPU
+    ``bernoulli_`` draws one number per element at about 13 ns each (17% of an ``llmesr_sasrec``
+    step on Beauty); this draws 64 random bits per 4 elements (about 1 ns each) and keeps an
+    element when its 15 bits are at least ``p * 32768``, so ``p`` is honoured to 1 / 32,768.
+    Elsewhere (CUDA) ``F.dropout``, whose generator is already fast. Gradients flow through the
+    saved mask as in ``F.dropout``.
+    """
+    if not training or p <= 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, True)
+    n = x.numel()
+    # random_() on int64 fills [0, 2^63): every 16-bit quarter has 15 uniform low bits (the top
+    # quarter's sign bit is always 0, so the sign bit is masked off in all four).
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n].view(x.shape)
+    keep = (bits & 0x7FFF) >= round(p * 32768)
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout`` drawing its mask with :func:`dropout` (faster on CPUs, the same otherwise)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
 
 
 # --------------------------------------------------------------------------- attention
@@ -103,10 +158,21 @@ class MultiHeadAttention(nn.Module):
             return x.view(b, length, self.heads, d).transpose(1, 2)
 
         q, k, v = split(self.query(query)), split(self.key(context)), split(self.value(context))
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
-        )
+        if self.training and self.dropout > 0 and q.device.type == "cpu":
+            out = _attention_with_dropout(q, k, v, allowed, self.dropout)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+            )
         return self.out(out.transpose(1, 2).reshape(b, length, hidden))
+
+
+def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, p: float) -> Tensor:
+    """What ``scaled_dot_product_attention`` computes with ``dropout_p`` (its math path), with the
+    attention weights dropped by :func:`dropout`: on a CPU SDPA draws them with ``bernoulli_``."""
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    return dropout(weights, p, True) @ v
 
 
 class TransformerBlock(nn.Module):
@@ -118,8 +184,8 @@ class TransformerBlock(nn.Module):
         self.attention = MultiHeadAttention(hidden, heads, dropout)
         self.feed_forward_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.feed_forward = nn.Sequential(
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(), Dropout(dropout),
+            nn.Linear(hidden, hidden), Dropout(dropout),
         )
 
     def forward(self, x: Tensor, allowed: Tensor, keep: Tensor) -> Tensor:
@@ -144,7 +210,7 @@ class TransformerEncoder(nn.Module):
         self.max_len = max_len
         self.scale = math.sqrt(hidden)
         self.positions = nn.Embedding(max_len + 1, hidden)
-        self.input_dropout = nn.Dropout(dropout)
+        self.input_dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(TransformerBlock(hidden, heads, dropout) for _ in range(layers))
         self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
 
@@ -521,11 +587,9 @@ class SequentialRecommender(nn.Module):
         # Rows are encoded in groups of similar length, each trimmed to its longest row:
         # the same loss as one padded pass over the batch, at a fraction of the cost when
         # most histories are short. Logits are pooled before averaging.
-        order = torch.argsort((seqs != 0).sum(dim=1), stable=True)
         hs, pos_items, neg_items = [], [], []
         student = None
-        for start in range(0, seqs.shape[0], self.loss_group_rows):
-            rows = order[start : start + self.loss_group_rows]
+        for rows in length_groups((seqs != 0).sum(dim=1), self.loss_group_rows):
             s = trim_padding(seqs[rows])
             width = s.shape[1]
             p = pos[rows][:, -width:]

@@ -143,15 +143,21 @@ def sampled_softmax(
     the same loss and gradients, and popularity draws repeat the head often (4,096 draws on
     Beauty are about 2,900 distinct items), so fewer columns to score.
     """
-    negatives, counts = torch.unique(negatives, return_counts=True)
+    negatives, counts = torch.unique(negatives, return_counts=True)  # sorted
     pos = (h * items[targets]).sum(-1)
-    neg = h @ items[negatives].T + torch.log(counts.to(h.dtype))[None, :]
+    # Every per-column term is added to an [M] vector and enters the product once (addmm):
+    # elementwise passes over the [N, M] logits cost as much as the product on a CPU.
+    column = torch.log(counts.to(h.dtype))
     if bias is not None:
         pos = pos + bias[targets]
-        neg = neg + bias[negatives][None, :]
+        column = column + bias[negatives]
     if logq is not None:
         pos = pos - logq[targets]
-        neg = neg - logq[negatives][None, :]
-    neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+        column = column - logq[negatives]
+    neg = torch.addmm(column[None, :], h, items[negatives].T)
+    # A row's target among the (sorted) negatives is found by bisection, not by an [N, M] compare.
+    at = torch.searchsorted(negatives, targets).clamp_(max=negatives.numel() - 1)
+    rows = torch.nonzero(negatives[at] == targets).squeeze(1)
+    neg[rows, at[rows]] = float("-inf")
     logits = torch.cat([pos[:, None], neg], dim=1)
     return F.cross_entropy(logits, torch.zeros_like(targets))

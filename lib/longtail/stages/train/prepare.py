@@ -81,8 +81,9 @@ def prepare_training_data(wh, model_name: str, cfg: TrainConfig, run_dir: str, n
     per_rank = _write_shards(wh, users_dir, f"{run_dir}/shards", n_shards, world, min_len)
     _check_shards(per_rank, min_len)
     changed = sum(per_rank)  # without a previous version's fingerprints every user counts as changed
-    if previous_fingerprints is not None:
-        changed = read_parquet(wh.spark, f"{run_dir}/shards").where(F.col("changed")).count()
+    if previous_fingerprints is not None:  # read back by pyarrow: one boolean column, no Spark job
+        changed = sum(int(np.count_nonzero(t.column("changed").to_numpy(zero_copy_only=False)))
+                      for t in read_parquet_dir(f"{run_dir}/shards", ["changed"]))
     if cfg.warm_start:  # what the next warm start compares with (moved to the model folder after training)
         write_parquet(read_parquet(wh.spark, users_dir).select("user_idx", "fingerprint"),
                       f"{run_dir}/{FINGERPRINTS}")

@@ -349,6 +349,7 @@ def _run_epoch(model, module, optimizer, data: RankData, plan: _EpochPlan, rng, 
     teacher = plan.teacher_cache(module, device)
     hp = plan.hp
     clip, clipped, skipped, counted = float(hp["grad_clip"]), 0, 0, 0
+    low_precision = hp.get("precision", "float32") == "bfloat16"  # models saved before the key: float32
     for step in range(steps):
         ids = order[step * per_rank : (step + 1) * per_rank]
         batch = data.batch(ids, rng, plan.n_items, int(hp["max_len"]), plan.cloze, float(hp["bert_mask_prob"]),
@@ -357,7 +358,8 @@ def _run_epoch(model, module, optimizer, data: RankData, plan: _EpochPlan, rng, 
         if teacher is not None:
             batch["teacher"] = teacher
         optimizer.zero_grad(set_to_none=True)
-        loss = model(batch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
+            loss = model(batch)
         loss.backward()
         # The gradient norm is the same on every rank (DDP all-reduced it), so every rank skips a
         # step with a non-finite gradient alike; one such step would otherwise turn every weight NaN.
