@@ -265,7 +265,7 @@ class TrainConfig:
     weight_decay: NonNegativeFloat = 0.0
     #: Width of every item and user vector (the dual view scores ``2 x hidden``). 128, not 64 (the
     #: paper's): ``llmesr_sasrec`` gained on validation on Beauty (+3.1%, 3 seeds) and on Sports (thin
-    #: text; 2 seeds), with more tail items in its lists; ``sasrec`` stayed level (its semantic view
+    #: text; +1.3%, 3 seeds), with more tail items in its lists; ``sasrec`` stayed level (its semantic view
     #: passes 128 of the LLM's 384 dimensions on, an ID table gains nothing). A Beauty ``train`` takes
     #: 1.9x the previous default's time, the issue's budget being 2x (benchmarks/README.md, issue 26).
     #: Item tables and scoring costs grow with it (docs/scaling.md: 64 for a 10M-item catalogue).
