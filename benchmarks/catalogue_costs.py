@@ -136,13 +136,19 @@ def training_step(items: int, length: int, steps: int, seed: int, fused: bool = 
             "batch_size": cfg.batch_size, "negatives": cfg.negatives}
 
 
+def random_text_tables(items: int, hidden: int, rng: np.random.Generator) -> TextTables:
+    """Random 384-dimensional LLM item embeddings and a random ``hidden``-wide projection of them standing
+    for the PCA map (what an ``llmesr_`` model is built from; also used by ``train_step.py``)."""
+    llm = rng.standard_normal((items + 1, 384), dtype=np.float32)
+    components = rng.standard_normal((hidden, 384), dtype=np.float32) / 20
+    return TextTables.from_arrays(llm, llm @ components.T, np.zeros(384, np.float32), components)
+
+
 def user_vectors(items: int, users: int, length: int, seed: int) -> dict:
     """ms per user of ``llmesr_sasrec``'s user vectors at ``items`` items, every row against the touched ones."""
     cfg = TrainConfig()
     rng = np.random.default_rng(seed)
-    llm = rng.standard_normal((items + 1, 384), dtype=np.float32)
-    components = rng.standard_normal((cfg.hidden, 384), dtype=np.float32) / 20
-    text = TextTables.from_arrays(llm, llm @ components.T, np.zeros(384, np.float32), components)
+    text = random_text_tables(items, cfg.hidden, rng)
     torch.manual_seed(seed)
     model = build_model("llmesr_sasrec", items, dataclasses.asdict(cfg), text)
     values = rng.integers(1, items + 1, size=users * length)

@@ -33,8 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from longtail.core.config import TrainConfig
-from longtail.models import TextTables, build_model, layers
+from longtail.models import build_model, layers
 from longtail.stages.train.data import NegativeSampler, bucketed_order
+
+from catalogue_costs import random_text_tables
 
 
 def beauty_like_lengths(users: int, max_len: int, rng: np.random.Generator) -> np.ndarray:
@@ -84,10 +86,7 @@ def reverted(*names: str):
 
 def _model(items: int, hidden: int, seed: int):
     cfg = dataclasses.replace(TrainConfig(), hidden=hidden)
-    rng = np.random.default_rng(seed)
-    llm = rng.standard_normal((items + 1, 384), dtype=np.float32)
-    components = rng.standard_normal((hidden, 384), dtype=np.float32) / 20
-    text = TextTables.from_arrays(llm, llm @ components.T, np.zeros(384, np.float32), components)
+    text = random_text_tables(items, hidden, np.random.default_rng(seed))
     torch.manual_seed(seed)
     return cfg, build_model("llmesr_sasrec", items, dataclasses.asdict(cfg), text)
 

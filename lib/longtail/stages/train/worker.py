@@ -133,7 +133,7 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
     per_rank, _, steps, seen_per_epoch = _schedule(epoch_rows.rows, cloze, int(hp["batch_size"]), world, device,
                                                    distributed)
     plan = _EpochPlan.build(params, data, users)
-    if plan.bucket > 0:  # batches of similar lengths: one encoder pass per batch is enough
+    if plan.bucket > 0:  # batches of similar lengths: split only where lengths pass a power of two (length_groups)
         module.loss_group_rows = max(module.loss_group_rows, per_rank)
     # Every rank builds the same seeded validation set and ranks its own share of it each epoch
     # (the figures are summed across ranks), so validation costs 1 / world of one rank's time;
