@@ -14,14 +14,19 @@ before and now in the same run:
   nanoseconds per user-item pair.
 - the **training step** of the default ``sasrec`` (``TrainConfig()``: its loss, negatives, batch size)
   at ``--small-items`` and ``--items`` items, on batches of ``--length`` items (Beauty's mean history
-  is about 9), with the norm clip the loop applies. ``before``: every item row built per step and
-  foreach Adam; ``now``: the rows the batch touches (``gather_touched_rows``) and fused Adam.
+  is about 9) and negatives drawn by a popularity with Beauty's long tail (about 2,800 distinct of
+  12,101 per batch), with the norm clip the loop applies. ``before``: every item row built per step and
+  foreach Adam; ``dense``: the rows the batch touches (``gather_touched_rows``) and fused Adam over
+  every row; ``now``: what ``train.item_updates: auto`` runs at that size on a CPU (``dense`` below
+  ``SPARSE_ITEMS_FROM`` items, from there the item table's gradient sparse and its Adam row-wise,
+  :mod:`longtail.models.optim`).
 - **user vectors** of the default ``llmesr_sasrec`` (random text tables of 384 dimensions) for
   ``--users`` histories of ``--length`` items through :func:`encode_histories` (what ``score``,
   ``evaluate`` and validation run): ``before`` builds every item row of both views per chunk of 512
   users, ``now`` the rows of the chunk's items. Milliseconds per user.
 
-Then, at ``--at-users`` users and ``--at-items`` items: the training step along the line through its
+``--more-items N ...`` times the ``now`` step again at those sizes (with ``--small-items`` and ``--items``,
+in one pass: ``now_step_ms_at_items``). Then, at ``--at-users`` users and ``--at-items`` items: the training step along the line through its
 two measured catalogue sizes (what grows with the items is a pass over the item table per step: its
 gradient buffer, Adam, the norm clip), an epoch's core-hours (every user once), validation's (of
 ``train.validation_users`` users) and its share of the epoch, and the user vectors of a nightly
@@ -40,6 +45,7 @@ import torch
 from longtail.core.config import TrainConfig
 from longtail.models import TextTables, build_model
 from longtail.models.histories import encode_histories
+from longtail.models.optim import ItemRowsAdam, clip_grad_norm, sparse_item_updates
 from longtail.ranking import topk
 from longtail.stages.train.data import NegativeSampler
 from longtail.stages.train.validation import (
@@ -104,16 +110,30 @@ def validation_pass(items: int, users: int, dim: int, seed: int) -> dict:
             "speedup": before_s / now_s, "same_ranks": bool(np.array_equal(before, now))}
 
 
-def training_step(items: int, length: int, steps: int, seed: int, fused: bool = True, touched: bool = True) -> dict:
-    """ms per training sequence of the default ``sasrec`` at ``items`` items, and Adam's share."""
+def beauty_like_popularity(items: int, rng: np.random.Generator) -> np.ndarray:
+    """Training counts per item idx with a long tail like Beauty's: 4,096 popularity draws hit about
+    2,800 distinct items of 12,101 (Beauty: 2,943). (Before 2026-12-07 this script drew zipf(1.5)
+    counts: about 5 distinct negatives per batch, which left most of the loss out of its steps.)"""
+    return np.floor((rng.pareto(1.5, items + 1) + 1) * 4)
+
+
+def training_step(items: int, length: int, steps: int, seed: int, fused: bool = True, touched: bool = True,
+                  sparse: bool = False) -> dict:
+    """ms per training sequence of the default ``sasrec`` at ``items`` items, and Adam's share;
+    ``sparse``: the item table updated row-wise (:class:`~longtail.models.optim.ItemRowsAdam`)."""
     cfg = TrainConfig()
     hp = dataclasses.asdict(cfg)
     torch.manual_seed(seed)
     model = build_model("sasrec", items, hp, None)
     model.gather_touched_rows = touched
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=fused)
+    tables = model.sparse_item_tables() if sparse else []
+    rowwise = {id(t) for t in tables}
+    if sparse or fused:
+        optimizer = ItemRowsAdam([p for p in model.parameters() if id(p) not in rowwise], tables, lr=cfg.lr)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=False)
     rng = np.random.default_rng(seed)
-    sampler = NegativeSampler(items, cfg.negatives, cfg.negative_sampling, rng.zipf(1.5, items + 1).astype(float),
+    sampler = NegativeSampler(items, cfg.negatives, cfg.negative_sampling, beauty_like_popularity(items, rng),
                               logq=True)
 
     def step() -> float:
@@ -122,7 +142,7 @@ def training_step(items: int, length: int, steps: int, seed: int, fused: bool = 
                  "negatives": torch.from_numpy(sampler.draw(rng)), "logq": torch.from_numpy(sampler.logq)}
         optimizer.zero_grad(set_to_none=True)
         model(batch).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        clip_grad_norm(model.parameters(), cfg.grad_clip)
         started = time.perf_counter()
         optimizer.step()
         return time.perf_counter() - started
@@ -178,6 +198,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=9, help="items per training sequence")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--more-items", type=int, nargs="*", default=[],
+                        help="catalogue sizes at which to time the 'now' step again (does it still grow?)")
     parser.add_argument("--at-users", type=float, default=1e8)
     parser.add_argument("--at-items", type=float, default=1e7)
     args = parser.parse_args()
@@ -186,20 +208,32 @@ def main() -> None:
     result.update(validation_pass(args.items, args.users, args.dim, args.seed))
     validated = TrainConfig().validation_users
     result.update({"at_users": args.at_users, "at_items": args.at_items, "validation_users": validated})
-    for label, fused, touched in (("before", False, False), ("now", True, True)):
-        small = training_step(args.small_items, args.length, args.steps, args.seed, fused, touched)
-        large = training_step(args.items, args.length, args.steps, args.seed, fused, touched)
+    for label, fused, touched, sparse in (("before", False, False, False), ("dense", True, True, False),
+                                          ("now", True, True, None)):
+        def auto(n: int, sparse: bool | None = sparse) -> bool:  # None: what train.item_updates: auto runs
+            return sparse_item_updates("auto", n, "cpu", False) if sparse is None else sparse
+
+        small = training_step(args.small_items, args.length, args.steps, args.seed, fused, touched, auto(args.small_items))
+        large = training_step(args.items, args.length, args.steps, args.seed, fused, touched, auto(args.items))
         step_ms = _step_at_scale(small, large, args.small_items, args.items, args.at_items)
         epoch_core_s = args.at_users / large["batch_size"] * step_ms / 1e3
-        ns = result["ns_per_pair" if label == "now" else "before_ns_per_pair"]
+        ns = result["before_ns_per_pair" if label == "before" else "ns_per_pair"]
         validation_core_s = validated * args.at_items * ns / 1e9
         result[label] = {
             "step_ms_small": small["step_ms"], "step_ms": large["step_ms"], "adam_ms_per_step": large["adam_ms_per_step"],
             "train_ms_per_sequence": large["train_ms_per_sequence"], "step_ms_at_scale": step_ms,
             "epoch_core_h_at_scale": epoch_core_s / 3600, "validation_core_h_at_scale": validation_core_s / 3600,
             "validation_share_of_epoch": validation_core_s / (epoch_core_s + validation_core_s),
+            "item_updates": "sparse" if auto(args.items) else "dense",
         }
+    # Row-wise updates leave a step whose item-dependent part is the loss over its distinct rows (at
+    # most the batch's items and negatives): timed at more sizes, the line may be flat.
+    result["now_step_ms_at_items"] = {
+        n: training_step(n, args.length, args.steps, args.seed, True, True, sparse_item_updates("auto", n, "cpu", False))
+        ["step_ms"] for n in [args.small_items, args.items, *args.more_items]
+    } if args.more_items else {}
     result["step_speedup"] = result["before"]["step_ms"] / result["now"]["step_ms"]
+    result["sparse_step_speedup"] = result["dense"]["step_ms"] / result["now"]["step_ms"]
     result.update(user_vectors(args.items, args.users, args.length, args.seed))
     result["user_core_h_at_scale_before"] = result["user_ms_before"] * args.at_items / args.items * args.at_users / 3.6e6
     result["user_core_h_at_scale_now"] = result["user_ms_now"] * args.at_users / 3.6e6

@@ -32,22 +32,15 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from catalogue_costs import beauty_like_popularity, random_text_tables
 from longtail.core.config import TrainConfig
 from longtail.models import build_model, layers
 from longtail.stages.train.data import NegativeSampler, bucketed_order
-
-from catalogue_costs import random_text_tables
 
 
 def beauty_like_lengths(users: int, max_len: int, rng: np.random.Generator) -> np.ndarray:
     """History lengths with Beauty's long tail: 3 + a Pareto draw, capped at ``max_len``."""
     return np.minimum(3 + np.floor(rng.pareto(2.0, users) * 4.0).astype(int), max_len)
-
-
-def beauty_like_popularity(items: int, rng: np.random.Generator) -> np.ndarray:
-    """Training counts per item idx with a long tail like Beauty's: 4,096 popularity draws hit about
-    2,800 distinct items of 12,101 (Beauty: 2,943)."""
-    return np.floor((rng.pareto(1.5, items + 1) + 1) * 4)
 
 
 def _sampled_softmax_before(h, items, targets, negatives, logq=None, bias=None):

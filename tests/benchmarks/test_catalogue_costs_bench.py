@@ -23,14 +23,19 @@ def test_the_pass_before_and_now_give_the_same_ranks():
     assert before.min() >= 0 and before.max() < 3001 and len(np.unique(before)) > 50
 
 
-def test_main_prints_both_steps_and_the_share_at_scale(monkeypatch, capsys):
+def test_main_prints_every_step_and_the_share_at_scale(monkeypatch, capsys):
+    from longtail.models import optim
+
     bench = load_script("catalogue_costs")
+    # auto's threshold between the two sizes: "now" runs dense at 500 items and row-wise at 2,000.
+    monkeypatch.setattr(optim, "SPARSE_ITEMS_FROM", 1000)
     monkeypatch.setattr(sys, "argv", ["catalogue_costs.py", "--items", "2000", "--small-items", "500", "--users", "64",
                                       "--steps", "2", "--dim", "8"])
     bench.main()
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["same_ranks"] is True
-    for label in ("before", "now"):
+    for label in ("before", "dense", "now"):
         assert result[label]["step_ms"] > 0 and 0 < result[label]["validation_share_of_epoch"] < 1
-    assert result["now"]["step_ms_at_scale"] >= result["now"]["step_ms"]
+    assert (result["dense"]["item_updates"], result["now"]["item_updates"]) == ("dense", "sparse")
+    assert result["now"]["step_ms_at_scale"] >= result["now"]["step_ms"] and result["sparse_step_speedup"] > 0
     assert result["same_user_vectors"] is True and result["user_ms_now"] > 0

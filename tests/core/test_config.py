@@ -141,6 +141,9 @@ def test_replace_returns_a_new_validated_config():
         (["score.ann_nprobe=0"], "score.ann_nprobe: must be >= 1"),
         (["score.ann_nlist=-1"], "score.ann_nlist: must be >= 0"),
         (["score.device=gpu"], "score.device"),
+        (["train.item_updates=lazy"], "train.item_updates"),
+        (["train.item_updates=sparse", "train.loss=ce"], "train.item_updates: sparse updates only the item rows"),
+        (["train.item_updates=sparse", "train.weight_decay=0.01"], "train.item_updates: sparse"),
     ],
 )
 def test_bad_settings_fail_at_load_with_one_line_naming_the_key(overrides, message):

@@ -40,11 +40,12 @@ def next_item(rng: np.random.Generator, walks: torch.Tensor) -> tuple[torch.Tens
     return walks[:, :-1], walks[:, 1:]
 
 
-def fit(model, data: torch.Tensor, steps: int, lr: float = 0.01, seed: int = 1, batch=next_item) -> None:
+def fit(model, data: torch.Tensor, steps: int, lr: float = 0.01, seed: int = 1, batch=next_item,
+        optimizer=None) -> None:
     """Adam steps of the model's own loss on batches of 64 walks, 16 shared sampled negatives and
     one BCE negative per position; ``batch(rng, walks)`` makes inputs and targets (:func:`next_item`,
-    or a cloze mask)."""
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    or a cloze mask); ``optimizer``: another one over the model (``lr`` then unused)."""
+    opt = optimizer or torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     rng = np.random.default_rng(seed)
     model.train()
     for _ in range(steps):

@@ -209,11 +209,15 @@ def test_llmesr_run_carries_the_encoders_pca_map(data_wh, views, gate):
 ])
 def test_each_loss_learns_the_walk_under_full_ranking(data_wh, prepared, loss, validate, precision):
     # Users walk the catalogue in steps of 3, so the next item is learnable; a random ranking puts
-    # the validation item in the top 10 of the 130 items for about 10/130 of the users.
+    # the validation item in the top 10 of the 130 items for about 10/130 of the users. The
+    # bfloat16 run also updates its item table row-wise (train.item_updates: sparse).
+    updates = "sparse" if precision == "bfloat16" else "auto"
     cfg = dataclasses.replace(TINY, loss=loss, validate=validate, epochs=8, patience=8, lr=0.01, negatives=32,
-                              precision=precision)
+                              precision=precision, item_updates=updates)
     result = run_train(data_wh, "sasrec", cfg)
-    history = json.loads(open(os.path.join(result.path, "metrics.json")).read())["history"]
+    metrics = json.loads(open(os.path.join(result.path, "metrics.json")).read())
+    assert metrics["item_updates"] == ("sparse" if updates == "sparse" else "dense")  # auto: dense at 130 items
+    history = metrics["history"]
     # Selection on the chosen protocol; full selection records the sampled figures beside it.
     assert ("valid_full_ndcg10" in history[-1]) == (validate == "full") and "valid_sampled_ndcg10" in history[-1]
     assert result.valid_ndcg10 == pytest.approx(max(h[f"valid_{validate}_ndcg10"] for h in history))
@@ -222,6 +226,18 @@ def test_each_loss_learns_the_walk_under_full_ranking(data_wh, prepared, loss, v
     model = load_model(data_wh, "sasrec", version=result.version)
     _, full_hr = validation.evaluate(model.module, protocols=("full",))["full"]
     assert full_hr > 3 * 10 / N_ITEMS, f"{loss}: full HR@10 {full_hr:.3f}"
+
+
+@pytest.mark.parametrize(("setting", "units", "expected"), [
+    ("auto", True, "bfloat16"), ("auto", False, "float32"), ("float32", True, "float32"),
+    ("bfloat16", False, "bfloat16"), (None, True, "float32"),  # a model saved before the key
+])
+def test_step_precision_auto_takes_bfloat16_only_where_the_cpu_has_its_units(monkeypatch, setting, units, expected):
+    import longtail.encoders.text as text
+    from longtail.stages.train.worker import step_precision
+
+    monkeypatch.setattr(text, "cpu_has_bf16_units", lambda: units)
+    assert step_precision(setting, "cpu") == expected
 
 
 def test_negative_sampler_draws_and_log_probabilities():
@@ -335,10 +351,13 @@ def test_cluster_mode_checks_task_slots_first(data_wh):
 @pytest.mark.spark
 @pytest.mark.slow
 def test_two_processes_with_torch_distributor(data_wh):
-    cfg = dataclasses.replace(TINY, mode="local", processes=2, epochs=2, semantic_view=True)  # the dual view
+    # The dual view, its item table updated row-wise: DDP (gloo) all-reduces the sparse gradients.
+    # Dense updates across ranks run in the two-executor lane (tests/deploy).
+    cfg = dataclasses.replace(TINY, mode="local", processes=2, epochs=2, semantic_view=True, item_updates="sparse")
     result = run_train(data_wh, "llmesr_sasrec", cfg)
     assert result.processes == 2 and result.epochs_run == 2 and result.mode == "local"
     metrics = json.loads(open(os.path.join(result.path, "metrics.json")).read())
+    assert metrics["item_updates"] == "sparse"
     # Both ranks ran the same steps over disjoint halves: every training user once per epoch.
     assert metrics["sequences_per_epoch"] == N_USERS
     model = load_model(data_wh, "llmesr_sasrec", result.version)

@@ -348,11 +348,19 @@ class TrainConfig:
     #: ranks them against the whole catalogue every validation; the sample bounds that cost on
     #: large catalogues (docs/scaling.md). Beauty's 22,363 users are all validated.
     validation_users: Positive | None = 100_000
-    #: Arithmetic of the training steps' forward and backward passes: ``float32``, or ``bfloat16``
+    #: Arithmetic of the training steps' forward and backward passes: ``float32``, ``bfloat16``
     #: (torch autocast: matrix products in bfloat16 with float32 weights, Adam state, softmax and
-    #: norms; about 2.7x faster products on a CPU with bfloat16 units). Validation, the exposure
-    #: calibration and every served score stay float32.
-    precision: Literal["float32", "bfloat16"] = "float32"
+    #: norms; about 2.7x faster products on a CPU with bfloat16 units) or ``auto`` (bfloat16 where
+    #: the device has bfloat16 units: AMX or AVX512-BF16 CPUs, GPUs that support it; float32
+    #: elsewhere, where bfloat16 is emulated and slower). Validation, the exposure calibration and
+    #: every served score stay float32; the model's metrics record what ran.
+    precision: Literal["auto", "float32", "bfloat16"] = "float32"
+    #: How Adam updates the item tables: ``dense`` (every row, every step), ``sparse`` (only the rows
+    #: a step touched: a lazy Adam, whose step costs the same at any catalogue size) or ``auto``
+    #: (sparse on CPU from 100,000 items, ``longtail.models.optim``; dense on GPUs). At 1M items a
+    #: CPU step is several times cheaper sparse (docs/scaling.md). Needs a step that builds only the
+    #: rows it touches: not with ``loss: ce``, ``view_gate: popularity`` or ``weight_decay`` > 0.
+    item_updates: Literal["auto", "dense", "sparse"] = "auto"
     #: Largest L2 norm of the gradient per step (0: no clipping). Without it GRU4Rec with the sampled
     #: softmax diverged to NaN after 17-22 epochs on Beauty; the history records the clipped steps.
     grad_clip: NonNegativeFloat = 5.0
@@ -690,6 +698,11 @@ def check_config(cfg: Config) -> None:
     t, s, e = cfg.train, cfg.score, cfg.evaluate
     if t.hidden % t.heads:
         raise ConfigError(f"config key train.heads: train.hidden {t.hidden} is not divisible by {t.heads} heads")
+    if t.item_updates == "sparse" and (t.loss == "ce" or t.view_gate == "popularity" or t.weight_decay > 0):
+        raise ConfigError(
+            "config key train.item_updates: sparse updates only the item rows a step touches, which "
+            "train.loss=ce, train.view_gate=popularity and train.weight_decay > 0 do not allow; use auto or dense"
+        )
     if s.hybrid.mmr_lambda is not None and s.hybrid.mmr_candidates < s.top_k:
         raise ConfigError(
             f"config key score.hybrid.mmr_candidates: {s.hybrid.mmr_candidates} candidates cannot fill "

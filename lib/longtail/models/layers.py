@@ -286,8 +286,9 @@ class IdView(nn.Module):
         return torch.cat([torch.zeros_like(w[:1]), w[1:]], dim=0)
 
     def rows(self, ids: Tensor) -> Tensor:
-        """``table()[ids]`` without building the whole table."""
-        return F.embedding(ids, self.embedding.weight) * (ids != 0).unsqueeze(-1)
+        """``table()[ids]`` without building the whole table; the gradient is sparse (the rows of
+        ``ids``) when the embedding is (:meth:`SequentialRecommender.sparse_item_tables`)."""
+        return F.embedding(ids, self.embedding.weight, sparse=self.embedding.sparse) * (ids != 0).unsqueeze(-1)
 
     @property
     def from_text_available(self) -> bool:
@@ -662,6 +663,23 @@ class SequentialRecommender(nn.Module):
         flat = [x.reshape(-1) for x in ids]
         rows = torch.unique(torch.cat(flat + [flat[0].new_zeros(1)]))
         return rows, [view.rows(rows) for view in self.views]
+
+    def sparse_item_tables(self) -> list[nn.Parameter]:
+        """Make the trainable item tables emit sparse gradients (the rows a step touched) and return
+        them, for a row-wise optimiser (:class:`~longtail.models.optim.ItemRowsAdam`). Call before
+        wrapping the model in DDP, which reads each embedding's ``sparse`` flag when it is built.
+
+        Raises:
+            ValueError: the model's training step builds whole tables (``loss: ce``, the popularity
+                gate, or :attr:`gather_touched_rows` off), whose gradients are dense.
+        """
+        if self.loss_kind == "ce" or self.item_gate is not None or not self.gather_touched_rows:
+            raise ValueError("sparse item updates need a step that builds only the rows it touches "
+                             "(not loss: ce, not view_gate: popularity)")
+        tables = [view.embedding for view in self.views if isinstance(view, IdView)]
+        for embedding in tables:
+            embedding.sparse = True
+        return [embedding.weight for embedding in tables]
 
     def distillation(self, student: Tensor, batch: Mapping[str, Tensor], tables: list[Tensor]) -> Tensor:
         """MSE between each user's rep and the mean rep of its similar users.

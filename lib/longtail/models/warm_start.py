@@ -130,7 +130,10 @@ def optimizer_state_by_name(optimizer, module) -> dict[str, dict[str, Tensor]]:
     out: dict[str, dict[str, Tensor]] = {}
     for param, state in optimizer.state.items():
         if id(param) in names and state:
-            out[names[id(param)]] = {k: (v.detach().to("cpu").clone() if torch.is_tensor(v) else torch.tensor(v))
+            # A step count is kept as Adam's float32 tensor (SparseAdam counts in a Python int), so
+            # that either optimiser can resume from it (train.item_updates may differ next time).
+            out[names[id(param)]] = {k: (v.detach().to("cpu").clone() if torch.is_tensor(v)
+                                         else torch.tensor(v, dtype=torch.float32 if k == "step" else None))
                                      for k, v in state.items()}
     return out
 

@@ -20,6 +20,7 @@ from longtail.core.files import npy_bytes, read_bytes
 from longtail.core.progress import write_progress
 from longtail.inference.store import HUBNESS_FILE, OPTIMIZER_FILE, save_model_dir
 from longtail.models.histories import pad_left
+from longtail.models.optim import ItemRowsAdam, clip_grad_norm, sparse_item_updates
 from longtail.ranking.topk import log_popularity
 from longtail.stages.train.data import (
     EpochRows,
@@ -117,14 +118,16 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
     seed, n_items, max_len = int(hp["seed"]), int(params["n_items"]), int(hp["max_len"])
     cloze = params["objective"] == "cloze"
     users, data = _load_data(params, rank, world)
-    module, model = _build(params, device, distributed)
+    module, model, item_tables = _build(params, device, distributed)
     # Fused: one pass per tensor instead of one per operation: the update of the item table is
     # 12x cheaper on one CPU core (10 ms against 121 ms per step at 200,000 items x 64), the
-    # same arithmetic (benchmarks/catalogue_costs.py).
-    optimizer = torch.optim.Adam(
-        [p for p in module.parameters() if p.requires_grad], lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]),
-        fused=True,
+    # same arithmetic (benchmarks/catalogue_costs.py). Sparse item tables: row-wise (models.optim).
+    rowwise = {id(p) for p in item_tables}
+    optimizer = ItemRowsAdam(
+        [p for p in module.parameters() if p.requires_grad and id(p) not in rowwise], item_tables,
+        lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]), fused=True,
     )
+    params["item_updates"] = "sparse" if item_tables else "dense"
     _carry_optimizer(params, optimizer, module)
     schedule = LearningRate.from_hp(hp)
     # A warm start trains each epoch on the changed users and a replayed share of the others.
@@ -132,7 +135,8 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
     epoch_rows = EpochRows(data.changed, replay, cloze)
     per_rank, _, steps, seen_per_epoch = _schedule(epoch_rows.rows, cloze, int(hp["batch_size"]), world, device,
                                                    distributed)
-    plan = _EpochPlan.build(params, data, users)
+    plan = _EpochPlan.build(params, data, users, device)
+    params["precision"] = plan.precision
     if plan.bucket > 0:  # batches of similar lengths: split only where lengths pass a power of two (length_groups)
         module.loss_group_rows = max(module.loss_group_rows, per_rank)
     # Every rank builds the same seeded validation set and ranks its own share of it each epoch
@@ -196,7 +200,8 @@ def _load_data(params: dict, rank: int, world: int) -> tuple[UserTable | None, R
 
 
 def _build(params: dict, device, distributed: bool):
-    """``(module, model)``: the freshly initialised model and what the loop calls (DDP-wrapped)."""
+    """``(module, model, item_tables)``: the freshly initialised model, what the loop calls
+    (DDP-wrapped) and the item tables updated row-wise (``train.item_updates``; empty: dense)."""
     import torch
 
     from longtail.models import TextTables, build_model
@@ -211,16 +216,44 @@ def _build(params: dict, device, distributed: bool):
     module = build_model(params["model"], int(params["n_items"]), params["hp"], text)
     if params.get("warm_start"):  # every rank loads the same carried state (DDP checks they agree)
         module.load_state_dict(_carried_state(params, module, text))
-    module = module.to(device)
+    item_tables = module.sparse_item_tables() if _sparse_items(params, device, distributed) else []
+    module = module.to(device)  # moves each parameter's data: the same Parameter objects
     if not distributed:
-        return module, module
+        return module, module, item_tables
     from torch.nn.parallel import DistributedDataParallel
 
     # The frozen LLM table is a buffer: synced once at init, never re-broadcast per step.
     ddp = DistributedDataParallel(
         module, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
     )
-    return module, ddp
+    return module, ddp, item_tables
+
+
+def step_precision(setting: str | None, device_type: str) -> str:
+    """``train.precision`` for a device: ``float32`` or ``bfloat16`` as set; ``auto``: bfloat16 where the
+    device multiplies it natively (a CUDA GPU that supports it; a CPU with AMX or AVX512-BF16,
+    :func:`~longtail.encoders.text.cpu_has_bf16_units`), else float32 (emulated bfloat16 is slower).
+    None (models saved before the key): float32."""
+    if setting in (None, "float32", "bfloat16"):
+        return setting or "float32"
+    import torch
+
+    from longtail.encoders.text import cpu_has_bf16_units
+
+    if device_type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if cpu_has_bf16_units() else "float32"
+
+
+def _sparse_items(params: dict, device, distributed: bool) -> bool:
+    """``train.item_updates`` resolved for this run (``auto``: :func:`~longtail.models.optim.sparse_item_updates`
+    where the step builds only the rows it touches: not with ``ce``, the popularity gate or weight decay)."""
+    hp = params["hp"]
+    setting = hp.get("item_updates", "dense")  # models saved before the key: dense
+    eligible = hp["loss"] != "ce" and hp.get("view_gate", "none") != "popularity" and not float(hp["weight_decay"])
+    if setting == "auto" and not eligible:
+        return False
+    return sparse_item_updates(setting, int(params["n_items"]), device.type, distributed)
 
 
 def _carried_state(params: dict, module, text) -> dict:
@@ -302,12 +335,14 @@ class _EpochPlan:
     users: UserTable | None = None
     #: Rows of the user table that some training row distils from (``teachers: epoch``).
     teacher_rows: np.ndarray | None = None
+    #: The steps' arithmetic, ``train.precision`` resolved for this rank's device.
+    precision: str = "float32"
 
     @classmethod
-    def build(cls, params: dict, data: RankData, users: UserTable | None) -> "_EpochPlan":
+    def build(cls, params: dict, data: RankData, users: UserTable | None, device) -> _EpochPlan:
         hp, n_items = params["hp"], int(params["n_items"])  # hp: every TrainConfig key
         plan = cls(hp, n_items, params["objective"] == "cloze", hp["loss"], hp["validate"], hp["teachers"],
-                   int(hp["length_buckets"]), users=users)
+                   int(hp["length_buckets"]), users=users, precision=step_precision(hp.get("precision"), device.type))
         if plan.loss == "sampled_softmax":
             draw = hp["negative_sampling"]
             popularity = load_popularity(params["run_dir"]) if draw == "popularity" else None
@@ -349,7 +384,7 @@ def _run_epoch(model, module, optimizer, data: RankData, plan: _EpochPlan, rng, 
     teacher = plan.teacher_cache(module, device)
     hp = plan.hp
     clip, clipped, skipped, counted = float(hp["grad_clip"]), 0, 0, 0
-    low_precision = hp.get("precision", "float32") == "bfloat16"  # models saved before the key: float32
+    low_precision = plan.precision == "bfloat16"
     for step in range(steps):
         ids = order[step * per_rank : (step + 1) * per_rank]
         batch = data.batch(ids, rng, plan.n_items, int(hp["max_len"]), plan.cloze, float(hp["bert_mask_prob"]),
@@ -363,7 +398,7 @@ def _run_epoch(model, module, optimizer, data: RankData, plan: _EpochPlan, rng, 
         loss.backward()
         # The gradient norm is the same on every rank (DDP all-reduced it), so every rank skips a
         # step with a non-finite gradient alike; one such step would otherwise turn every weight NaN.
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else float("inf"))
+        norm = clip_grad_norm(model.parameters(), clip if clip > 0 else float("inf"))
         if not bool(torch.isfinite(norm)):
             skipped += 1
             continue
@@ -475,6 +510,8 @@ def _save(params: dict, module, best: _Best, history: list[dict], epochs_run: in
         "validation_protocol": params["hp"]["validate"],
         "exposure_calibration": exposure.as_dict() if exposure else None,
         "warm_start": params.get("warm_start"),
+        "item_updates": params.get("item_updates", "dense"),
+        "precision": params.get("precision", "float32"),
         "history": history,
     }
     config = {
