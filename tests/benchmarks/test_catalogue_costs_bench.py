@@ -30,7 +30,7 @@ def test_main_prints_every_step_and_the_share_at_scale(monkeypatch, capsys):
     # auto's threshold between the two sizes: "now" runs dense at 500 items and row-wise at 2,000.
     monkeypatch.setattr(optim, "SPARSE_ITEMS_FROM", 1000)
     monkeypatch.setattr(sys, "argv", ["catalogue_costs.py", "--items", "2000", "--small-items", "500", "--users", "64",
-                                      "--steps", "2", "--dim", "8"])
+                                      "--steps", "2", "--dim", "8", "--more-items", "3000"])
     bench.main()
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["same_ranks"] is True
@@ -38,4 +38,7 @@ def test_main_prints_every_step_and_the_share_at_scale(monkeypatch, capsys):
         assert result[label]["step_ms"] > 0 and 0 < result[label]["validation_share_of_epoch"] < 1
     assert (result["dense"]["item_updates"], result["now"]["item_updates"]) == ("dense", "sparse")
     assert result["now"]["step_ms_at_scale"] >= result["now"]["step_ms"] and result["sparse_step_speedup"] > 0
+    # The loop's two sizes are reused; the extra size is timed.
+    at = result["now_step_ms_at_items"]
+    assert (at["500"], at["2000"]) == (result["now"]["step_ms_small"], result["now"]["step_ms"]) and at["3000"] > 0
     assert result["same_user_vectors"] is True and result["user_ms_now"] > 0

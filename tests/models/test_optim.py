@@ -32,10 +32,8 @@ def _pair(hp, eps: float = 1e-8):
     torch.manual_seed(0)
     dense = build_model("sasrec", N_ITEMS, _hp(hp))
     sparse = copy.deepcopy(dense)
-    tables = sparse.sparse_item_tables()
-    rowwise = {id(t) for t in tables}
     opt_dense = torch.optim.Adam(dense.parameters(), lr=0.01, eps=eps)
-    opt_sparse = ItemRowsAdam([p for p in sparse.parameters() if id(p) not in rowwise], tables, lr=0.01, eps=eps)
+    opt_sparse = ItemRowsAdam(sparse.parameters(), sparse.sparse_item_tables(), lr=0.01, eps=eps)
     return dense, opt_dense, sparse, opt_sparse
 
 
@@ -100,9 +98,7 @@ def test_a_model_with_row_wise_item_updates_learns_a_planted_pattern(name, hp, t
     model = build_model(name, N_ITEMS, _hp(hp), text if name.startswith("llmesr") else None)
     tables = model.sparse_item_tables()
     assert len(tables) == 1  # the collaborative view; the semantic view's LLM table is frozen
-    rowwise = {id(t) for t in tables}
-    optimizer = ItemRowsAdam([p for p in model.parameters() if p.requires_grad and id(p) not in rowwise], tables,
-                             lr=0.01)
+    optimizer = ItemRowsAdam(model.parameters(), tables, lr=0.01)
     fit(model, planted_walks(), 60, optimizer=optimizer)
     hr5, random_hr5 = full_hr5(model, planted_walks()), 5 / N_ITEMS
     assert hr5 > 3 * random_hr5, f"{name}: HR@5 {hr5:.3f} vs random {random_hr5:.3f}"

@@ -624,6 +624,12 @@ class SequentialRecommender(nn.Module):
     #: every row (the same results: for tests and measurements).
     gather_touched_rows = True
 
+    @property
+    def step_builds_touched_rows(self) -> bool:
+        """Whether a training step can build only the item rows it touches: not with ``ce`` (it
+        scores every item) nor the popularity gate (indexed by item idx); see :meth:`_batch_tables`."""
+        return self.loss_kind != "ce" and self.item_gate is None
+
     def _batch_tables(self, batch: Mapping[str, Tensor]) -> tuple[Mapping[str, Tensor], list[Tensor]]:
         """The item tables a training step scores with, and the batch in their row numbers.
 
@@ -636,9 +642,7 @@ class SequentialRecommender(nn.Module):
         item. ``ce`` scores every item, and the popularity gate is indexed by item idx: whole tables.
         """
         keys = [k for k in ("seqs", "pos", "neg", "negatives", "neighbor_seqs") if batch.get(k) is not None]
-        touched = None
-        if self.loss_kind != "ce" and self.item_gate is None:
-            touched = self.touched_rows([batch[k] for k in keys])
+        touched = self.touched_rows([batch[k] for k in keys]) if self.step_builds_touched_rows else None
         if touched is None:
             return batch, self.tables()
         rows, tables = touched
@@ -673,7 +677,7 @@ class SequentialRecommender(nn.Module):
             ValueError: the model's training step builds whole tables (``loss: ce``, the popularity
                 gate, or :attr:`gather_touched_rows` off), whose gradients are dense.
         """
-        if self.loss_kind == "ce" or self.item_gate is not None or not self.gather_touched_rows:
+        if not (self.step_builds_touched_rows and self.gather_touched_rows):
             raise ValueError("sparse item updates need a step that builds only the rows it touches "
                              "(not loss: ce, not view_gate: popularity)")
         tables = [view.embedding for view in self.views if isinstance(view, IdView)]

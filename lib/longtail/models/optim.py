@@ -78,16 +78,14 @@ class _States:
         for part in self._parts:
             yield from part.state.items()
 
-    def __len__(self) -> int:
-        return sum(len(part.state) for part in self._parts)
-
 
 class ItemRowsAdam:
     """Adam over a model's parameters, the item tables among them updated row-wise when sparse.
 
     Args:
-        dense: the parameters with dense gradients.
-        sparse: the item tables whose gradients are sparse (rows touched by the step); empty: plain Adam.
+        params: the model's parameters (those without ``requires_grad`` are left out).
+        item_tables: those of them whose gradients are sparse (rows touched by the step:
+            :meth:`~longtail.models.layers.SequentialRecommender.sparse_item_tables`); empty: plain Adam.
         lr, weight_decay, eps: as :class:`torch.optim.Adam` (``weight_decay`` applies to the dense
             ones; SparseAdam adds ``eps`` before the bias correction, Adam after, so a row's first
             steps differ slightly unless ``eps`` is negligible against its gradients).
@@ -97,10 +95,12 @@ class ItemRowsAdam:
     ``state`` (by parameter: saved and carried by :mod:`.warm_start`), ``zero_grad``, ``step``.
     """
 
-    def __init__(self, dense: Iterable[nn.Parameter], sparse: Iterable[nn.Parameter] = (), *, lr: float,
+    def __init__(self, params: Iterable[nn.Parameter], item_tables: Iterable[nn.Parameter] = (), *, lr: float,
                  weight_decay: float = 0.0, eps: float = 1e-8, fused: bool = True) -> None:
-        sparse = list(sparse)
-        self.dense = torch.optim.Adam(list(dense), lr=lr, weight_decay=weight_decay, eps=eps, fused=fused)
+        sparse = list(item_tables)
+        rowwise = {id(p) for p in sparse}
+        dense = [p for p in params if p.requires_grad and id(p) not in rowwise]
+        self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay, eps=eps, fused=fused)
         self.sparse = torch.optim.SparseAdam(sparse, lr=lr, eps=eps) if sparse else None
         self.state = _States(self.dense, self.sparse)
 
@@ -135,7 +135,7 @@ def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> Tensor:
     dense = [p.grad for p in params if not p.grad.is_sparse]
     values = [p.grad._values() for p in sparse]
     squares = [torch.linalg.vector_norm(g).square() for g in dense + values]
-    norm = torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
+    norm = torch.stack(squares).sum().sqrt()
     if max_norm != float("inf"):
         scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
         for g in dense + values:

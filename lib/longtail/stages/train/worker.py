@@ -122,11 +122,8 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
     # Fused: one pass per tensor instead of one per operation: the update of the item table is
     # 12x cheaper on one CPU core (10 ms against 121 ms per step at 200,000 items x 64), the
     # same arithmetic (benchmarks/catalogue_costs.py). Sparse item tables: row-wise (models.optim).
-    rowwise = {id(p) for p in item_tables}
-    optimizer = ItemRowsAdam(
-        [p for p in module.parameters() if p.requires_grad and id(p) not in rowwise], item_tables,
-        lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]), fused=True,
-    )
+    optimizer = ItemRowsAdam(module.parameters(), item_tables, lr=float(hp["lr"]),
+                             weight_decay=float(hp["weight_decay"]), fused=True)
     params["item_updates"] = "sparse" if item_tables else "dense"
     _carry_optimizer(params, optimizer, module)
     schedule = LearningRate.from_hp(hp)
