@@ -126,7 +126,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _run(args: argparse.Namespace) -> None:
     from longtail.core.config import load_config
-    from longtail.core.session import build_spark
+    from longtail.core.session import spark_for_job
     from longtail.core.tables import Warehouse
 
     cfg = load_config(args.conf_after or args.conf, [*args.overrides, *args.overrides_after])
@@ -134,13 +134,13 @@ def _run(args: argparse.Namespace) -> None:
     # The first progress line comes before Spark's own start-up output.
     print(f"longtail {args.command}: starting Spark ({_where(cfg.spark)}); warehouse {cfg.warehouse}",
           file=sys.stderr, flush=True)
-    spark = build_spark(cfg.spark, delta_engine=cfg.delta.engine)
-    wh = Warehouse(spark, cfg.warehouse, engine=cfg.delta.engine)
-    started = time.perf_counter()
-    result = _STAGES[args.command](spark, wh, cfg, args)
-    if result is not None:
-        print(result)
-    print(f"longtail {args.command}: done in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    with spark_for_job(cfg.spark, delta_engine=cfg.delta.engine) as spark:
+        wh = Warehouse(spark, cfg.warehouse, engine=cfg.delta.engine)
+        started = time.perf_counter()
+        result = _STAGES[args.command](spark, wh, cfg, args)
+        if result is not None:
+            print(result)
+        print(f"longtail {args.command}: done in {time.perf_counter() - started:.1f}s", file=sys.stderr)
 
 
 def _check_options(cfg, args: argparse.Namespace) -> None:

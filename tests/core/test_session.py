@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 from longtail.core.config import SparkConfig
-from longtail.core.session import JavaNotFoundError, build_spark, check_java
+from longtail.core.session import JavaNotFoundError, build_spark, check_java, spark_for_job
 
 
 def test_missing_java_is_a_clear_error(monkeypatch, tmp_path):
@@ -27,6 +27,16 @@ def test_existing_session_is_reused_with_utc(spark):
     assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
     assert spark.conf.get("spark.sql.shuffle.partitions") == "3"
     spark.conf.set("spark.sql.shuffle.partitions", "2")
+
+
+@pytest.mark.spark
+def test_a_job_leaves_a_session_it_did_not_start_running(spark):
+    # spark-submit, Databricks and the test suite own their session: the job must not stop it,
+    # even when its config names a local master (the session already there is the one used).
+    for cfg in (SparkConfig(master=None), SparkConfig(master="local[2]")):
+        with spark_for_job(cfg) as used:
+            assert used is spark
+        assert spark.range(3).count() == 3
 
 
 def test_task_slots_from_the_master_url():

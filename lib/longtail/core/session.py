@@ -22,6 +22,8 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -148,6 +150,44 @@ def build_spark(
             _try_set(spark, key, value)
         return spark
     return _start_local(cfg.master, cfg, conf, delta_engine)
+
+
+@contextmanager
+def spark_for_job(cfg: SparkConfig, delta_engine: str = "auto") -> Iterator[SparkSession]:
+    """The job's session (:func:`build_spark`), stopped at the end when this call started it.
+
+    A session started here (``master: local...``, ``remote: local...``) is stopped when the block
+    ends, error or not: the application leaves its master before the JVM's shutdown hooks run, so a
+    ``local-cluster`` ends without the worker relaunching executors into its own shutdown (dozens of
+    ERROR traces after the job's last line, which buried a failing job's own message). A session
+    that was already there (spark-submit, Databricks, a notebook, a test's) and a remote server are
+    left running: they belong to someone else.
+    """
+    from pyspark import SparkContext
+
+    started_here = SparkContext._active_spark_context is None and (
+        (cfg.remote is not None and not cfg.remote.startswith("sc://"))
+        or (cfg.remote is None and cfg.master is not None and SparkSession.getActiveSession() is None)
+    )
+    spark = build_spark(cfg, delta_engine=delta_engine)
+    try:
+        yield spark
+    finally:
+        if started_here:
+            _stop(spark)
+
+
+def _stop(spark: SparkSession) -> None:
+    """Stop ``spark`` and, behind a local Connect session, the classic session serving it."""
+    from pyspark import SparkContext
+
+    try:
+        spark.stop()
+    finally:
+        server = SparkContext._active_spark_context
+        if server is not None:
+            server.stop()
+        os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
 
 
 def _local_static_conf(master: str, cfg: SparkConfig) -> dict[str, str]:
