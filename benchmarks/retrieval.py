@@ -441,7 +441,7 @@ def benchmark(args, say=print) -> dict:
     ours = SparkSession.getActiveSession() is None
     # Fresh Python workers for each job: each method's peak memory is its own (ru_maxrss).
     spark = build_spark(cfg.spark, extra_conf={"spark.python.worker.reuse": "false"})
-    workdir = tempfile.mkdtemp(prefix="longtail-retrieval-", dir=args.workdir)
+    workdir = scratch_folder(args.workdir)
     peaks = Peaks()
     peaks.start()
     try:
@@ -505,6 +505,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="index kind (auto: as score builds it; ivf, ivf_pq: forced)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser.parse_args(argv)
+
+
+def scratch_folder(parent: str | None) -> str:
+    """A new folder for this run's scratch files under ``parent`` (created when missing; the
+    system's temp folder when None)."""
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix="longtail-retrieval-", dir=parent)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@ the served lists of a trained model (synthetic catalogue, or a warehouse read wi
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -101,3 +102,9 @@ def test_vectors_mode_tunes_on_other_users_than_it_measures(capsys):
     tuning = result["tuning"]
     assert tuning["queries"] == 2000 and tuning["recall_at_10"] >= 0.98 and result["nprobe"] == tuning["nprobe"]
     assert result["quantizer"] == tuning["quantizer"] and result["recall_at_10"] > 0.8
+
+
+def test_scratch_folder_is_new_and_its_missing_parent_is_made(tmp_path):
+    parent = tmp_path / "not" / "there"
+    first, second = bench.scratch_folder(str(parent)), bench.scratch_folder(str(parent))
+    assert first != second and all(p.startswith(str(parent)) and os.path.isdir(p) for p in (first, second))
