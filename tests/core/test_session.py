@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import pytest
 from longtail.core.config import SparkConfig
-from longtail.core.session import JavaNotFoundError, build_spark, check_java, spark_for_job
+from longtail.core.session import (
+    JavaNotFoundError,
+    build_spark,
+    check_java,
+    spark_for_job,
+)
 
 
 def test_missing_java_is_a_clear_error(monkeypatch, tmp_path):
@@ -51,7 +56,12 @@ def test_task_slots_from_the_master_url():
 
 @pytest.mark.spark
 def test_a_classic_session_is_described_and_reaches_local_folders(spark, tmp_path):
-    from longtail.core.session import can_reach, default_parallelism, describe, is_connect
+    from longtail.core.session import (
+        can_reach,
+        default_parallelism,
+        describe,
+        is_connect,
+    )
 
     assert not is_connect(spark)
     assert default_parallelism(spark) == spark.sparkContext.defaultParallelism
