@@ -69,7 +69,11 @@ def test_item_text_names_the_category_and_brand(catalogue):
 def test_write_catalogue_writes_contract_tables_that_a_5_core_mostly_keeps(warehouse):
     from longtail.stages.sequences import run_sequences
 
-    cat = write_catalogue(warehouse, DemoConfig(users=300, items=100, seed=1))
+    cat = write_catalogue(warehouse, DemoConfig(users=300, items=100, seed=1), rows_per_file=4000)
+    # One file per `rows_per_file` rows, not one per Arrow batch (2,048 rows: two for these ~3,000
+    # interactions before the coalesce).
+    assert len(cat.interactions) > 2048
+    assert [len(_files(warehouse, t)) for t in (schemas.INTERACTIONS, schemas.ITEMS, schemas.USERS)] == [1, 1, 1]
     inter = warehouse.read(schemas.INTERACTIONS)
     schemas.require_columns(inter, schemas.INTERACTIONS_SCHEMA, schemas.INTERACTIONS)
     schemas.require_columns(warehouse.read(schemas.ITEMS), schemas.ITEMS_SCHEMA, schemas.ITEMS)
@@ -82,6 +86,13 @@ def test_write_catalogue_writes_contract_tables_that_a_5_core_mostly_keeps(wareh
     summary = run_sequences(warehouse, SequencesConfig())
     assert summary.users >= 0.9 * 300
     assert summary.interactions >= 0.9 * len(cat.interactions)
+
+
+def _files(warehouse, table: str) -> list[str]:
+    from deltalake import DeltaTable
+    from longtail.core import files
+
+    return DeltaTable(files.delta_uri(warehouse.path(table))).file_uris()
 
 
 def test_mixture_draws_follow_the_mixture_probabilities():

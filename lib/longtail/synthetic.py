@@ -399,7 +399,15 @@ def _draw_ratings(rng: np.random.Generator, preferred: np.ndarray) -> np.ndarray
                     np.where(r < 0.3, 5.0, np.where(r < 0.6, 4.0, np.where(r < 0.85, 3.0, 2.0))))
 
 
-def write_catalogue(wh, cfg: DemoConfig, *, zipf_exponent: float = 1.0) -> Catalogue:
+#: Rows per Parquet file of the generated tables: a DataFrame built from pandas has one partition
+#: per Arrow batch (``spark.arrow_max_records_per_batch``, 2,048), so without a coalesce 3M
+#: interactions became about 1,500 files of 2,048 rows, which every later stage then listed and opened.
+ROWS_PER_FILE = 1_000_000
+
+
+def write_catalogue(
+    wh, cfg: DemoConfig, *, zipf_exponent: float = 1.0, rows_per_file: int = ROWS_PER_FILE
+) -> Catalogue:
     """Generate the catalogue of ``cfg`` and write tables ``interactions``, ``items`` and ``users``.
 
     Args:
@@ -409,6 +417,7 @@ def write_catalogue(wh, cfg: DemoConfig, *, zipf_exponent: float = 1.0) -> Catal
             popularity (``benchmarks/retrieval.py`` uses 0.5) gives most of a large catalogue
             interactions at about as many users as items; at 1.0 and 10 interactions per user
             most of 200,000 items never pass a 5-core.
+        rows_per_file: at most this many rows per written file (about: files are whole batches).
 
     Returns:
         The generated :class:`Catalogue` (pandas frames).
@@ -438,8 +447,10 @@ def write_catalogue(wh, cfg: DemoConfig, *, zipf_exponent: float = 1.0) -> Catal
     users = spark.createDataFrame(
         cat.users[["user_id"]], T.StructType([T.StructField("user_id", T.StringType())])
     ).withColumn("attributes", F.lit(None).cast(T.MapType(T.StringType(), T.StringType())))
+    files = lambda df, rows: df.coalesce(max(1, -(-rows // rows_per_file)))  # noqa: E731 - one line, used thrice
     with wh.job():
-        wh.write(schemas.conform(inter, schemas.INTERACTIONS), schemas.INTERACTIONS, mode="overwrite")
-        wh.write(schemas.conform(items, schemas.ITEMS), schemas.ITEMS, mode="overwrite")
-        wh.write(schemas.conform(users, schemas.USERS), schemas.USERS, mode="overwrite")
+        wh.write(schemas.conform(files(inter, len(cat.interactions)), schemas.INTERACTIONS), schemas.INTERACTIONS,
+                 mode="overwrite")
+        wh.write(schemas.conform(files(items, len(cat.items)), schemas.ITEMS), schemas.ITEMS, mode="overwrite")
+        wh.write(schemas.conform(files(users, len(cat.users)), schemas.USERS), schemas.USERS, mode="overwrite")
     return cat
