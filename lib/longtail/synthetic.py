@@ -447,7 +447,9 @@ def write_catalogue(
     users = spark.createDataFrame(
         cat.users[["user_id"]], T.StructType([T.StructField("user_id", T.StringType())])
     ).withColumn("attributes", F.lit(None).cast(T.MapType(T.StringType(), T.StringType())))
-    files = lambda df, rows: df.coalesce(max(1, -(-rows // rows_per_file)))  # noqa: E731 - one line, used thrice
+    def files(df, rows: int):
+        return df.coalesce(max(1, -(-rows // rows_per_file)))
+
     with wh.job():
         wh.write(schemas.conform(files(inter, len(cat.interactions)), schemas.INTERACTIONS), schemas.INTERACTIONS,
                  mode="overwrite")
