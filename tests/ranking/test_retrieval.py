@@ -1,6 +1,7 @@
 """The candidate index (faiss) against brute force: flat and IVF, the bias column, bytes, the choices."""
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import sys
 
@@ -203,6 +204,18 @@ def test_tuning_reaches_the_target_on_the_served_lists_with_the_fewest_vectors_s
                          seen=torch.from_numpy(seen))[1].numpy()
     recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want)])
     assert recall == pytest.approx(t["recall_at_10"])
+
+
+def test_a_tuned_index_short_of_its_target_says_so_and_what_to_change():
+    users, items = _clustered()
+    index = tune_index(items, users, nlist=16, kind="ivf", target_recall=0.9)
+    assert index.tuning["recall_at_10"] >= 0.9 and "BELOW" not in index.describe()
+    tried = [{"quantizer": "norm", "nprobe": 16, "recall_at_10": 0.01, "scanned": 1.0}]
+    short = dataclasses.replace(index, tuning={**index.tuning, "recall_at_10": 0.01, "tried": tried})
+    assert short.describe().endswith(
+        "; BELOW THE TARGET even with every list scanned: raise `candidates` or set `retrieval: exact`")
+    partial = dataclasses.replace(short, tuning={**short.tuning, "tried": [{**tried[0], "scanned": 0.5}]})
+    assert "BELOW THE TARGET at every setting tried" in partial.describe()
 
 
 def test_tuning_to_recall_one_serves_the_exact_lists_and_small_catalogues_stay_flat():
