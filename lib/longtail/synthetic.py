@@ -447,12 +447,10 @@ def write_catalogue(
     users = spark.createDataFrame(
         cat.users[["user_id"]], T.StructType([T.StructField("user_id", T.StringType())])
     ).withColumn("attributes", F.lit(None).cast(T.MapType(T.StringType(), T.StringType())))
-    def files(df, rows: int):
-        return df.coalesce(max(1, -(-rows // rows_per_file)))
-
+    tables = ((inter, len(cat.interactions), schemas.INTERACTIONS), (items, len(cat.items), schemas.ITEMS),
+              (users, len(cat.users), schemas.USERS))
     with wh.job():
-        wh.write(schemas.conform(files(inter, len(cat.interactions)), schemas.INTERACTIONS), schemas.INTERACTIONS,
-                 mode="overwrite")
-        wh.write(schemas.conform(files(items, len(cat.items)), schemas.ITEMS), schemas.ITEMS, mode="overwrite")
-        wh.write(schemas.conform(files(users, len(cat.users)), schemas.USERS), schemas.USERS, mode="overwrite")
+        for frame, rows, table in tables:
+            files = max(1, -(-rows // rows_per_file))
+            wh.write(schemas.conform(frame.coalesce(files), table), table, mode="overwrite")
     return cat

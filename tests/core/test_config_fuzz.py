@@ -386,8 +386,9 @@ CLI_CASES = [
 def test_cli_bad_settings_exit_2_with_one_line_before_spark(args, expected, tmp_path, monkeypatch):
     from longtail.cli import main
 
-    # Spark must never start for a bad setting: make starting it fail loudly.
-    monkeypatch.setattr("longtail.core.session.build_spark", _no_spark)
+    # Spark must never start for a bad setting: make starting it fail loudly (every session, the
+    # CLI's `spark_for_job` and `build_spark` alike, is built by `_build`).
+    monkeypatch.setattr("longtail.core.session._build", _no_spark)
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         status = main([*args, "ingest", "--format", "files", "--interactions", str(tmp_path / "x.csv"),

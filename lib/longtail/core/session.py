@@ -125,6 +125,15 @@ def build_spark(
         JavaNotFoundError: a session to start here and no usable Java.
         EnvironmentProblem: ``delta.engine: native`` and delta-spark's jars cannot be resolved.
     """
+    return _build(cfg, extra_conf, delta_engine)[0]
+
+
+def _build(cfg: SparkConfig, extra_conf: dict[str, str] | None, delta_engine: str) -> tuple[SparkSession, bool]:
+    """:func:`build_spark`'s session, and whether this call started it (a local session or Connect
+    server where no SparkContext ran before) rather than reaching one that was already there."""
+    from pyspark import SparkContext
+
+    fresh = SparkContext._active_spark_context is None
     conf = {
         "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
@@ -136,8 +145,8 @@ def build_spark(
     }
     if cfg.remote:
         if cfg.remote.startswith("sc://"):
-            return _connect(cfg.remote, conf)
-        return _local_connect(cfg, conf, delta_engine)
+            return _connect(cfg.remote, conf), False
+        return _local_connect(cfg, conf, delta_engine), fresh
     active = SparkSession.getActiveSession()
     if cfg.master is None or active is not None:
         builder = SparkSession.builder
@@ -148,8 +157,8 @@ def build_spark(
         # the runtime ones from the config (shuffle partitions, Arrow batch size, UTC) apply.
         for key, value in conf.items():
             _try_set(spark, key, value)
-        return spark
-    return _start_local(cfg.master, cfg, conf, delta_engine)
+        return spark, False
+    return _start_local(cfg.master, cfg, conf, delta_engine), fresh
 
 
 @contextmanager
@@ -163,13 +172,7 @@ def spark_for_job(cfg: SparkConfig, delta_engine: str = "auto") -> Iterator[Spar
     that was already there (spark-submit, Databricks, a notebook, a test's) and a remote server are
     left running: they belong to someone else.
     """
-    from pyspark import SparkContext
-
-    started_here = SparkContext._active_spark_context is None and (
-        (cfg.remote is not None and not cfg.remote.startswith("sc://"))
-        or (cfg.remote is None and cfg.master is not None and SparkSession.getActiveSession() is None)
-    )
-    spark = build_spark(cfg, delta_engine=delta_engine)
+    spark, started_here = _build(cfg, None, delta_engine)
     try:
         yield spark
     finally:
