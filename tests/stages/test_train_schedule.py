@@ -69,3 +69,19 @@ def test_a_run_decays_its_rate_on_every_plateau_of_its_validations(spark, tmp_pa
             rate *= 0.5
             expected.append(rate)
     assert [e.get("lr_after") for e in history] == pytest.approx(expected)
+    # Each epoch records the rate of its first step: a third of lr (the warm-up's first of 3 steps), then
+    # the rate after the decays so far.
+    decays = [e.get("lr_after") is not None for e in history]
+    firsts = [cfg.lr / 3] + [cfg.lr * 0.5 ** sum(decays[:i]) for i in range(1, len(history))]
+    assert [e["lr"] for e in history] == pytest.approx(firsts)
+
+
+def test_a_run_that_carried_a_version_starts_at_the_warm_start_share_of_the_rate():
+    from longtail.stages.train.worker import _carried
+
+    hp = {"lr": 1e-3, "warm_start_lr_factor": 0.5, "lr_decay": "plateau", "lr_decay_factor": 0.5, "lr_decay_patience": 1}
+    carried = LearningRate.from_hp(hp, carried=_carried({"warm_start": {"from_version": "v1"}}))
+    assert carried.rate == pytest.approx(5e-4)
+    assert LearningRate.from_hp(hp, carried=_carried({"warm_start": None})).rate == pytest.approx(1e-3)
+    carried.decay()  # a plateau decay compounds with the warm-start share
+    assert carried.rate == pytest.approx(2.5e-4)

@@ -143,6 +143,10 @@ def test_a_warm_start_counts_the_changed_users_and_keeps_fingerprints_for_the_ne
     info = json.loads(Path(result.path, "metrics.json").read_text())["warm_start"]
     # The walks were rewritten over 130 items: most histories changed, not necessarily all.
     assert 0 < info["changed_users"] <= info["train_users"] and info["replay"] == 0.25
+    # A carried version trains on at the warm-start share of the rate; its first run (from scratch) at the rate.
+    assert info["lr"] == pytest.approx(TINY.lr * TINY.warm_start_lr_factor) and TINY.warm_start_lr_factor < 1
+    assert json.loads(Path(result.path, "metrics.json").read_text())["history"][0]["lr"] == pytest.approx(info["lr"])
+    assert json.loads(Path(first.path, "metrics.json").read_text())["history"][0]["lr"] == pytest.approx(TINY.lr)
     seen = json.loads(Path(result.path, "metrics.json").read_text())["sequences_per_epoch"]
     unchanged = info["train_users"] - info["changed_users"]
     assert seen == info["changed_users"] + (max(1, round(0.25 * unchanged)) if unchanged else 0)

@@ -385,6 +385,11 @@ class TrainConfig:
     #: Patience of a run that did start from a previous version: it begins next to that version's
     #: best, so fewer validations without improvement are enough to stop (None: ``patience``).
     warm_start_patience: Positive | None = 2
+    #: Learning rate of a run that did start from a previous version, as a share of ``lr`` (1: the
+    #: same rate). That version stopped at its validation optimum; continued at the full rate it
+    #: overshot within 2-4 epochs and ended below a from-scratch retrain, at half the rate it
+    #: refines it and ends above (Beauty, 3 seeds: benchmarks/README.md, "Warm start").
+    warm_start_lr_factor: Probability = 0.5
     #: A warm start's epochs train on every user whose training history changed since the version it
     #: continues (new users included; the version keeps a fingerprint per user) and on this share of
     #: the others, a new seeded sample each epoch, so that they are not forgotten (1: every user, as a

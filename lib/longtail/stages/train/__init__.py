@@ -119,7 +119,8 @@ def run_train(
     try:
         prepared = prepare_training_data(wh, model_name, cfg, run_dir, world * SHARDS_PER_PROCESS, world,
                                          previous_fingerprints=previous_fingerprints(previous))
-        warm = stage_warm_start(previous, run_dir, prepared, cfg.warm_start_replay, progress) if previous is not None else None
+        warm = (stage_warm_start(previous, run_dir, prepared, cfg.warm_start_replay, progress,
+                                 lr=cfg.lr * cfg.warm_start_lr_factor) if previous is not None else None)
         params = {
             "model": model_name, "version": version, "run_dir": run_dir, "model_dir": model_dir,
             "hp": dataclasses.asdict(cfg), "world": world, "valid_negatives": valid_negatives,

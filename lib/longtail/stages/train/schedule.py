@@ -4,7 +4,9 @@
 optimiser steps (Adam's first steps are large while its moment estimates are young);
 ``train.lr_decay: plateau`` multiplies it by ``train.lr_decay_factor`` whenever
 ``train.lr_decay_patience`` validations in a row did not beat the best, so that the epochs
-before early stopping search near the best weights with smaller steps.
+before early stopping search near the best weights with smaller steps. A run that continues a
+previous version (``train.warm_start``) runs the whole schedule at ``train.warm_start_lr_factor`` of
+the rate: it starts at an optimum, which the full rate overshoots.
 
 The decision to decay is rank 0's (it alone validates); the caller shares it with every rank, so
 all ranks keep the same rate.
@@ -33,14 +35,16 @@ class LearningRate:
     waited: int = 0
 
     @classmethod
-    def from_hp(cls, hp: dict) -> "LearningRate":
-        """The schedule of a run from its hyperparameters (``train`` config as a dict)."""
+    def from_hp(cls, hp: dict, carried: bool = False) -> "LearningRate":
+        """The schedule of a run from its hyperparameters (``train`` config as a dict); ``carried``:
+        the run continues a previous version, so it starts at ``warm_start_lr_factor`` of the rate."""
         plateau = hp.get("lr_decay", "none") == "plateau"
         return cls(
             base=float(hp["lr"]),
             warmup_steps=int(hp.get("lr_warmup_steps", 0)),
             factor=float(hp.get("lr_decay_factor", 1.0)) if plateau else 1.0,
             patience=int(hp.get("lr_decay_patience", 0)) if plateau else 0,
+            scale=float(hp.get("warm_start_lr_factor", 1.0)) if carried else 1.0,
         )
 
     @property

@@ -126,7 +126,7 @@ def keep_fingerprints(wh, run_dir: str, model_dir: str) -> None:
 
 
 def stage(previous: PreviousVersion, run_dir: str, prepared: Mapping[str, Any], replay: float = 1.0,
-          progress: Callable[[str], None] | None = None) -> dict:
+          progress: Callable[[str], None] | None = None, lr: float | None = None) -> dict:
     """Copy the previous version's weights (and Adam state) into the run folder and write the item map.
 
     Args:
@@ -136,13 +136,15 @@ def stage(previous: PreviousVersion, run_dir: str, prepared: Mapping[str, Any], 
         prepared: what it returned (``llm_dim``, ``encoder`` of this run's LLM tables,
             ``train_users`` and ``changed_users``).
         replay: ``train.warm_start_replay``, recorded (the share of the other users each epoch trains on).
+        lr: the run's base learning rate (``lr`` x ``warm_start_lr_factor``; before warm-up and decays), recorded.
 
     Returns:
         The ``warm_start`` entry of the training parameters and of ``metrics.json``:
         ``from_version``, ``carried_items``, ``new_items``, ``dropped_items``, ``optimizer``,
         ``train_users``, ``changed_users`` (whose training history differs from the previous
         version's, new users included; all of them when that version kept no fingerprints) and
-        ``replay`` (``train.warm_start_replay``: the share of the other users each epoch trains on).
+        ``replay`` (``train.warm_start_replay``: the share of the other users each epoch trains on) and
+        ``lr`` (its base rate).
 
     Raises:
         ConfigError: the previous version read another text encoder or LLM width.
@@ -173,14 +175,14 @@ def stage(previous: PreviousVersion, run_dir: str, prepared: Mapping[str, Any], 
         "dropped_items": sum(1 for i, item in enumerate(old_index.ids) if i and item) - carried,
         "optimizer": optimizer is not None,
         "train_users": int(prepared.get("train_users", 0)), "changed_users": int(prepared.get("changed_users", 0)),
-        "replay": replay,
+        "replay": replay, "lr": lr,
     }
     _say(progress, (
         f"train: warm start from {previous.model} version {previous.version}: {carried} items carried, "
         f"{info['new_items']} new, {info['dropped_items']} no longer in item_stats; Adam state "
         f"{'resumed' if optimizer is not None else 'fresh (that version saved none)'}; "
         f"{info['changed_users']} of {info['train_users']} training users changed since, each epoch trains on "
-        f"them and {replay:.0%} of the others"
+        f"them and {replay:.0%} of the others" + (f", at learning rate {lr:g}" if lr is not None else "")
     ))
     return info
 

@@ -126,9 +126,9 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
                              weight_decay=float(hp["weight_decay"]), fused=True)
     params["item_updates"] = "sparse" if item_tables else "dense"
     _carry_optimizer(params, optimizer, module)
-    schedule = LearningRate.from_hp(hp)
+    schedule = LearningRate.from_hp(hp, carried=_carried(params))
     # A warm start trains each epoch on the changed users and a replayed share of the others.
-    replay = float(hp.get("warm_start_replay", 1.0)) if params.get("warm_start") else 1.0
+    replay = float(hp.get("warm_start_replay", 1.0)) if _carried(params) else 1.0
     epoch_rows = EpochRows(data.changed, replay, cloze)
     per_rank, _, steps, seen_per_epoch = _schedule(epoch_rows.rows, cloze, int(hp["batch_size"]), world, device,
                                                    distributed)
@@ -151,10 +151,12 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
         rng = np.random.default_rng([seed, rank, epoch])
         torch.manual_seed(_mix(seed, rank, epoch))
         order = plan.order(epoch_rows.ids(rng), data, per_rank, rng)
+        rate = schedule.rate  # of the epoch's first step: decays and warm starts show in metrics.json
         loss, seconds, clipped, skipped = _run_epoch(
             model, module, optimizer, data, plan, rng, order, steps, per_rank, device, schedule
         )
-        entry = {"epoch": epoch, "loss": loss, "seconds": seconds, "clipped_steps": clipped, "skipped_steps": skipped}
+        entry = {"epoch": epoch, "loss": loss, "seconds": seconds, "clipped_steps": clipped, "skipped_steps": skipped,
+                 "lr": rate}
         history.append(entry)
         if _diverged(loss, device, distributed):
             _stop_diverged(entry, best, rank, validated=(epoch - 1) // eval_every > 0)
@@ -183,8 +185,13 @@ def _patience(params: dict) -> int:
     """Validations without improvement before stopping: ``train.warm_start_patience`` when this run
     carried a previous version's weights, else ``train.patience``."""
     hp = params["hp"]
-    carried = bool(params.get("warm_start")) and hp.get("warm_start_patience") is not None
+    carried = _carried(params) and hp.get("warm_start_patience") is not None
     return int(hp["warm_start_patience"] if carried else hp["patience"])
+
+
+def _carried(params: dict) -> bool:
+    """Whether this run continues a previous version (``train.warm_start`` found one and staged it)."""
+    return bool(params.get("warm_start"))
 
 
 def _load_data(params: dict, rank: int, world: int) -> tuple[UserTable | None, RankData]:
@@ -211,7 +218,7 @@ def _build(params: dict, device, distributed: bool):
             text.popularity = torch.as_tensor(load_popularity(params["run_dir"]).astype(np.float64))
     torch.manual_seed(int(params["hp"]["seed"]))
     module = build_model(params["model"], int(params["n_items"]), params["hp"], text)
-    if params.get("warm_start"):  # every rank loads the same carried state (DDP checks they agree)
+    if _carried(params):  # every rank loads the same carried state (DDP checks they agree)
         module.load_state_dict(_carried_state(params, module, text))
     item_tables = module.sparse_item_tables() if _sparse_items(params, device, distributed) else []
     module = module.to(device)  # moves each parameter's data: the same Parameter objects
