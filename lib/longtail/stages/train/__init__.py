@@ -31,6 +31,7 @@ from longtail.stages.train.launch import (
     threads_per_process,
 )
 from longtail.stages.train.prepare import prepare_training_data
+from longtail.stages.train.schedule import LearningRate
 from longtail.stages.train.warm_start import find_previous, keep_fingerprints, previous_fingerprints
 from longtail.stages.train.warm_start import stage as stage_warm_start
 
@@ -120,7 +121,8 @@ def run_train(
         prepared = prepare_training_data(wh, model_name, cfg, run_dir, world * SHARDS_PER_PROCESS, world,
                                          previous_fingerprints=previous_fingerprints(previous))
         warm = (stage_warm_start(previous, run_dir, prepared, cfg.warm_start_replay, progress,
-                                 lr=cfg.lr * cfg.warm_start_lr_factor) if previous is not None else None)
+                                 lr=LearningRate.from_hp(dataclasses.asdict(cfg), carried=True).base_rate)
+                if previous is not None else None)
         params = {
             "model": model_name, "version": version, "run_dir": run_dir, "model_dir": model_dir,
             "hp": dataclasses.asdict(cfg), "world": world, "valid_negatives": valid_negatives,

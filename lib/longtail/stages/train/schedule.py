@@ -48,10 +48,15 @@ class LearningRate:
         )
 
     @property
+    def base_rate(self) -> float:
+        """The rate without warm-up: ``lr`` x the warm-start share x the decays so far."""
+        return self.base * self.scale
+
+    @property
     def rate(self) -> float:
         """The rate of the next step."""
         warm = min(1.0, (self.steps + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
-        return self.base * self.scale * warm
+        return self.base_rate * warm
 
     def step(self, optimizer) -> None:
         """Set the rate of the coming optimiser step on every parameter group."""
