@@ -45,3 +45,21 @@ def test_missing_java_through_the_cli(tmp_path):
     )
     assert proc.returncode == 2
     assert "Java not found" in proc.stderr and "Py4J" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv, users", [
+    (["encode"], True),                                   # the contract's default: items and users
+    (["encode", "--no-users"], False),
+    (["encode", "--set", "encode.users=false"], False),
+    (["encode", "--set", "encode.users=false", "--users"], True),  # the option beats the key
+])
+def test_encode_encodes_the_user_texts_unless_told_not_to(monkeypatch, argv, users):
+    from longtail.stages import encode
+    from longtail.cli import _STAGES
+    from longtail.core.config import load_config
+
+    asked = []
+    monkeypatch.setattr(encode, "run_encode", lambda wh, cfg, *, users: asked.append(users))
+    args = build_parser().parse_args(argv)
+    _STAGES["encode"](None, "wh", load_config(None, [*args.overrides, *args.overrides_after]), args)
+    assert asked == [users]

@@ -52,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", help="item metadata file")
     p.add_argument("--users", help="user file")
     add("sequences", "filter, map ids, build sequences, split, segment")
-    add("encode", "LLM text embeddings for items and users (incremental)")
+    p = add("encode", "LLM text embeddings for items and users (incremental)")
+    p.add_argument(
+        "--users", action=argparse.BooleanOptionalAction, default=None,
+        help="also encode the user texts, which only `neighbors` reads (default: encode.users in the config)",
+    )
     add("neighbors", "top-N similar users from the user embeddings")
     p = add("train", "train one model")
     p.add_argument("--model", help="model name (default: train.model in the config)")
@@ -188,7 +192,7 @@ def _sequences(spark, wh, cfg, a):
 def _encode(spark, wh, cfg, a):
     from longtail.stages.encode import run_encode
 
-    return run_encode(wh, cfg.encode)
+    return run_encode(wh, cfg.encode, users=cfg.encode.users if a.users is None else a.users)
 
 
 def _neighbors(spark, wh, cfg, a):

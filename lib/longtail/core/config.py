@@ -218,6 +218,11 @@ class EncodeConfig:
     #: Dimension of the PCA-reduced item embedding that initialises the collaborative view; it must
     #: equal ``train.hidden`` for the ``llmesr_`` models (128 with it: see there).
     pca_dim: Positive = 128
+    #: Whether ``longtail encode`` also encodes the user texts (``user_embeddings``). Only
+    #: ``neighbors`` reads them (for the distillation, ``train.alpha`` > 0), and on Beauty they are
+    #: four fifths of the encode time; ``encode --no-users`` overrides it per run. ``run`` decides by
+    #: itself (only when training reads similar users).
+    users: bool = True
 
 
 @section

@@ -97,7 +97,7 @@ class EncodeReport:
             if self.pca_refit and self.pca_explained_variance is not None
             else f"PCA {self.dim}->{self.pca_dim} unchanged"
         )
-        users = f"users {self.users}" if self.users_encoded else "users not encoded (nothing reads them)"
+        users = f"users {self.users}" if self.users_encoded else "users not encoded (only neighbors reads them)"
         return f"encode ({self.model}, dim {self.dim}, {self.pooling} pooling): items {self.items}; {users}; {pca}; {self.seconds:.1f}s"
 
 
