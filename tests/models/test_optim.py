@@ -143,3 +143,29 @@ def test_adam_state_carries_between_dense_and_row_wise_optimisers(hp):
     _step(sparse, opt_sparse, batch, clip=float("inf"))  # it resumes
     back = optimizer_state_by_name(opt_sparse, sparse)
     assert back["views.0.embedding.weight"]["step"].item() == 2.0
+
+
+def test_adam_beta2_reaches_the_dense_and_the_row_wise_updates(hp):
+    """``train.adam_beta2``: two steps (Adam's first is the same at any beta2) equal torch's Adam with it,
+    and differ from the default's."""
+    # The same rows both steps (a row a step skips moves under dense Adam only); eps negligible (see above).
+    batches = [_batch([3, 4, 5, 6], [7, 8, 20])] * 2
+
+    def after_two_steps(make):
+        torch.manual_seed(0)
+        model = build_model("sasrec", N_ITEMS, _hp(hp))
+        optimizer = make(model)
+        for batch in batches:
+            _step(model, optimizer, batch, clip=100.0)
+        return dict(model.named_parameters())
+
+    betas = (0.9, 0.98)
+    reference = after_two_steps(lambda m: torch.optim.Adam(m.parameters(), lr=0.01, betas=betas, eps=1e-14))
+    rowwise = after_two_steps(lambda m: ItemRowsAdam(m.parameters(), m.sparse_item_tables(), lr=0.01, betas=betas,
+                                                     eps=1e-14))
+    default = after_two_steps(lambda m: ItemRowsAdam(m.parameters(), m.sparse_item_tables(), lr=0.01, eps=1e-14))
+    for name, weights in reference.items():
+        if name.endswith("key.bias"):  # softmax ignores it: its gradient is rounding noise, which Adam scales up
+            continue
+        assert torch.allclose(weights, rowwise[name], atol=1e-6), name
+    assert any(not torch.allclose(w, default[n], atol=1e-6) for n, w in reference.items())

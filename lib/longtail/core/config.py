@@ -268,6 +268,9 @@ class TrainConfig:
     lr_decay_factor: Fraction = 0.5
     lr_decay_patience: Positive = 2
     weight_decay: NonNegativeFloat = 0.0
+    #: Adam's second-moment decay (its ``beta2``; ``beta1`` is 0.9). 0.999 is torch's default, the
+    #: SASRec paper's code uses 0.98 (a shorter memory of the gradients' scale).
+    adam_beta2: Fraction = 0.999
     #: Width of every item and user vector (the dual view scores ``2 x hidden``). 128, not 64 (the
     #: paper's): ``llmesr_sasrec`` gained on validation on Beauty (+3.1%, 3 seeds) and on Sports (thin
     #: text; +1.3%, 3 seeds), with more tail items in its lists; ``sasrec`` stayed level (its semantic view

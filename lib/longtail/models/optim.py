@@ -86,7 +86,7 @@ class ItemRowsAdam:
         params: the model's parameters (those without ``requires_grad`` are left out).
         item_tables: those of them whose gradients are sparse (rows touched by the step:
             :meth:`~longtail.models.layers.SequentialRecommender.sparse_item_tables`); empty: plain Adam.
-        lr, weight_decay, eps: as :class:`torch.optim.Adam` (``weight_decay`` applies to the dense
+        lr, betas, weight_decay, eps: as :class:`torch.optim.Adam` (``weight_decay`` applies to the dense
             ones; SparseAdam adds ``eps`` before the bias correction, Adam after, so a row's first
             steps differ slightly unless ``eps`` is negligible against its gradients).
         fused: fused dense Adam (one pass per tensor).
@@ -96,12 +96,13 @@ class ItemRowsAdam:
     """
 
     def __init__(self, params: Iterable[nn.Parameter], item_tables: Iterable[nn.Parameter] = (), *, lr: float,
-                 weight_decay: float = 0.0, eps: float = 1e-8, fused: bool = True) -> None:
+                 betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0, eps: float = 1e-8,
+                 fused: bool = True) -> None:
         sparse = list(item_tables)
         rowwise = {id(p) for p in sparse}
         dense = [p for p in params if p.requires_grad and id(p) not in rowwise]
-        self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay, eps=eps, fused=fused)
-        self.sparse = torch.optim.SparseAdam(sparse, lr=lr, eps=eps) if sparse else None
+        self.dense = torch.optim.Adam(dense, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps, fused=fused)
+        self.sparse = torch.optim.SparseAdam(sparse, lr=lr, betas=betas, eps=eps) if sparse else None
         self.state = _States(self.dense, self.sparse)
 
     @property

@@ -123,6 +123,7 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
     # 12x cheaper on one CPU core (10 ms against 121 ms per step at 200,000 items x 64), the
     # same arithmetic (benchmarks/catalogue_costs.py). Sparse item tables: row-wise (models.optim).
     optimizer = ItemRowsAdam(module.parameters(), item_tables, lr=float(hp["lr"]),
+                             betas=(0.9, float(hp.get("adam_beta2", 0.999))),
                              weight_decay=float(hp["weight_decay"]), fused=True)
     params["item_updates"] = "sparse" if item_tables else "dense"
     _carry_optimizer(params, optimizer, module)
