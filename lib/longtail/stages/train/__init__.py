@@ -112,7 +112,8 @@ def run_train(
     if cfg.mode == "cluster":
         check_task_slots(wh.spark, world)
     # Before any Spark work: a version of another architecture is refused in seconds.
-    previous = find_previous(wh, model_name, dataclasses.asdict(cfg), progress) if cfg.warm_start else None
+    hp = dataclasses.asdict(cfg)  # the hyperparameters as the workers, the version check and MLflow read them
+    previous = find_previous(wh, model_name, hp, progress) if cfg.warm_start else None
     version = new_version(model_name, cfg)
     root = absolute(wh.root)
     run_dir = f"{root}/_train/{version}"
@@ -121,11 +122,11 @@ def run_train(
         prepared = prepare_training_data(wh, model_name, cfg, run_dir, world * SHARDS_PER_PROCESS, world,
                                          previous_fingerprints=previous_fingerprints(previous))
         warm = (stage_warm_start(previous, run_dir, prepared, cfg.warm_start_replay, progress,
-                                 lr=LearningRate.from_hp(dataclasses.asdict(cfg), carried=True).base_rate)
+                                 lr=LearningRate.from_hp(hp, carried=True).base_rate)
                 if previous is not None else None)
         params = {
             "model": model_name, "version": version, "run_dir": run_dir, "model_dir": model_dir,
-            "hp": dataclasses.asdict(cfg), "world": world, "valid_negatives": valid_negatives,
+            "hp": hp, "world": world, "valid_negatives": valid_negatives,
             "threads": threads or cfg.threads or threads_per_process(wh.spark, cfg, world), **prepared,
             "driver_progress": progress is not None, "warm_start": warm,
         }
@@ -140,7 +141,7 @@ def run_train(
     finally:
         remove_tree(run_dir)
     if tracking is not None:
-        log_training(tracking, wh.root, model_name, version, model_dir, dataclasses.asdict(cfg),
+        log_training(tracking, wh.root, model_name, version, model_dir, hp,
                      {"processes": world, "mode": cfg.mode, "train_users": int(prepared["train_users"])})
     calibration = metrics.get("exposure_calibration") or {}
     return TrainResult(
