@@ -200,7 +200,7 @@ def synthetic_warehouse(wh, cfg, args, say) -> tuple[str, dict]:
     setup: dict = {}
     started = time.perf_counter()
     catalogue = write_catalogue(wh, DemoConfig(users=args.users, items=args.items, seed=args.seed),
-                                zipf_exponent=args.zipf)
+                                zipf_exponent=args.zipf, locality=args.locality)
     setup.update(catalogue_items=args.items, catalogue_users=args.users,
                  interactions=len(catalogue.interactions), generate_s=time.perf_counter() - started)
     say(f"synthetic catalogue: {catalogue} ({setup['generate_s']:.1f}s)")
@@ -489,6 +489,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--version", help="model version (default: the latest)")
     parser.add_argument("--epochs", type=int, default=2, help="synthetic: training epochs")
     parser.add_argument("--zipf", type=float, default=0.5, help="synthetic: popularity exponent (demo: 1.0)")
+    parser.add_argument("--locality", type=float, default=0.0,
+                        help="synthetic: share of preferred-category draws near the user's spot "
+                             "(item-level structure; longtail.synthetic)")
     parser.add_argument("--k-core", type=int, default=2, help="synthetic: sequences.k_core")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--score-users", type=int, default=10_000, help="users scored by both methods (a sample)")

@@ -120,3 +120,31 @@ def test_a_catalogue_of_min_history_items_gives_every_user_every_item():
     cat = generate_catalogue(40, 5, seed=2)
     per_user = cat.interactions.groupby("user_id")["item_id"].nunique()
     assert (per_user == 5).all() and len(per_user) == 40
+
+
+def _within_category_gaps(cat) -> pd.Series:
+    """Per user and category, the circular distance between consecutive items of the user in the
+    category's hidden order (item index within its category), as a share of the category's size."""
+    import numpy as np
+
+    items = cat.items.assign(category=cat.items["categories"].str[1])
+    items["place"] = items.groupby("category").cumcount()
+    items["size"] = items.groupby("category")["item_id"].transform("size")
+    bought = cat.interactions.merge(items[["item_id", "category", "place", "size"]], on="item_id")
+    bought = bought.sort_values(["user_id", "category", "place"])
+    gap = bought.groupby(["user_id", "category"])["place"].diff()
+    gap = np.minimum(gap, bought["size"] - gap) / bought["size"]
+    return gap.dropna()
+
+
+def test_locality_keeps_users_near_their_own_spot_in_a_category_and_zero_changes_nothing():
+    plain = generate_catalogue(2000, 5000, seed=5, zipf_exponent=0.5)
+    pd.testing.assert_frame_equal(plain.interactions,
+                                  generate_catalogue(2000, 5000, seed=5, zipf_exponent=0.5, locality=0.0).interactions)
+    local = generate_catalogue(2000, 5000, seed=5, zipf_exponent=0.5, locality=0.9, locality_width=5)
+    # 500 items per category: a spread of 5 items is 1% of it; popularity draws spread over all of it.
+    assert _within_category_gaps(local).median() < 0.05 < _within_category_gaps(plain).median()
+    # The popularity law and the categories are the same draws: only the choice within a category moved.
+    pd.testing.assert_frame_equal(plain.items, local.items)
+    with pytest.raises(ValueError, match="locality"):
+        generate_catalogue(10, 10, seed=1, locality=1.5)

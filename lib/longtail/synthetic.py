@@ -4,11 +4,16 @@ Items are product-like ("Hydrating rose face serum 50ml") with a brand and categ
 popularity is Zipf-like (a few head items, a long tail); every user prefers one to three
 categories and mostly picks items of those, with a popularity bias. So an item's text
 (its category words, its brand) says something about who interacts with it, which is the
-signal LLM-ESR exploits for tail items. Everything is drawn from one seeded generator:
-the same arguments give identical frames.
+signal LLM-ESR exploits for tail items. With ``locality`` above 0, users also keep to their own
+spot within each preferred category (items whose hidden order is close are bought by the same
+users), an item-level structure that a sequential model can learn at any catalogue size: without
+it a category of a large catalogue holds so many items that nothing tells them apart but
+popularity (docs/scaling.md, the 1M-item trained point). Everything is drawn from one seeded
+generator: the same arguments give identical frames.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,6 +134,8 @@ def generate_catalogue(
     preference_strength: float = 0.85,
     min_history: int = 5,
     max_history: int = 60,
+    locality: float = 0.0,
+    locality_width: float = 25.0,
 ) -> Catalogue:
     """Draw a deterministic long-tail catalogue.
 
@@ -139,13 +146,23 @@ def generate_catalogue(
         preference_strength: probability that an interaction is drawn from the user's
             preferred categories rather than from the whole catalogue.
         min_history, max_history: bounds of the (long-tailed) per-user history length.
+        locality: share of the preferred-category draws taken near the user's own spot in
+            that category (drawn uniformly per user and category): the item at the spot's
+            place in the category's hidden order (its items by index) plus a normal offset of
+            ``locality_width`` items, wrapping round; the other draws follow popularity. 0 (the
+            demo) draws no spots, so its frames are those of earlier releases.
+        locality_width: standard deviation of that offset, in items (so the structure is as
+            sharp at 10,000 items as at 10M).
 
     Returns:
         A :class:`Catalogue`. No user interacts with the same item twice.
 
     Raises:
-        ValueError: sizes out of range.
+        ValueError: sizes or locality out of range.
     """
+    if not 0.0 <= locality <= 1.0 or locality_width <= 0:
+        raise ValueError(f"synthetic catalogue: locality must be in [0, 1] and locality_width > 0, "
+                         f"got {locality}, {locality_width}")
     if users < 1 or items < 1:
         raise ValueError(f"synthetic catalogue: users and items must be >= 1, got {users}, {items}")
     if items < min_history:
@@ -157,6 +174,8 @@ def generate_catalogue(
     pref, pref_cats = _draw_preferences(rng, users)
     lengths = _draw_history_lengths(rng, users, min_history, min(max_history, items))
     mixture = _Mixture.of(pref, drawn.category, drawn.weight, preference_strength)
+    if locality > 0:  # drawn only then: a catalogue without locality keeps its draws
+        mixture = mixture.with_spots(rng.random(pref.shape), locality, locality_width)
     chosen = _draw_histories(rng, mixture, lengths)
     user_ids = np.array(_ids("U", users))
     interactions = _draw_interactions(rng, user_ids, drawn, pref, lengths, chosen)
@@ -276,6 +295,12 @@ class _Mixture:
     cat_items: np.ndarray
     #: (items,): CDF of P(item), popularity over the whole catalogue.
     global_cdf: np.ndarray
+    #: (n_cat + 1,): where each category's items start in ``cat_items``.
+    cat_start: np.ndarray | None = None
+    #: (users, n_cat): each user's spot in each category, a share of its hidden order (None: no locality).
+    spots: np.ndarray | None = None
+    locality: float = 0.0
+    locality_width: float = 1.0
 
     @staticmethod
     def of(pref: np.ndarray, cat_of_item: np.ndarray, weight: np.ndarray, preference_strength: float) -> _Mixture:
@@ -293,7 +318,13 @@ class _Mixture:
         before = np.concatenate(([0.0], np.cumsum(cat_mass)))[cats]  # mass of the lower categories
         cat_cdf = cats + (within - before) / cat_mass[cats]
         global_cdf = np.cumsum(weight) / weight.sum()
-        return _Mixture(strength, np.cumsum(pref_eff, axis=1), cat_cdf, order, global_cdf)
+        cat_start = np.concatenate(([0], np.cumsum(np.bincount(cat_of_item, minlength=n_cat))))
+        return _Mixture(strength, np.cumsum(pref_eff, axis=1), cat_cdf, order, global_cdf, cat_start)
+
+    def with_spots(self, spots: np.ndarray, locality: float, width: float) -> _Mixture:
+        """The same mixture whose preferred-category draws keep, with probability ``locality``,
+        to each user's spot (``spots``: (users, n_cat) uniforms) within ``width`` items."""
+        return dataclasses.replace(self, spots=spots, locality=locality, locality_width=width)
 
     def draw(self, rng: np.random.Generator, users: np.ndarray, k: int) -> np.ndarray:
         """``k`` independent item draws (with replacement) for each user index in ``users``."""
@@ -307,7 +338,20 @@ class _Mixture:
         last = len(self.global_cdf) - 1
         from_cat = self.cat_items[np.minimum(np.searchsorted(self.cat_cdf, cat + pick, side="right"), last)]
         from_all = np.minimum(np.searchsorted(self.global_cdf, pick, side="right"), last)
+        if self.spots is not None:
+            from_cat = self._near_spots(rng, users, cat, from_cat)
         return np.where(preferred, from_cat, from_all)
+
+    def _near_spots(self, rng: np.random.Generator, users: np.ndarray, cat: np.ndarray,
+                    from_cat: np.ndarray) -> np.ndarray:
+        """``from_cat`` with a ``locality`` share replaced by items near the users' spots."""
+        near = rng.random(cat.shape) < self.locality
+        offset = np.rint(rng.normal(0.0, self.locality_width, cat.shape)).astype(np.int64)
+        start, size = self.cat_start[cat], np.diff(self.cat_start)[cat]
+        spot = np.floor(self.spots[users[:, None], cat] * size).astype(np.int64)
+        place = start + np.mod(spot + offset, np.maximum(size, 1))
+        local = self.cat_items[np.minimum(place, len(self.cat_items) - 1)]
+        return np.where(near & (size > 0), local, from_cat)
 
 
 # --------------------------------------------------------------------------- interactions
@@ -406,7 +450,8 @@ ROWS_PER_FILE = 1_000_000
 
 
 def write_catalogue(
-    wh, cfg: DemoConfig, *, zipf_exponent: float = 1.0, rows_per_file: int = ROWS_PER_FILE
+    wh, cfg: DemoConfig, *, zipf_exponent: float = 1.0, locality: float = 0.0,
+    locality_width: float = 25.0, rows_per_file: int = ROWS_PER_FILE,
 ) -> Catalogue:
     """Generate the catalogue of ``cfg`` and write tables ``interactions``, ``items`` and ``users``.
 
@@ -417,6 +462,7 @@ def write_catalogue(
             popularity (``benchmarks/retrieval.py`` uses 0.5) gives most of a large catalogue
             interactions at about as many users as items; at 1.0 and 10 interactions per user
             most of 200,000 items never pass a 5-core.
+        locality, locality_width: as :func:`generate_catalogue` (0: the demo's catalogue).
         rows_per_file: at most this many rows per written file (about: files are whole batches).
 
     Returns:
@@ -425,7 +471,8 @@ def write_catalogue(
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    cat = generate_catalogue(cfg.users, cfg.items, cfg.seed, zipf_exponent=zipf_exponent)
+    cat = generate_catalogue(cfg.users, cfg.items, cfg.seed, zipf_exponent=zipf_exponent,
+                             locality=locality, locality_width=locality_width)
     spark = wh.spark
     inter = spark.createDataFrame(
         cat.interactions,

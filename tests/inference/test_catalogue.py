@@ -57,3 +57,30 @@ def test_no_embeddings_leaves_one_zero_column(warehouse):
     cat = load_catalogue(warehouse)
     assert cat.embedding_model is None and cat.embeddings.shape == (5, 1) and not cat.has_embedding.any()
     assert cat.unit_embeddings() is None
+
+
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_embedding_rows_read_every_chunk_of_the_collected_table_in_place(chunks):
+    # Spark collects one Arrow chunk per batch; the rows are read chunk by chunk (no combined copy),
+    # so each row must land at its own idx whichever chunk holds it, and a repeated id keeps its first row.
+    import itertools
+
+    import pyarrow as pa
+    from longtail.inference.catalogue import _embedding_rows
+    from longtail.inference.items import ItemIndex
+
+    ids = ["c", "a", "x", "b", "a", "d"]
+    vectors = [[3.0, 3.5], [1.0, 1.5], [7.0, 7.0], None, [9.0, 9.0], [4.0, 4.5]]
+    bounds = np.linspace(0, len(ids), chunks + 1).astype(int)
+    table = pa.Table.from_batches([
+        pa.record_batch({"item_id": ids[s:e], "embedding": pa.array(vectors[s:e], pa.list_(pa.float32()))})
+        for s, e in itertools.pairwise(bounds)
+    ])
+
+    class Collected:
+        def toArrow(self):
+            return table
+
+    embeddings, has = _embedding_rows(ItemIndex(["", "a", "b", "c", "d"]), Collected())
+    np.testing.assert_array_equal(embeddings, [[0, 0], [1.0, 1.5], [0, 0], [3.0, 3.5], [4.0, 4.5]])
+    np.testing.assert_array_equal(has, [False, True, False, True, True])

@@ -27,3 +27,16 @@ def test_a_model_trained_before_new_items_maps_onto_todays_catalogue():
     today = ItemIndex(["", "a", "", "c", "d"]).extended(["new"])  # b left, d arrived, "new" has text only
     assert today.lookup(trained).tolist() == [0, 1, 0, 3, 0, 0]
     assert trained.lookup(today).tolist() == [0, 1, 0, 3]
+
+
+def test_sorted_ids_find_every_row_of_an_id_and_nothing_for_unknown_or_empty_ids():
+    from longtail.inference.items import SortedIds
+
+    ids = SortedIds(["", "b", None, "a", "b", "é-ü"])
+    assert len(ids) == 4  # "" and None are never keys
+    rows, which = ids.lookup(["b", "zz", "a", "", None, "é-ü"])
+    assert sorted(zip(which.tolist(), rows.tolist())) == [(0, 1), (0, 4), (2, 3), (5, 5)]
+    np.testing.assert_array_equal(ids.first(["b", "nope", "a"]), [1, -1, 3])
+    assert ids.lookup([])[0].dtype == np.int64 and SortedIds([]).lookup(["a"])[0].size == 0
+    mapped = SortedIds(["x", "y"], rows=np.array([10, 20]))
+    np.testing.assert_array_equal(mapped.first(["y", "x"]), [20, 10])

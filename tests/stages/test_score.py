@@ -173,14 +173,71 @@ def test_exactly_k_unseen_rows_per_user_new_items_fallbacks_and_run_row(wh):
 
 
 def test_touched_item_ids_map_to_catalogue_idxs_in_the_workers():
-    # The exclusions of model users are read as item ids and mapped on the executors: ids
-    # outside the catalogue (and padding) drop out, an id listed twice excludes both idxs.
-    from longtail.stages.score import _catalogue_idxs, _idxs_by_id
+    # The exclusions of model users are read as item ids and mapped on the executors, one search
+    # per batch: ids outside the catalogue (and padding) drop out, an id listed twice excludes both idxs.
+    from longtail.inference.items import SortedIds
+    from longtail.stages.score import _catalogue_idxs
 
-    idx_of = _idxs_by_id(["", "i1", "", "i3", "i1"])
-    assert set(idx_of) == {"i1", "i3"}
-    assert sorted(_catalogue_idxs(["i3", "gone", "i1"], idx_of)) == [1, 3, 4]
-    assert _catalogue_idxs(None, idx_of).size == 0 and _catalogue_idxs([], idx_of).dtype == "int64"
+    ids = SortedIds(["", "i1", "", "i3", "i1"])
+    found = _catalogue_idxs([["i3", "gone", "i1"], None, [], ["i3"]], ids)
+    assert [sorted(f) for f in found] == [[1, 3, 4], [], [], [3]]
+    assert all(f.dtype == "int64" for f in found)
+    assert [f.size for f in _catalogue_idxs([["i1"], None], None)] == [0, 0]
+
+
+def _dict_fallback(ranked, share, item_ids, categories, seen, k):
+    """The fallback list as the dict-based plan built it (before the arrays), for comparison."""
+    rank_of = {item_ids[i]: r for r, i in enumerate(ranked)}
+    members = {}
+    for item_id, listed in categories.items():
+        if item_id in rank_of:
+            for c in listed:
+                members.setdefault(c, []).append(rank_of[item_id])
+    members = {c: np.sort(np.asarray(v)) for c, v in members.items()}
+    seen_ranks = np.asarray([rank_of[s] for s in seen if s in rank_of], dtype=np.int64)
+    cats = {c for s in seen for c in categories.get(s, [])}
+    depth = k + len(seen_ranks)
+    in_cats = [members[c][:depth] for c in cats if c in members]
+    first = np.unique(np.concatenate(in_cats)) if in_cats else np.zeros(0, dtype=np.int64)
+    first = first[~np.isin(first, seen_ranks)][:k]
+    rest = np.arange(min(len(ranked), depth + len(first)))
+    rest = rest[~np.isin(rest, seen_ranks) & ~np.isin(rest, first)][: k - len(first)]
+    chosen = np.concatenate([first, rest])
+    picked = np.zeros(k, dtype=np.int64)
+    picked[: len(chosen)] = ranked[chosen]
+    return picked
+
+
+def test_fallback_plan_of_arrays_gives_the_lists_of_the_dict_plan(warehouse):
+    # 300 items in 12 categories (some none, some two, one null entry), 40 of them outside the
+    # catalogue (k-core drop-outs: their categories still count), users touching 0-6 items.
+    from longtail.inference.catalogue import Catalogue
+    from longtail.inference.items import ItemIndex
+    from longtail.stages.score import _fallback_plan
+
+    rng = np.random.default_rng(3)
+    names = [f"item-{i:03d}" for i in range(300)]
+    categories = {n: [f"c{c}" for c in rng.choice(12, size=rng.integers(0, 3), replace=False)] for n in names}
+    categories[names[7]] = ["c1", None]
+    rows = [(n, None, None, categories[n], None, None) for n in names]
+    warehouse.write(warehouse.spark.createDataFrame(rows, schemas.ITEMS_SCHEMA), schemas.ITEMS)
+    categories[names[7]] = ["c1"]
+    in_catalogue = [""] + names[:260]
+    size = len(in_catalogue)
+    popularity = rng.integers(0, 50, size=size)
+    known = np.ones(size, dtype=bool)
+    known[0] = False
+    catalogue = Catalogue(ItemIndex(in_catalogue), known, np.zeros(size, dtype=bool), popularity,
+                          np.zeros((size, 1), dtype=np.float32), np.zeros(size, dtype=bool), size)
+    blocked = np.zeros(size, dtype=bool)
+    blocked[[5, 9]] = True
+    plan = _fallback_plan(warehouse, catalogue, popularity, blocked)
+    for _ in range(200):
+        seen = list(rng.choice(names + ["never-listed"], size=rng.integers(0, 7), replace=False))
+        got, _scores = plan.list_for(seen, 10)
+        want = _dict_fallback(plan.ranked, plan.share, in_catalogue, categories, seen, 10)
+        np.testing.assert_array_equal(got, want)
+    assert not set(plan.list_for([], 10)[0]) & {5, 9}
 
 
 def test_plain_backbone_cannot_place_text_only_items(inputs):

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from longtail.core import schemas
 from longtail.core.errors import InputError
-from longtail.inference.items import ItemIndex
+from longtail.inference.items import ItemIndex, SortedIds
 from longtail.ranking.vectors import unit_rows
 
 
@@ -47,7 +47,9 @@ class Catalogue:
         """L2-normalised semantic embeddings, or None when no item has one."""
         if not self.has_embedding.any():
             return None
-        return unit_rows(self.embeddings).astype(np.float32)
+        # copy=False: unit_rows already made the one new float32 matrix (a second copy here was
+        # the driver's largest transient in `score`: docs/scaling.md, "The driver's memory").
+        return unit_rows(self.embeddings).astype(np.float32, copy=False)
 
 
 def load_catalogue(wh, include_new_items: bool = True) -> Catalogue:
@@ -121,10 +123,10 @@ def _embedding_rows(index: ItemIndex, emb) -> tuple[np.ndarray, np.ndarray]:
     if emb is None:
         return embeddings, has_embedding
     tbl = emb.toArrow()
-    position = index.position()
-    at = np.fromiter((position.get(i, -1) if i is not None else -1 for i in tbl.column("item_id").to_pylist()),
-                     dtype=np.int64, count=tbl.num_rows)
-    vectors = tbl.column("embedding").combine_chunks()
+    # A search over the ids' bytes, not ItemIndex.position()'s dict: that dict stayed cached on
+    # the catalogue for the whole job at about 100 bytes per item (docs/scaling.md).
+    at = SortedIds(index.ids).first(tbl.column("item_id").to_pylist())
+    vectors = tbl.column("embedding")  # chunked as collected: combining the chunks copied every vector
     _, first = np.unique(at, return_index=True)  # an item id's first row counts, as it always did
     first = first[at[first] >= 0]
     rows = np.sort(first[~vectors.is_null().to_numpy(zero_copy_only=False)[first]])
@@ -139,11 +141,14 @@ def _embedding_rows(index: ItemIndex, emb) -> tuple[np.ndarray, np.ndarray]:
             f"table {schemas.ITEM_EMBEDDINGS}: item {index.ids[at[row]]!r} has a {lengths[bad[0]]}-d embedding, "
             f"others {dim}-d"
         )
-    offsets = vectors.offsets.to_numpy()
-    values = vectors.values.to_numpy(zero_copy_only=False)
     embeddings = np.zeros((index.size, dim), dtype=np.float32)
-    for s in range(0, len(rows), GATHER_ROWS):  # bounded index arrays: GATHER_ROWS x dim int64
-        part = rows[s : s + GATHER_ROWS]
-        embeddings[at[part]] = values[(offsets[part][:, None] + np.arange(dim)[None, :])]
+    start = 0
+    for chunk in vectors.chunks:
+        mine = rows[(rows >= start) & (rows < start + len(chunk))]
+        offsets, values = chunk.offsets.to_numpy(), chunk.values.to_numpy(zero_copy_only=False)
+        for s in range(0, len(mine), GATHER_ROWS):  # bounded index arrays: GATHER_ROWS x dim int64
+            part = mine[s : s + GATHER_ROWS]
+            embeddings[at[part]] = values[(offsets[part - start][:, None] + np.arange(dim)[None, :])]
+        start += len(chunk)
     has_embedding[at[rows]] = True
     return embeddings, has_embedding

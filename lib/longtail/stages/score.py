@@ -53,6 +53,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -78,6 +79,7 @@ from longtail.inference import (
 )
 from longtail.inference.availability import Availability, read_availability
 from longtail.inference.bundle import check_device
+from longtail.inference.items import SortedIds
 from longtail.inference.scorers import ModelLoader
 from longtail.inference.users import tuning_histories
 from longtail.models.histories import pad_histories
@@ -202,22 +204,27 @@ def _model_rows(
     """The model's lists of one batch of users (``item_idxs``, ``seen`` item ids); ``search``:
     ``(candidate index, score.candidates)`` with ``score.retrieval: ann``, else None (exact)."""
     histories = pad_histories(list(part["item_idxs"]))
-    idx_of = lookups.value().idx_of if lookups is not None else {}
+    touched = _catalogue_idxs(list(part["seen"]), lookups.value().catalogue if lookups is not None else None)
     seen = pad_histories([
-        np.concatenate([np.asarray([] if h is None else h, dtype=np.int64), _catalogue_idxs(s, idx_of)])
-        for h, s in zip(part["item_idxs"], part["seen"])
+        np.concatenate([np.asarray([] if h is None else h, dtype=np.int64), t])
+        for h, t in zip(part["item_idxs"], touched)
     ])
     index, candidates = search if search is not None else (None, 0)
     scores, items = bundle.top_k(histories, k, item_chunk, seen=seen, index=index, candidates=candidates)
     return _list_rows(list(part["user_id"]), items.numpy(), scores.numpy(), bundle, False)
 
 
-def _catalogue_idxs(seen: Any, idx_of: dict[str, np.ndarray]) -> np.ndarray:
-    """Catalogue idxs of the item ids ``seen`` (None: none); ids outside the catalogue drop out."""
-    if seen is None or not len(seen):
-        return np.zeros(0, dtype=np.int64)
-    found = [idx_of[i] for i in seen if i in idx_of]
-    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+def _catalogue_idxs(seen: list, catalogue: SortedIds | None) -> list[np.ndarray]:
+    """For each user of a batch, the catalogue idxs of the item ids it touched (``seen``: one list
+    of ids or None per user); ids outside the catalogue drop out. One search for the batch."""
+    empty = np.zeros(0, dtype=np.int64)
+    if catalogue is None:
+        return [empty] * len(seen)
+    lengths = np.array([0 if s is None else len(s) for s in seen], dtype=np.int64)
+    ids = [i for s in seen if s is not None for i in s]
+    idxs, which = catalogue.lookup(ids)
+    owner = np.repeat(np.arange(len(seen)), lengths)[which]  # the user of each found idx
+    return np.split(idxs, np.searchsorted(owner, np.arange(1, len(seen))))
 
 
 def _fallback_rows(frame: pd.DataFrame, bundle: ScoringBundle, lookups: Staged | None, k: int) -> pd.DataFrame:
@@ -240,29 +247,44 @@ class FallbackPlan:
     """Catalogue-sized lookups built on the driver and shipped once: popularity lists and the
     catalogue idxs of item ids (what a user touched, read as ids from ``interactions``).
 
+    Arrays, not Python dicts: about 100 bytes per item with three categories each (ids as bytes,
+    idxs, ranks, category offsets and codes) where dicts of ids, lists and arrays held about 380,
+    on the driver and again in every Python worker (docs/scaling.md, "The driver's memory").
+
     Attributes:
         ranked: known item idxs, most popular first; share: their popularity / the largest.
-        rank_of: item_id -> position in ``ranked``; item_categories: item_id -> categories.
-        members: category -> positions in ``ranked`` of its items, ascending.
-        idx_of: item_id -> its catalogue idxs (one, unless ``item_stats`` repeats an id).
+        rank_by_idx: ``[N]`` position in ``ranked`` of each catalogue idx (-1: not ranked).
+        catalogue: item_id -> its catalogue idxs (one, unless ``item_stats`` repeats an id).
+        categorised: item_id of an ``items`` row -> that row; the row's category codes are
+            ``category_codes[category_offsets[row]:category_offsets[row + 1]]``.
+        member_offsets, member_ranks: category code c -> positions in ``ranked`` of its items,
+            ascending: ``member_ranks[member_offsets[c]:member_offsets[c + 1]]``.
     """
 
     ranked: np.ndarray
     share: np.ndarray
-    rank_of: dict[str, int]
-    item_categories: dict[str, list[str]]
-    members: dict[str, np.ndarray]
-    idx_of: dict[str, np.ndarray]
+    rank_by_idx: np.ndarray
+    catalogue: SortedIds
+    categorised: SortedIds
+    category_offsets: np.ndarray
+    category_codes: np.ndarray
+    member_offsets: np.ndarray
+    member_ranks: np.ndarray
 
     def list_for(self, seen: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(item idxs [k], scores [k])`` for a user who touched ``seen``: the most popular items
         sharing a category with them first (score 1 + share), then global popularity (share);
         never a seen item; item 0 and ``-inf`` where the catalogue runs out."""
-        seen_ranks = np.asarray([self.rank_of[s] for s in seen if s in self.rank_of], dtype=np.int64)
-        categories = {c for s in seen for c in self.item_categories.get(s, [])}
+        seen_ranks = self.rank_by_idx[self.catalogue.lookup(seen)[0]]
+        seen_ranks = np.unique(seen_ranks[seen_ranks >= 0])
+        rows = self.categorised.lookup(seen)[0]
+        codes = np.unique(np.concatenate(
+            [self.category_codes[self.category_offsets[r] : self.category_offsets[r + 1]] for r in rows]
+        )) if len(rows) else np.zeros(0, dtype=np.int64)
         # Only the k + |seen| most popular of each list can make the top k.
         depth = k + len(seen_ranks)
-        in_cats = [self.members[c][:depth] for c in categories if c in self.members]
+        starts, ends = self.member_offsets[codes], self.member_offsets[codes + 1]
+        in_cats = [self.member_ranks[s : min(s + depth, e)] for s, e in zip(starts, ends)]
         first = np.unique(np.concatenate(in_cats)) if in_cats else np.zeros(0, dtype=np.int64)
         first = first[~np.isin(first, seen_ranks)][:k]
         rest = np.arange(min(len(self.ranked), depth + len(first)))
@@ -284,33 +306,40 @@ def _fallback_plan(
     ranked = ranked[catalogue.known[ranked]]  # known items, most popular first
     if unavailable is not None:
         ranked = ranked[~unavailable[ranked]]
-    rank_of = {catalogue.item_ids[i]: r for r, i in enumerate(ranked)}
-    item_categories: dict[str, list[str]] = {}
-    members: dict[str, list[int]] = {}
-    if wh.exists(schemas.ITEMS):
-        # Arrow columns, not Row objects: this runs once per catalogue item on the driver.
-        tbl = wh.read(schemas.ITEMS).select("item_id", "categories").toArrow()
-        for item_id, listed in zip(tbl.column("item_id").to_pylist(), tbl.column("categories").to_pylist()):
-            categories = list(listed or [])
-            item_categories[item_id] = categories
-            r = rank_of.get(item_id)
-            if r is not None:
-                for c in categories:
-                    members.setdefault(c, []).append(r)
+    rank_by_idx = np.full(catalogue.size, -1, dtype=np.int64)
+    rank_by_idx[ranked] = np.arange(len(ranked))
+    ids = SortedIds(catalogue.item_ids)
+    categorised, offsets, codes, members = _category_lists(wh, ids, rank_by_idx)
     top = float(max(int(popularity.max()), 1))
-    sorted_members = {c: np.sort(np.asarray(v, dtype=np.int64)) for c, v in members.items()}
-    return FallbackPlan(
-        ranked, popularity[ranked] / top, rank_of, item_categories, sorted_members, _idxs_by_id(catalogue.item_ids)
-    )
+    return FallbackPlan(ranked, popularity[ranked] / top, rank_by_idx, ids, categorised, offsets, codes, *members)
 
 
-def _idxs_by_id(item_ids: list[str]) -> dict[str, np.ndarray]:
-    """item_id -> its idxs in ``item_ids``; ``""`` (padding, unused idxs) maps to nothing."""
-    idxs: dict[str, list[int]] = {}
-    for i, item_id in enumerate(item_ids):
-        if item_id:
-            idxs.setdefault(item_id, []).append(i)
-    return {item_id: np.asarray(v, dtype=np.int64) for item_id, v in idxs.items()}
+def _category_lists(wh: Warehouse, catalogue: SortedIds, rank_by_idx: np.ndarray):
+    """``(item_id -> items row, [rows + 1] offsets, category codes, (member offsets, member ranks))``
+    from the ``items`` table's ``categories`` (Arrow buffers, no Python object per item; empty
+    without the table). Each category's members are the ranked items listing it, ascending."""
+    if not wh.exists(schemas.ITEMS):
+        none = np.zeros(1, dtype=np.int64)
+        return SortedIds([]), none, np.zeros(0, dtype=np.int64), (none, np.zeros(0, dtype=np.int64))
+    tbl = wh.read(schemas.ITEMS).select("item_id", "categories").toArrow()
+    item_ids = tbl.column("item_id").to_pylist()
+    listed = tbl.column("categories").combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(listed), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(listed)  # the entries of the non-null lists, in row order
+    named = pc.is_valid(flat)  # a null entry names no category
+    row_of_entry = np.repeat(np.arange(len(item_ids), dtype=np.int64), lengths)[named.to_numpy(zero_copy_only=False)]
+    codes = pc.dictionary_encode(flat.filter(named)).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.concatenate(([0], np.cumsum(np.bincount(row_of_entry, minlength=len(item_ids)))))
+    found = catalogue.first(item_ids)
+    rank_of_row = np.where(found >= 0, rank_by_idx[np.maximum(found, 0)], -1)
+    entry_rank = rank_of_row[row_of_entry]
+    member = entry_rank >= 0
+    # One (category, rank) pair each, by category then rank: a repeated row or entry adds nothing.
+    pairs = np.unique(np.stack([codes[member], entry_rank[member]], axis=1), axis=0).reshape(-1, 2)
+    n_codes = int(codes.max()) + 1 if len(codes) else 0
+    member_offsets = np.concatenate(([0], np.cumsum(np.bincount(pairs[:, 0], minlength=n_codes))))
+    member_ranks = pairs[:, 1].copy()
+    return SortedIds(item_ids), offsets, codes, (member_offsets, member_ranks)
 
 
 def _candidate_index(bundle: ScoringBundle, seqs: DataFrame, cfg: ScoreConfig, k: int) -> CandidateIndex:
