@@ -160,7 +160,7 @@ def generate_catalogue(
     Raises:
         ValueError: sizes or locality out of range.
     """
-    if not 0.0 <= locality <= 1.0 or locality_width <= 0:
+    if not 0.0 <= locality <= 1.0 or not locality_width > 0:  # NaN fails both
         raise ValueError(f"synthetic catalogue: locality must be in [0, 1] and locality_width > 0, "
                          f"got {locality}, {locality_width}")
     if users < 1 or items < 1:

@@ -37,6 +37,8 @@ def test_sorted_ids_find_every_row_of_an_id_and_nothing_for_unknown_or_empty_ids
     rows, which = ids.lookup(["b", "zz", "a", "", None, "é-ü"])
     assert sorted(zip(which.tolist(), rows.tolist())) == [(0, 1), (0, 4), (2, 3), (5, 5)]
     np.testing.assert_array_equal(ids.first(["b", "nope", "a"]), [1, -1, 3])
+    # An id longer than every key is unknown, and never cut down to a key ("a-much-longer-id" is not "a").
+    np.testing.assert_array_equal(ids.first(["a-much-longer-id", "a", "bb"]), [-1, 3, -1])
     assert ids.lookup([])[0].dtype == np.int64 and SortedIds([]).lookup(["a"])[0].size == 0
     mapped = SortedIds(["x", "y"], rows=np.array([10, 20]))
     np.testing.assert_array_equal(mapped.first(["y", "x"]), [20, 10])

@@ -100,6 +100,10 @@ class SortedIds:
     own bytes plus 8 per id; a lookup is a binary search, done for a whole batch of ids at once.
     An id may map to several rows (a table that repeats it): every row is found.
 
+    The keys are fixed-width (numpy ``S``): each takes as many bytes as the longest id (ids of
+    similar length, as catalogues' are, cost what they hold), and trailing NUL bytes are not
+    part of an id (``"a\\x00"`` is ``"a"``).
+
     Args:
         ids: the id of each row; ``""`` and None rows are never found.
         rows: what each id maps to (default: its position in ``ids``).
@@ -108,7 +112,7 @@ class SortedIds:
     def __init__(self, ids: Sequence[str | None], rows: np.ndarray | None = None) -> None:
         rows = np.arange(len(ids), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         keep = np.fromiter((bool(i) for i in ids), dtype=bool, count=len(ids))
-        keys = _as_bytes([i for i, k in zip(ids, keep) if k])
+        keys = _as_bytes([i.encode("utf-8") for i, k in zip(ids, keep) if k])
         order = np.argsort(keys, kind="stable")
         self.keys, self.rows = keys[order], rows[keep][order]
 
@@ -120,7 +124,11 @@ class SortedIds:
         position in ``ids`` of the id it came from (ascending); unknown ids add nothing."""
         if not len(ids) or not len(self.keys):
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        query = _as_bytes([i or "" for i in ids])
+        width = self.keys.dtype.itemsize
+        # An id longer than every key is unknown: searching with a wider dtype would convert the
+        # whole key array on every call (a milliseconds-long copy at 1M ids).
+        encoded = [(i or "").encode("utf-8") for i in ids]
+        query = np.array([e if len(e) <= width else b"" for e in encoded], dtype=self.keys.dtype)
         left = np.searchsorted(self.keys, query, side="left")
         counts = np.searchsorted(self.keys, query, side="right") - left
         counts[query == b""] = 0
@@ -133,12 +141,13 @@ class SortedIds:
         """The row of each id of ``ids`` (the first of its rows in ``ids`` order), -1 where unknown."""
         rows, which = self.lookup(ids)
         out = np.full(len(ids), -1, dtype=np.int64)
-        out[which[::-1]] = rows[::-1]  # the last write wins: the first match of each id
+        found, at = np.unique(which, return_index=True)  # each id's matches come in row order
+        out[found] = rows[at]
         return out
 
 
-def _as_bytes(ids: Sequence[str]) -> np.ndarray:
-    """``ids`` as one fixed-width bytes array (UTF-8; numpy compares bytes as the sort does)."""
-    if not len(ids):
+def _as_bytes(encoded: Sequence[bytes]) -> np.ndarray:
+    """UTF-8 ids as one fixed-width bytes array (numpy compares bytes as the sort does)."""
+    if not len(encoded):
         return np.zeros(0, dtype="S1")
-    return np.array([i.encode("utf-8") for i in ids], dtype=bytes)
+    return np.array(encoded, dtype=bytes)

@@ -254,7 +254,9 @@ class FallbackPlan:
     Attributes:
         ranked: known item idxs, most popular first; share: their popularity / the largest.
         rank_by_idx: ``[N]`` position in ``ranked`` of each catalogue idx (-1: not ranked).
-        catalogue: item_id -> its catalogue idxs (one, unless ``item_stats`` repeats an id).
+        catalogue: item_id -> its catalogue idxs (one: ``sequences`` gives an item one idx; were an
+            id repeated, a user who touched it would be spared every idx of it, and the category
+            lists would hold the first).
         categorised: item_id of an ``items`` row -> that row; the row's category codes are
             ``category_codes[category_offsets[row]:category_offsets[row + 1]]``.
         member_offsets, member_ranks: category code c -> positions in ``ranked`` of its items,
