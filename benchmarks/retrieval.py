@@ -9,7 +9,9 @@
 
 ``--items N --users M`` writes the synthetic catalogue (``longtail.synthetic``: users who prefer
 one to three of ten categories, popularity Zipf with ``--zipf``, 0.5 by default: flatter than the
-demo's 1.0, so that most of N items have interactions at about M = N users) into a scratch
+demo's 1.0, so that most of N items have interactions at about M = N users; ``--locality L``: a
+share L of each user's preferred-category draws near its own spot in the category, the item-level
+structure a model can learn at any size, docs/scaling.md) into a scratch
 warehouse under ``--workdir``, runs ``sequences`` (a ``--k-core`` of 2 by default) and trains
 ``--model`` (``sasrec``; models without text only) for ``--epochs`` epochs with the default
 training config (validation on ``train.validation_users``, 2,000 here, and the exposure
