@@ -400,7 +400,7 @@ class TrainConfig:
     #: same rate). That version stopped at its validation optimum; continued at the full rate it
     #: overshot within 2-4 epochs and ended below a from-scratch retrain, at half the rate it
     #: refined it and ended above (Beauty, 3 seeds, Adam beta2 0.999). With the 0.98 default it ends
-    #: about 3.5% below on test NDCG@10 at half or a quarter of the rate (2 seeds; benchmarks/README.md,
+    #: about 2.6% below on test NDCG@10 at half the rate (3 seeds; a quarter no better; benchmarks/README.md,
     #: "Warm start").
     warm_start_lr_factor: Probability = 0.5
     #: A warm start's epochs train on every user whose training history changed since the version it
