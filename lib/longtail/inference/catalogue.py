@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from longtail.core import schemas
 from longtail.core.errors import InputError
-from longtail.inference.items import ItemIndex, SortedIds
+from longtail.inference.items import ItemIndex
 from longtail.ranking.vectors import unit_rows
 
 
@@ -125,7 +125,7 @@ def _embedding_rows(index: ItemIndex, emb) -> tuple[np.ndarray, np.ndarray]:
     tbl = emb.toArrow()
     # A search over the ids' bytes, not ItemIndex.position()'s dict: that dict stayed cached on
     # the catalogue for the whole job at about 100 bytes per item (docs/scaling.md).
-    at = SortedIds(index.ids).first(tbl.column("item_id").to_pylist())
+    at = index.sorted_ids().first(tbl.column("item_id").to_pylist())
     vectors = tbl.column("embedding")  # chunked as collected: combining the chunks copied every vector
     _, first = np.unique(at, return_index=True)  # an item id's first row counts, as it always did
     first = first[at[first] >= 0]

@@ -33,6 +33,7 @@ class ItemIndex:
     def __init__(self, ids: Sequence[str]) -> None:
         self.ids = list(ids)
         self._position: dict[str, int] | None = None
+        self._sorted: SortedIds | None = None
 
     @classmethod
     def from_pairs(cls, idxs: np.ndarray, ids: Sequence[str], table: str, size: int | None = None) -> "ItemIndex":
@@ -69,6 +70,13 @@ class ItemIndex:
             self._position = {item_id: i for i, item_id in enumerate(self.ids) if i > 0 and item_id}
         return self._position
 
+    def sorted_ids(self) -> "SortedIds":
+        """item_id -> idx as :class:`SortedIds`, built once per index (every catalogue-sized lookup
+        of a job shares it: a few bytes per item, where :meth:`position`'s dict costs about 100)."""
+        if self._sorted is None:
+            self._sorted = SortedIds(self.ids)
+        return self._sorted
+
     def extended(self, new_ids: Sequence[str]) -> "ItemIndex":
         """This index with ``new_ids`` appended after its last idx, in the given order."""
         return ItemIndex(self.ids + list(new_ids))
@@ -76,7 +84,7 @@ class ItemIndex:
     def lookup(self, other: "ItemIndex") -> np.ndarray:
         """``[self.size]`` int64: for each idx here, the idx of the same item in ``other`` (0: absent)."""
         # A search over sorted id bytes: a dict of ``other``'s ids cost about 100 bytes per item.
-        return np.maximum(SortedIds(other.ids).first(self.ids), 0)
+        return np.maximum(other.sorted_ids().first(self.ids), 0)
 
 
 def read_item_index(stats) -> ItemIndex:

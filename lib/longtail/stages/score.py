@@ -310,7 +310,7 @@ def _fallback_plan(
         ranked = ranked[~unavailable[ranked]]
     rank_by_idx = np.full(catalogue.size, -1, dtype=np.int64)
     rank_by_idx[ranked] = np.arange(len(ranked))
-    ids = SortedIds(catalogue.item_ids)
+    ids = catalogue.index.sorted_ids()  # the one load_catalogue built
     categorised, offsets, codes, members = _category_lists(wh, ids, rank_by_idx)
     top = float(max(int(popularity.max()), 1))
     return FallbackPlan(ranked, popularity[ranked] / top, rank_by_idx, ids, categorised, offsets, codes, *members)
