@@ -11,6 +11,7 @@ from longtail.models import build_model
 from longtail.models.optim import (
     SPARSE_ITEMS_FROM,
     ItemRowsAdam,
+    WeightAverage,
     clip_grad_norm,
     sparse_item_updates,
 )
@@ -169,3 +170,28 @@ def test_adam_beta2_reaches_the_dense_and_the_row_wise_updates(hp):
             continue
         assert torch.allclose(weights, rowwise[name], atol=1e-6), name
     assert any(not torch.allclose(w, default[n], atol=1e-6) for n, w in reference.items())
+
+
+def test_weight_average_is_the_exponential_average_of_the_trained_weights_and_leaves_them_trained():
+    module = torch.nn.Sequential(torch.nn.Embedding(4, 2), torch.nn.Linear(2, 1))
+    module[0].weight.requires_grad_(False)  # a frozen table (the LLM's) is neither copied nor averaged
+    frozen = module[0].weight.detach().clone()
+    start = module[1].weight.detach().clone()
+    average = WeightAverage(module, decay=0.5)
+    expected = start.clone()
+    for value in (1.0, 2.0, 4.0):  # what three optimiser steps left in the weight
+        with torch.no_grad():
+            module[1].weight.fill_(value)
+        average.update()
+        expected = 0.5 * expected + 0.5 * value
+    with average.applied():
+        assert torch.allclose(module[1].weight, expected)
+        assert torch.equal(module[0].weight, frozen)
+    assert torch.equal(module[1].weight, torch.full_like(start, 4.0))  # training goes on from its own weights
+    assert len(average._average) == 2  # the Linear's weight and bias only
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, -0.1])
+def test_weight_average_refuses_a_decay_outside_0_1(decay):
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(torch.nn.Linear(2, 1), decay)

@@ -14,6 +14,7 @@ Used by the training loop (:mod:`longtail.stages.train.worker`); pure torch.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -118,6 +119,50 @@ class ItemRowsAdam:
         self.dense.step()
         if self.sparse is not None:
             self.sparse.step()
+
+
+class WeightAverage:
+    """An exponential moving average of a module's trainable weights (Polyak-Ruppert averaging).
+
+    After every optimiser step :meth:`update` moves each average towards the trained weight by
+    ``1 - decay``; :meth:`applied` puts the averages into the module for a block (validation, keeping
+    the best weights) and the trained weights back after it. The average of the last
+    ``1 / (1 - decay)`` steps sits nearer the optimum than the last iterate, which a constant rate
+    keeps jittering around it: what a rate decay does, without the extra epochs.
+
+    Args:
+        module: the model; its parameters with ``requires_grad`` are averaged (the frozen LLM table
+            is left out, so the copy is the trainable weights' size, not the module's as with
+            :class:`torch.optim.swa_utils.AveragedModel`, which deep-copies everything).
+        decay: in (0, 1): the share of the average kept at each step.
+
+    Costs one copy of the trainable weights and a pass over them per step (with row-wise item
+    updates that pass is what the sparse step avoids: docs/scaling.md).
+    """
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"weight average decay {decay}: must be in (0, 1)")
+        self.decay = float(decay)
+        self._params = [p for p in module.parameters() if p.requires_grad]
+        self._average = [p.detach().clone() for p in self._params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Move every average ``1 - decay`` of the way to its trained weight."""
+        torch._foreach_lerp_(self._average, [p.detach() for p in self._params], 1.0 - self.decay)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The averaged weights in the module inside the block, the trained ones again after it."""
+        with torch.no_grad():
+            trained = [p.detach().clone() for p in self._params]
+            torch._foreach_copy_([p.data for p in self._params], self._average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in self._params], trained)
 
 
 def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> Tensor:

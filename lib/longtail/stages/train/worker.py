@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,7 @@ from longtail.core.files import npy_bytes, read_bytes
 from longtail.core.progress import write_progress
 from longtail.inference.store import HUBNESS_FILE, OPTIMIZER_FILE, save_model_dir
 from longtail.models.histories import pad_left
-from longtail.models.optim import ItemRowsAdam, clip_grad_norm, sparse_item_updates
+from longtail.models.optim import ItemRowsAdam, WeightAverage, clip_grad_norm, sparse_item_updates
 from longtail.ranking.topk import log_popularity
 from longtail.stages.train.data import (
     EpochRows,
@@ -134,6 +135,9 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
     per_rank, _, steps, seen_per_epoch = _schedule(epoch_rows.rows, cloze, int(hp["batch_size"]), world, device,
                                                    distributed)
     plan = _EpochPlan.build(params, data, users, device)
+    decay = average_decay(float(hp.get("weight_average", 0.0)), steps)
+    average = WeightAverage(module, decay) if decay > 0 else None  # validated and saved in place of the last step
+    params["weight_average"] = decay
     params["precision"] = plan.precision
     if plan.bucket > 0:  # batches of similar lengths: split only where lengths pass a power of two (length_groups)
         module.loss_group_rows = max(module.loss_group_rows, per_rank)
@@ -154,7 +158,7 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
         order = plan.order(epoch_rows.ids(rng), data, per_rank, rng)
         rate = schedule.rate  # of the epoch's first step: decays and warm starts show in metrics.json
         loss, seconds, clipped, skipped = _run_epoch(
-            model, module, optimizer, data, plan, rng, order, steps, per_rank, device, schedule
+            model, module, optimizer, data, plan, rng, order, steps, per_rank, device, schedule, average
         )
         entry = {"epoch": epoch, "loss": loss, "seconds": seconds, "clipped_steps": clipped, "skipped_steps": skipped,
                  "lr": rate}
@@ -164,7 +168,8 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
             stopped_early = True
             break
         if epoch % eval_every == 0 or epoch == epochs:
-            stop = _validate(share, best, module, entry, device, plan.validate, distributed, rank)
+            with average.applied() if average is not None else nullcontext():
+                stop = _validate(share, best, module, entry, device, plan.validate, distributed, rank)
             if rank == 0:
                 write_progress(params["run_dir"], history)  # the driver prints it (core.progress)
             if _agree(stop, device, distributed):
@@ -180,6 +185,19 @@ def _train(params: dict, rank: int, world: int, device, distributed: bool) -> st
 
         dist.barrier()
     return params["model_dir"]
+
+
+def average_decay(setting: float, steps_per_epoch: int) -> float:
+    """The per-step decay of ``train.weight_average``: ``setting`` (0: off), lowered where it would
+    average over more than two epochs of steps (``1 - 1 / (2 x steps)``).
+
+    Why: the horizon of a decay is about ``1 / (1 - decay)`` steps (0.995: 200, about an epoch of Beauty
+    or Sports at batch 128); on a small catalogue with a few steps per epoch that would average the
+    weights of many epochs ago, from before the model learnt what it knows now.
+    """
+    if setting <= 0:
+        return 0.0
+    return min(setting, 1.0 - 1.0 / (2 * max(1, steps_per_epoch)))
 
 
 def _patience(params: dict) -> int:
@@ -378,9 +396,10 @@ class _EpochPlan:
 
 
 def _run_epoch(model, module, optimizer, data: RankData, plan: _EpochPlan, rng, order, steps: int, per_rank: int,
-               device, schedule: LearningRate) -> tuple[float, float, int, int]:
+               device, schedule: LearningRate, average: WeightAverage | None = None) -> tuple[float, float, int, int]:
     """One pass over this rank's rows in ``order``; returns ``(mean loss of the finite steps, seconds,
-    clipped steps, skipped steps)``; a step whose gradient is not finite is skipped."""
+    clipped steps, skipped steps)``; a step whose gradient is not finite is skipped. ``average``:
+    updated after every optimiser step (``train.weight_average``)."""
     import torch
 
     model.train()
@@ -410,6 +429,8 @@ def _run_epoch(model, module, optimizer, data: RankData, plan: _EpochPlan, rng, 
         clipped += bool(clip > 0 and norm > clip)
         schedule.step(optimizer)
         optimizer.step()
+        if average is not None:
+            average.update()
         if bool(torch.isfinite(loss)):
             total += loss.detach()
             counted += 1
@@ -517,6 +538,7 @@ def _save(params: dict, module, best: _Best, history: list[dict], epochs_run: in
         "warm_start": params.get("warm_start"),
         "item_updates": params.get("item_updates", "dense"),
         "precision": params.get("precision", "float32"),
+        "weight_average": params.get("weight_average", 0.0),
         "history": history,
     }
     config = {
