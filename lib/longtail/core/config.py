@@ -281,11 +281,11 @@ class TrainConfig:
     #: about the last 200 steps, one Beauty epoch at batch 128; lowered where that spans more than two epochs
     #: of a small catalogue's steps). 0: off, the last step's weights. 0.995 lifted validation NDCG@10 of
     #: ``llmesr_sasrec`` on every seed of both catalogues (Beauty +2.1%, Sports +2.8%, 3 seeds; ``sasrec``
-    #: +4.2% on Beauty; benchmarks/README.md, "Ninth round"), but its best epoch comes 1-2 epochs later, which
-    #: puts Beauty's ``train`` past issue 26's budget (2x the previous default's time; 1.92x before), so it is
-    #: one key away, not the default. Costs a copy of the trainable weights and a pass over them per step (0.4
-    #: ms against a Beauty step of about 140 ms; with row-wise item updates on a large catalogue that pass is
-    #: what the sparse step avoids).
+    #: +4.2% on Beauty; benchmarks/README.md, "Ninth round"), but its best epoch comes 1-2 epochs later: Beauty's
+    #: ``train`` took 1.95x the previous default's time at seed 42 (about 2.05x at 18 epochs), at the edge of
+    #: issue 26's 2x budget, so it is one key away, not the default. Costs a copy of the trainable weights
+    #: and a pass over them per step (0.4 ms against a Beauty step of about 140 ms; with row-wise item
+    #: updates on a large catalogue that pass is what the sparse step avoids).
     weight_average: Decay = 0.0
     #: Width of every item and user vector (the dual view scores ``2 x hidden``). 128, not 64 (the
     #: paper's): ``llmesr_sasrec`` gained on validation on Beauty (+3.1%, 3 seeds) and on Sports (thin
