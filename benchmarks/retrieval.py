@@ -12,8 +12,10 @@ one to three of ten categories, popularity Zipf with ``--zipf``, 0.5 by default:
 demo's 1.0, so that most of N items have interactions at about M = N users; ``--locality L``: a
 share L of each user's preferred-category draws near its own spot in the category, the item-level
 structure a model can learn at any size, docs/scaling.md) into a scratch
-warehouse under ``--workdir``, runs ``sequences`` (a ``--k-core`` of 2 by default) and trains
-``--model`` (``sasrec``; models without text only) for ``--epochs`` epochs with the default
+warehouse under ``--workdir``, runs ``sequences`` (for an ``llmesr_*`` model it writes
+``item_embeddings`` planted with the same structure, ``longtail.synthetic.planted_item_embeddings``,
+``--text-dim`` wide, and their PCA, in place of ``encode``: a million texts take hours on two cores) (a ``--k-core`` of 2 by default) and trains
+``--model`` (``sasrec`` by default) for ``--epochs`` epochs with the default
 training config (validation on ``train.validation_users``, 2,000 here, and the exposure
 calibration included). ``--warehouse W`` reads a trained model of W instead and writes nothing
 into W (the scratch files, staged bundles and the sampled users, go under ``--workdir``; a
@@ -196,21 +198,26 @@ def synthetic_warehouse(wh, cfg, args, say) -> tuple[str, dict]:
     from longtail.stages.train import run_train
     from longtail.synthetic import write_catalogue
 
-    if args.model.startswith("llmesr"):
-        raise SystemExit(f"--model {args.model}: the synthetic mode trains models without text "
-                         "(sasrec, gru4rec, bert4rec); for llmesr_* use --warehouse after `longtail encode`")
     setup: dict = {}
     started = time.perf_counter()
     catalogue = write_catalogue(wh, DemoConfig(users=args.users, items=args.items, seed=args.seed),
-                                zipf_exponent=args.zipf, locality=args.locality)
+                                zipf_exponent=args.zipf, locality=args.locality, locality_width=args.locality_width)
     setup.update(catalogue_items=args.items, catalogue_users=args.users,
                  interactions=len(catalogue.interactions), generate_s=time.perf_counter() - started)
     say(f"synthetic catalogue: {catalogue} ({setup['generate_s']:.1f}s)")
+    items = catalogue.items[["item_id", "categories"]]
     del catalogue
     started = time.perf_counter()
     summary = run_sequences(wh, cfg.sequences)
     setup["sequences_s"] = time.perf_counter() - started
     say(f"sequences: {str(summary).splitlines()[0]} ({setup['sequences_s']:.1f}s)")
+    if args.model.startswith("llmesr"):
+        started = time.perf_counter()
+        explained = planted_text(wh, cfg, items, args)
+        setup.update(text="planted", text_dim=args.text_dim, text_s=time.perf_counter() - started,
+                     pca_explained=explained)
+        say(f"planted item embeddings and their PCA ({setup['text_s']:.1f}s)")
+    del items
     started = time.perf_counter()
     trained = run_train(wh, args.model, cfg.train, valid_negatives=cfg.evaluate.negatives,
                         threads=cfg.train.threads or 1, progress=lambda line: say(f"  {line}"))
@@ -218,6 +225,35 @@ def synthetic_warehouse(wh, cfg, args, say) -> tuple[str, dict]:
                  valid_ndcg10=trained.valid_ndcg10, exposure=f"{trained.exposure_adjustment} {trained.exposure_penalty:g}")
     say(f"train: {str(trained).splitlines()[0]} ({setup['train_s']:.1f}s)")
     return trained.version, setup
+
+
+#: The encoder name written with planted embeddings (``item_embeddings.model``, the PCA map's key).
+PLANTED_ENCODER = "synthetic-planted"
+
+
+def planted_text(wh, cfg, items, args) -> float | None:
+    """``item_embeddings`` and their PCA as ``longtail encode`` writes them, from
+    :func:`longtail.synthetic.planted_item_embeddings` instead of an encoder (a million item
+    texts take hours on two cores): the LLM-ESR models train on a catalogue whose "text" knows
+    the planted item-level structure. Returns the PCA's explained variance."""
+    import pandas as pd
+    from longtail.core import schemas
+    from longtail.stages.encode import refresh_pca
+    from longtail.synthetic import planted_item_embeddings
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    vectors = planted_item_embeddings(items, dim=args.text_dim, seed=args.seed, locality_width=args.locality_width)
+    frame = pd.DataFrame({"item_id": items["item_id"].to_numpy(), "embedding": list(vectors)})
+    del vectors
+    rows = wh.spark.createDataFrame(frame, T.StructType([
+        T.StructField("item_id", T.StringType()), T.StructField("embedding", T.ArrayType(T.FloatType())),
+    ])).select("item_id", "embedding", F.lit(PLANTED_ENCODER).alias("model"),
+               F.lit(PLANTED_ENCODER).alias("text_hash"))
+    with wh.job():
+        wh.write(schemas.conform(rows, schemas.ITEM_EMBEDDINGS), schemas.ITEM_EMBEDDINGS, mode="overwrite")
+        explained, _ = refresh_pca(wh, cfg.encode, PLANTED_ENCODER, args.text_dim, force=True)
+    return explained
 
 
 def sample_users(wh, scratch: str, n: int, seed: int):
@@ -494,6 +530,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--locality", type=float, default=0.0,
                         help="synthetic: share of preferred-category draws near the user's spot "
                              "(item-level structure; longtail.synthetic)")
+    parser.add_argument("--locality-width", type=float, default=25.0, help="synthetic: the spread of those draws, in items")
+    parser.add_argument("--text-dim", type=int, default=128,
+                        help="synthetic, llmesr_* models: width of the planted item embeddings (their PCA: encode.pca_dim)")
     parser.add_argument("--k-core", type=int, default=2, help="synthetic: sequences.k_core")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--score-users", type=int, default=10_000, help="users scored by both methods (a sample)")

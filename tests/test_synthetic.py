@@ -1,11 +1,16 @@
 """synthetic: deterministic, long-tailed, category-driven behaviour, written as contract tables."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from longtail.core import schemas
 from longtail.core.config import DemoConfig, SequencesConfig
-from longtail.synthetic import generate_catalogue, write_catalogue
+from longtail.synthetic import (
+    generate_catalogue,
+    planted_item_embeddings,
+    write_catalogue,
+)
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +153,21 @@ def test_locality_keeps_users_near_their_own_spot_in_a_category_and_zero_changes
     pd.testing.assert_frame_equal(plain.items, local.items)
     with pytest.raises(ValueError, match="locality"):
         generate_catalogue(10, 10, seed=1, locality=1.5)
+
+
+def test_planted_embeddings_are_close_for_items_near_in_a_category_and_apart_across_categories():
+    items = generate_catalogue(50, 6000, seed=3).items
+    vectors = planted_item_embeddings(items, dim=64, seed=1, locality_width=10)
+    assert vectors.shape == (6000, 64) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(vectors, planted_item_embeddings(items, dim=64, seed=1, locality_width=10))
+    category = items["categories"].map(lambda c: c[1]).to_numpy()
+    same = np.flatnonzero(category == category[0])  # in index order: the hidden order
+    sims = vectors[same] @ vectors[same[300]]
+    near = np.r_[sims[295:300], sims[301:306]]  # 1-5 places away, width 10
+    far = np.r_[sims[:200], sims[400:]]  # 100 places or more away
+    other = vectors[category != category[0]] @ vectors[same[300]]
+    assert near.min() > 0.85 and np.quantile(far, 0.99) < 0.6
+    assert np.median(other) < np.median(far) - 0.2  # the category coordinates keep categories apart
+    with pytest.raises(ValueError, match="planted"):
+        planted_item_embeddings(items, dim=16, category_dims=16)

@@ -449,6 +449,55 @@ def _draw_ratings(rng: np.random.Generator, preferred: np.ndarray) -> np.ndarray
 ROWS_PER_FILE = 1_000_000
 
 
+def planted_item_embeddings(
+    items: pd.DataFrame, *, dim: int = 128, seed: int = 0, locality_width: float = 25.0,
+    category_dims: int = 16, noise: float = 0.1,
+) -> np.ndarray:
+    """Unit-length stand-ins for text embeddings of ``items`` that know the planted structure.
+
+    What a text encoder gives a real catalogue (items whose text is alike are bought by the same
+    users), for a synthetic one too large to encode on a laptop: ``category_dims`` coordinates
+    place an item's category (a random centre per category), the rest are random Fourier
+    features of its place in the category's hidden order (:func:`generate_catalogue`'s
+    ``locality``), so the cosine of two items of one category falls like
+    ``exp(-gap^2 / (2 locality_width^2))`` with the gap between their places, as the users'
+    draws near a spot do; a per-category phase keeps equal places of two categories apart. Then
+    ``noise`` (relative) and a unit norm. Seeded, independent of the catalogue's own draws.
+
+    Args:
+        items: the catalogue's ``items`` frame (``item_id`` in index order, ``categories`` with
+            the category second, as :func:`generate_catalogue` writes them).
+        dim: embedding width (> ``category_dims``); locality_width: in items, as the catalogue's.
+
+    Returns:
+        ``[len(items), dim]`` float32, row i for ``items.item_id[i]``.
+
+    Raises:
+        ValueError: ``dim`` not above ``category_dims`` or ``locality_width`` not positive.
+    """
+    if dim <= category_dims or category_dims < 1 or not locality_width > 0:
+        raise ValueError(f"planted embeddings: need dim > category_dims >= 1 and locality_width > 0, "
+                         f"got {dim}, {category_dims}, {locality_width}")
+    rng = np.random.default_rng([seed, 2])
+    names = items["categories"].map(lambda c: c[1] if len(c) > 1 else c[0]).to_numpy()
+    cats, cat = np.unique(names, return_inverse=True)
+    # The hidden order: a category's items by index (the frame is in index order).
+    place = pd.Series(np.arange(len(items))).groupby(cat).cumcount().to_numpy().astype(np.float64)
+    waves = dim - category_dims
+    omega = rng.normal(0.0, 1.0 / locality_width, waves)
+    phase = rng.uniform(0.0, 2 * np.pi, (len(cats), waves))
+    centres = rng.normal(0.0, 1.0 / np.sqrt(category_dims), (len(cats), category_dims))
+    out = np.empty((len(items), dim), dtype=np.float32)
+    step = 65_536  # rows at a time: the float64 product of a million items is 0.9 GB
+    for a in range(0, len(items), step):
+        b = min(len(items), a + step)
+        wave = np.sqrt(2.0 / waves) * np.cos(place[a:b, None] * omega + phase[cat[a:b]])
+        block = np.concatenate([centres[cat[a:b]], wave], axis=1)
+        block += noise * rng.normal(0.0, 1.0 / np.sqrt(dim), block.shape)
+        out[a:b] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
 def write_catalogue(
     wh, cfg: DemoConfig, *, zipf_exponent: float = 1.0, locality: float = 0.0,
     locality_width: float = 25.0, rows_per_file: int = ROWS_PER_FILE,

@@ -25,7 +25,8 @@ def test_user_vector_reads_the_appended_mask_token(hp):
     model = build_model("bert4rec", N_ITEMS, hp).eval()
     seqs = torch.tensor([[1, 2, 3]])
     with_mask = torch.tensor([[1, 2, 3, N_ITEMS + 1]])
-    assert torch.allclose(model.user_vectors(seqs), model.features(with_mask)[:, -1])
+    # The whole pass's last position (user vectors run the last block for it alone: float rounding apart).
+    assert torch.allclose(model.user_vectors(seqs), model.features(with_mask)[:, -1], atol=1e-5)
 
 
 def test_is_bidirectional(hp):

@@ -146,6 +146,31 @@ def test_user_vectors_from_the_touched_rows_equal_the_whole_tables(name, cross, 
     assert touched.shape == whole.shape and torch.allclose(touched, whole, atol=1e-6)
 
 
+@pytest.mark.parametrize("name,cross,layers", [
+    ("sasrec", False, 2), ("sasrec", False, 1), ("llmesr_sasrec", True, 2), ("llmesr_sasrec", False, 3),
+    ("bert4rec", False, 2), ("llmesr_bert4rec", True, 2), ("gru4rec", False, 1), ("llmesr_gru4rec", False, 2),
+])
+def test_the_last_position_alone_equals_the_last_position_of_the_whole_pass(name, cross, layers, hp, seqs, text):
+    """User vectors run the last block for the scored position only: the same vector as the whole pass
+    (every position of every block), for causal, bidirectional and recurrent encoders, with and
+    without the cross-attention; in training mode the loss still sees every position."""
+    from longtail.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, N_ITEMS, {**hp, "cross_attention": cross, "layers": layers},
+                        text if name.startswith("llmesr") else None)
+    model.eval()
+    with torch.no_grad():
+        whole = model.features(seqs)
+        last = model.features(seqs, last_only=True)
+        vectors = model.user_vectors(seqs)
+    assert whole.shape[1] == seqs.shape[1] and last.shape == (seqs.shape[0], 1, whole.shape[2])
+    assert torch.allclose(last[:, 0], whole[:, -1], atol=1e-5)
+    if model.mask_token is None:  # a cloze model's vector reads an appended mask token
+        assert torch.allclose(vectors, whole[:, -1], atol=1e-5)
+    assert not torch.allclose(whole[:, -2], whole[:, -1], atol=1e-3)  # positions differ: a real check
+
+
 @pytest.mark.parametrize("name", ["sasrec", "llmesr_sasrec"])
 def test_a_bfloat16_step_gives_the_float32_loss_and_finite_gradients(name, hp, batch, text):
     # train.precision: bfloat16 runs the step under autocast; the weights stay float32.

@@ -152,7 +152,7 @@ def run_encode(wh, cfg: EncodeConfig, *, users: bool = True) -> EncodeReport:
             user_counts = _encode_table(
                 wh, user_df, "user_id", schemas.USER_EMBEDDINGS, name, info, cfg, truncate_left=True
             )
-        explained, refit = _refresh_pca(wh, cfg, name, info.dim, force=item_counts.written)
+        explained, refit = refresh_pca(wh, cfg, name, info.dim, force=item_counts.written)
     return EncodeReport(
         model=name, dim=info.dim, pooling=info.pooling, items=item_counts, users=user_counts,
         pca_dim=cfg.pca_dim, pca_explained_variance=explained, pca_refit=refit,
@@ -418,8 +418,10 @@ def _partitions(spark, rows: int, batch_size: int) -> int:
 # --------------------------------------------------------------------------- PCA
 
 
-def _refresh_pca(wh, cfg: EncodeConfig, name: str, dim: int, force: bool) -> tuple[float | None, bool]:
-    """Refit the PCA when item embeddings changed or the saved map does not match them."""
+def refresh_pca(wh, cfg: EncodeConfig, name: str, dim: int, force: bool) -> tuple[float | None, bool]:
+    """Refit the PCA of ``item_embeddings`` when they changed (``force``) or the saved map does not
+    match them: writes ``item_embeddings_pca`` and the map of encoder ``name`` (``dim``-wide
+    embeddings to ``cfg.pca_dim``). Returns ``(explained variance or None, refitted)``."""
     version = wh.version(schemas.ITEM_EMBEDDINGS)
     if not force and wh.exists(schemas.ITEM_EMBEDDINGS_PCA):
         saved = load_pca(wh.root, cfg.model)
