@@ -229,14 +229,11 @@ class TransformerEncoder(nn.Module):
         pad = seqs == 0
         keep = (~pad).unsqueeze(-1)
         allowed = attention_mask(pad, self.causal)
+        last = len(self.blocks) - 1 if last_only else -1
         for i, block in enumerate(self.blocks):
-            if last_only and i == len(self.blocks) - 1:
+            if i == last:
                 allowed, keep = allowed[:, :, -1:], keep[:, -1:]
-                x = block(x, allowed, keep, last_only=True)
-            else:
-                x = block(x, allowed, keep)
-        if last_only and not len(self.blocks):
-            x, keep = x[:, -1:], keep[:, -1:]
+            x = block(x, allowed, keep, last_only=i == last)
         return self.final_norm(x) * keep
 
 
