@@ -12,9 +12,10 @@ one to three of ten categories, popularity Zipf with ``--zipf``, 0.5 by default:
 demo's 1.0, so that most of N items have interactions at about M = N users; ``--locality L``: a
 share L of each user's preferred-category draws near its own spot in the category, the item-level
 structure a model can learn at any size, docs/scaling.md) into a scratch
-warehouse under ``--workdir``, runs ``sequences`` (for an ``llmesr_*`` model it writes
-``item_embeddings`` planted with the same structure, ``longtail.synthetic.planted_item_embeddings``,
-``--text-dim`` wide, and their PCA, in place of ``encode``: a million texts take hours on two cores) (a ``--k-core`` of 2 by default) and trains
+warehouse under ``--workdir``, runs ``sequences`` (a ``--k-core`` of 2 by default; for an ``llmesr_*``
+model it then writes ``item_embeddings`` planted with the same structure,
+``longtail.synthetic.planted_item_embeddings``, ``--text-dim`` wide, and their PCA, in place of
+``encode``: a million texts take hours on two cores) and trains
 ``--model`` (``sasrec`` by default) for ``--epochs`` epochs with the default
 training config (validation on ``train.validation_users``, 2,000 here, and the exposure
 calibration included). ``--warehouse W`` reads a trained model of W instead and writes nothing
@@ -205,13 +206,14 @@ def synthetic_warehouse(wh, cfg, args, say) -> tuple[str, dict]:
     setup.update(catalogue_items=args.items, catalogue_users=args.users,
                  interactions=len(catalogue.interactions), generate_s=time.perf_counter() - started)
     say(f"synthetic catalogue: {catalogue} ({setup['generate_s']:.1f}s)")
-    items = catalogue.items[["item_id", "categories"]]
+    text = args.model.startswith("llmesr")
+    items = catalogue.items[["item_id", "categories"]] if text else None  # what the planted text needs
     del catalogue
     started = time.perf_counter()
     summary = run_sequences(wh, cfg.sequences)
     setup["sequences_s"] = time.perf_counter() - started
     say(f"sequences: {str(summary).splitlines()[0]} ({setup['sequences_s']:.1f}s)")
-    if args.model.startswith("llmesr"):
+    if text:
         started = time.perf_counter()
         explained = planted_text(wh, cfg, items, args)
         setup.update(text="planted", text_dim=args.text_dim, text_s=time.perf_counter() - started,
