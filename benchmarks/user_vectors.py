@@ -1,15 +1,23 @@
-"""What a user vector costs with the last block run for the scored position alone (the default) and
-with every position (before), on real histories: the cost behind validation, ``evaluate`` and ``score``.
+"""What a user vector costs now and with each of its two savings put back, on real histories: the
+cost behind validation, ``evaluate`` and ``score``.
 
     python benchmarks/user_vectors.py --interactions ../shared/data/amazon_beauty_2014/interactions.csv.gz \\
-        [--models llmesr_sasrec sasrec] [--repeats 3] [--set train.hidden=64]
+        [--models llmesr_sasrec sasrec] [--repeats 3] [--batch-users 1024] [--set train.hidden=64]
+
+The two savings: the last block run for the scored position alone (``last_position_only``), and
+passes of one length class (``histories.ENCODE_SHORT``: a pass padded to at most twice its
+shortest row, where 512-row length-sorted chunks were padded to each chunk's longest).
+Variants: ``now``; ``before`` (both put back: the release before them);
+``without_last_only`` and ``without_length_classes`` (each put back alone).
 
 Each user's history without its last two items (the validation input of the leave-one-out split),
 the default ``train`` config (with ``--set``) (random weights: the cost does not depend on them; random 384-dimensional
-text tables for ``llmesr_*``), one torch thread, :func:`encode_histories` as validation calls it; the
-two variants alternate ``--repeats`` times and the fastest of each counts. Both must give the same
-vectors (to float rounding). The last line printed is one JSON object: per model ``before_s``,
-``now_s``, ``speedup``, ``max_abs_diff``, and ``users``.
+text tables for ``llmesr_*``), one torch thread, :func:`encode_histories` as validation calls it (all
+users at once, sorted by length inside), or with ``--batch-users N`` in shuffled batches of N users
+(a ``score`` task with few users: one batch spans every length); the variants alternate
+``--repeats`` times and the fastest of each counts. All must give the same vectors (to float
+rounding). The last line printed is one JSON object: per model ``<variant>_s``, ``speedup``
+(before / now), ``without_<saving>_ratio`` (that variant / now), ``max_abs_diff``, and ``users``.
 """
 from __future__ import annotations
 
@@ -25,7 +33,7 @@ import numpy as np
 import torch
 from catalogue_costs import random_text_tables
 from longtail.core.config import load_config
-from longtail.models import build_model, needs_text
+from longtail.models import build_model, histories, needs_text
 from longtail.models.histories import encode_histories
 
 
@@ -43,23 +51,51 @@ def read_histories(path: str) -> tuple[np.ndarray, np.ndarray, int]:
     return np.concatenate(histories).astype(np.int64), np.concatenate([[0], np.cumsum(lengths)]), len(idx)
 
 
-def measure(name: str, hp: dict, values, offsets, items: int, repeats: int) -> dict:
+#: Variant -> (last_position_only, ENCODE_SHORT): each saving on or put back.
+VARIANTS = {
+    "now": (True, histories.ENCODE_SHORT),
+    "before": (False, 1 << 30),
+    "without_last_only": (False, histories.ENCODE_SHORT),
+    "without_length_classes": (True, 1 << 30),
+}
+
+
+def encode(model, values, offsets, max_len: int, batch_users: int) -> torch.Tensor:
+    """Every user's vector: one :func:`encode_histories` call, or one per shuffled batch."""
+    rows = np.arange(len(offsets) - 1)
+    if not batch_users:
+        return encode_histories(model, values, offsets, rows, max_len)
+    order = np.random.default_rng(0).permutation(rows)
+    out = torch.zeros((len(rows), model.item_vectors().shape[1]))
+    for start in range(0, len(order), batch_users):
+        part = order[start : start + batch_users]
+        out[torch.from_numpy(part)] = encode_histories(model, values, offsets, part, max_len)
+    return out
+
+
+def measure(name: str, hp: dict, values, offsets, items: int, repeats: int, batch_users: int) -> dict:
     torch.manual_seed(0)
     text = random_text_tables(items, hp["hidden"], np.random.default_rng(0)) if needs_text(name) else None
     model = build_model(name, items, hp, text)
-    rows = np.arange(len(offsets) - 1)
-    times: dict[str, list] = {"before": [], "now": []}
+    times: dict[str, list] = {label: [] for label in VARIANTS}
     vectors = {}
-    for _ in range(repeats):
-        for label, last_only in (("before", False), ("now", True)):
-            model.last_position_only = last_only
-            started = time.perf_counter()
-            vectors[label] = encode_histories(model, values, offsets, rows, hp["max_len"])
-            times[label].append(time.perf_counter() - started)
-    before, now = min(times["before"]), min(times["now"])
-    return {"before_s": before, "now_s": now, "speedup": before / now,
-            "max_abs_diff": float((vectors["before"] - vectors["now"]).abs().max()),
-            "max_abs_value": float(vectors["before"].abs().max())}
+    saved = histories.ENCODE_SHORT
+    try:
+        for _ in range(repeats):
+            for label, (last_only, short) in VARIANTS.items():
+                model.last_position_only, histories.ENCODE_SHORT = last_only, short
+                started = time.perf_counter()
+                vectors[label] = encode(model, values, offsets, hp["max_len"], batch_users)
+                times[label].append(time.perf_counter() - started)
+    finally:
+        model.last_position_only, histories.ENCODE_SHORT = True, saved
+    best = {label: min(t) for label, t in times.items()}
+    result = {f"{label}_s": best[label] for label in VARIANTS}
+    result["speedup"] = best["before"] / best["now"]
+    result.update({f"{label}_ratio": best[label] / best["now"] for label in VARIANTS if label.startswith("without")})
+    result["max_abs_diff"] = max(float((vectors[label] - vectors["now"]).abs().max()) for label in VARIANTS)
+    result["max_abs_value"] = float(vectors["now"].abs().max())
+    return result
 
 
 def main() -> None:
@@ -67,14 +103,17 @@ def main() -> None:
     parser.add_argument("--interactions", required=True, help="CSV (optionally gzipped): user_id,item_id,timestamp")
     parser.add_argument("--models", nargs="+", default=["llmesr_sasrec", "sasrec"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-users", type=int, default=0,
+                        help="encode in shuffled batches of this many users (0: all at once, as validation)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(1)
     hp = dataclasses.asdict(load_config(None, args.overrides).train)
     values, offsets, items = read_histories(args.interactions)
-    result: dict = {"users": len(offsets) - 1, "items": items, "hidden": hp["hidden"], "layers": hp["layers"]}
+    result: dict = {"users": len(offsets) - 1, "items": items, "hidden": hp["hidden"], "layers": hp["layers"],
+                    "batch_users": args.batch_users}
     for name in args.models:
-        result[name] = measure(name, hp, values, offsets, items, args.repeats)
+        result[name] = measure(name, hp, values, offsets, items, args.repeats, args.batch_users)
         print(f"{name}: {result[name]}", flush=True)
     print(json.dumps(result))
 

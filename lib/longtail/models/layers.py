@@ -64,17 +64,19 @@ def attention_mask(pad: Tensor, causal: bool) -> Tensor:
 SHORT_HISTORY = 32
 
 
-def length_groups(lengths: Tensor, group_rows: int) -> list[Tensor]:
+def length_groups(lengths: Tensor, group_rows: int, short: int | None = None) -> list[Tensor]:
     """Row ids in groups of similar length, to encode each group trimmed to its longest row.
 
     Rows sorted by length are cut every ``group_rows`` rows and wherever the length passes a
-    power of two above :data:`SHORT_HISTORY`: a group's rows are then at least half as long as
-    its longest, so padding costs at most 2x in the linear layers and 4x in attention, where
-    a batch of 128 rows of 30 to 197 items padded to 197 (the longest of a length-bucketed
-    Beauty epoch) cost about 10x. Short histories stay in one pass (each pass has a fixed cost).
+    power of two above ``short`` (default :data:`SHORT_HISTORY`): a group's rows are then at
+    least half as long as its longest, so padding costs at most 2x in the linear layers and 4x
+    in attention, where a batch of 128 rows of 30 to 197 items padded to 197 (the longest of a
+    length-bucketed Beauty epoch) cost about 10x. Short histories stay in one pass (each pass
+    has a fixed cost).
     """
+    short = SHORT_HISTORY if short is None else short
     order = torch.argsort(lengths, stable=True)
-    classes = torch.ceil(torch.log2(lengths[order].clamp(min=1).double())).clamp(min=math.log2(SHORT_HISTORY))
+    classes = torch.ceil(torch.log2(lengths[order].clamp(min=1).double())).clamp(min=math.log2(short))
     cuts = set(range(group_rows, order.numel(), group_rows))
     cuts.update((torch.nonzero(classes[1:] != classes[:-1]).squeeze(1) + 1).tolist())
     bounds = [0, *sorted(cuts), order.numel()]
@@ -350,7 +352,7 @@ class SemanticView(nn.Module):
     def rows(self, ids: Tensor) -> Tensor:
         """``table()[ids]``: the adapter applied to those rows only."""
         weight, bias = self._folded()
-        return F.linear(self.llm[ids], weight, bias) * (ids != 0).unsqueeze(-1)
+        return F.linear(self.llm.index_select(0, ids), weight, bias) * (ids != 0).unsqueeze(-1)
 
     from_text_available = True
 
@@ -543,7 +545,7 @@ class SequentialRecommender(nn.Module):
             else:
                 rows, tables = touched
                 seqs = torch.searchsorted(rows, seqs.contiguous())
-        xs = [self.encoder.prepare(t[seqs], seqs) for t in tables]
+        xs = [self.encoder.prepare(F.embedding(seqs, t), seqs) for t in tables]
         if self.cross is not None:
             xs = list(self.cross(xs[0], xs[1], seqs))
         return torch.cat([self.encoder(x, seqs, last_only=last_only) for x in xs], dim=-1)

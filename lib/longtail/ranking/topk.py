@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 NEG_INF = float("-inf")
 
@@ -330,7 +331,10 @@ def item_hubness(user_vectors: torch.Tensor, item_vectors: torch.Tensor, m: int 
 
 def candidate_scores(user_vectors: torch.Tensor, item_vectors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """Scores of given candidates per user: ``[B, D] x [N, D] x [B, C] idxs -> [B, C]``."""
-    return torch.einsum("bd,bcd->bc", user_vectors, item_vectors[candidates])
+    # F.embedding (index_select) gathers rows 2-6x faster than advanced indexing on CPUs
+    # (benchmarks/README, "Row gathers"): a third of an ann user's re-scoring.
+    rows = F.embedding(candidates, item_vectors)  # [B, C, D]
+    return torch.bmm(rows, user_vectors.unsqueeze(-1)).squeeze(-1)
 
 
 # --------------------------------------------------------------------------- MMR
@@ -376,7 +380,7 @@ def mmr_rerank(
     k = min(k, c)
     rel = minmax_rows(scores)
     valid = torch.isfinite(scores)
-    emb = item_embeddings[candidates]  # [B, C, E]
+    emb = F.embedding(candidates, item_embeddings)  # [B, C, E]
     max_sim = torch.zeros((b, c), dtype=rel.dtype)
     taken = ~valid
     rows = torch.arange(b)
