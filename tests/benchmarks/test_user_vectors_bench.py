@@ -29,6 +29,9 @@ def test_main_gives_the_same_vectors_every_way(tmp_path, monkeypatch, capsys, ba
 
     bench = load_script("user_vectors")
     saved = histories.ENCODE_SHORT
+    shorts = set()  # encode_histories reads the module's ENCODE_SHORT per call: the variants reach it
+    group = histories.length_groups
+    monkeypatch.setattr(histories, "length_groups", lambda *a, short=None: (shorts.add(short), group(*a, short=short))[1])
     rng = np.random.default_rng(0)
     csv = tmp_path / "i.csv"
     _write(csv, [(f"u{u}", f"i{rng.integers(40)}", t) for u in range(30) for t in range(int(rng.integers(4, 12)))])
@@ -39,6 +42,7 @@ def test_main_gives_the_same_vectors_every_way(tmp_path, monkeypatch, capsys, ba
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["users"] == 30 and result["hidden"] == 16 and result["batch_users"] == batch_users
     assert histories.ENCODE_SHORT == saved  # the put-back variants are undone
+    assert shorts == {saved, 1 << 30}
     for name in ("llmesr_sasrec", "gru4rec"):
         assert all(result[name][f"{v}_s"] > 0 for v in bench.VARIANTS)
         assert {"without_last_only_ratio", "without_length_classes_ratio", "speedup"} <= set(result[name])

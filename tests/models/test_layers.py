@@ -85,6 +85,10 @@ def test_length_groups_cover_each_row_once_with_similar_lengths():
         assert longest <= 32 or longest <= 2 * shortest  # long rows never padded past twice their length
     assert sorted(lengths[groups[0]].tolist()) == [3, 5, 8, 31]  # short histories share one pass
     assert all(len(g) <= 2 for g in length_groups(lengths, group_rows=2))
+    # A shorter first pass (encode_histories' ENCODE_SHORT); one that is no power of two counts as the next.
+    assert [sorted(lengths[g].tolist()) for g in length_groups(lengths, 100, short=4)][:3] == [[3], [5, 8], [31]]
+    assert sorted(lengths[length_groups(lengths, 100, short=5)[0]].tolist()) == [3, 5, 8]
+    assert sorted(lengths[length_groups(lengths, 100, short=0)[0]].tolist()) == [3]
 
 
 @pytest.mark.parametrize(

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longtail.models.losses import LOSSES, bce, full_softmax_ce, sampled_softmax
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -68,15 +67,17 @@ def length_groups(lengths: Tensor, group_rows: int, short: int | None = None) ->
     """Row ids in groups of similar length, to encode each group trimmed to its longest row.
 
     Rows sorted by length are cut every ``group_rows`` rows and wherever the length passes a
-    power of two above ``short`` (default :data:`SHORT_HISTORY`): a group's rows are then at
-    least half as long as its longest, so padding costs at most 2x in the linear layers and 4x
-    in attention, where a batch of 128 rows of 30 to 197 items padded to 197 (the longest of a
-    length-bucketed Beauty epoch) cost about 10x. Short histories stay in one pass (each pass
-    has a fixed cost).
+    power of two above ``short`` (default :data:`SHORT_HISTORY`; rounded up to a power of two):
+    a group's rows are then at least half as long as its longest, so padding costs at most 2x in
+    the linear layers and 4x in attention, where a batch of 128 rows of 30 to 197 items padded to
+    197 (the longest of a length-bucketed Beauty epoch) cost about 10x. Short histories stay in
+    one pass (each pass has a fixed cost).
     """
     short = SHORT_HISTORY if short is None else short
     order = torch.argsort(lengths, stable=True)
-    classes = torch.ceil(torch.log2(lengths[order].clamp(min=1).double())).clamp(min=math.log2(short))
+    # A ``short`` that is not a power of two counts as the next one up (10: lengths up to 16 share).
+    floor = math.ceil(math.log2(max(int(short), 1)))
+    classes = torch.ceil(torch.log2(lengths[order].clamp(min=1).double())).clamp(min=floor)
     cuts = set(range(group_rows, order.numel(), group_rows))
     cuts.update((torch.nonzero(classes[1:] != classes[:-1]).squeeze(1) + 1).tolist())
     bounds = [0, *sorted(cuts), order.numel()]

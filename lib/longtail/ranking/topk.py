@@ -332,7 +332,7 @@ def item_hubness(user_vectors: torch.Tensor, item_vectors: torch.Tensor, m: int 
 def candidate_scores(user_vectors: torch.Tensor, item_vectors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """Scores of given candidates per user: ``[B, D] x [N, D] x [B, C] idxs -> [B, C]``."""
     # F.embedding (index_select) gathers rows 2-6x faster than advanced indexing on CPUs
-    # (benchmarks/README, "Row gathers"): a third of an ann user's re-scoring.
+    # (docs/scaling.md, the 1.2M-item point): a third of an ann user's re-scoring.
     rows = F.embedding(candidates, item_vectors)  # [B, C, D]
     return torch.bmm(rows, user_vectors.unsqueeze(-1)).squeeze(-1)
 
