@@ -21,6 +21,7 @@ import pandas as pd
 
 from longtail.core import schemas
 from longtail.core.config import DemoConfig
+from longtail.ranking.vectors import unit_rows
 
 # category -> (sub-category, product nouns, descriptive words, sizes)
 _VOCAB: dict[str, tuple[str, list[str], list[str], list[str]]] = {
@@ -494,7 +495,7 @@ def planted_item_embeddings(
         wave = np.sqrt(2.0 / waves) * np.cos(place[a:b, None] * omega + phase[cat[a:b]])
         block = np.concatenate([centres[cat[a:b]], wave], axis=1)
         block += noise * rng.normal(0.0, 1.0 / np.sqrt(dim), block.shape)
-        out[a:b] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        out[a:b] = unit_rows(block)
     return out
 
 
